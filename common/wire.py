@@ -1,0 +1,143 @@
+"""The messages between the supervisor and its workers.
+
+One message per SOCK_SEQPACKET record: a JSON object with a version ``v`` and
+a type ``t``. The supervisor treats whatever a worker sends as untrusted:
+``parse`` checks size, encoding, version, type and every field's type, and
+``clean_text`` makes a string safe to put in a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+VERSION = 1
+# A trigger carries up to SNAPLEN packet bytes in base64 plus summary lines.
+SNAPLEN = 65535
+MAX_MESSAGE = 128 * 1024
+MAX_TEXT = 512
+MAX_LINES = 8
+
+Message = dict[str, Any]
+
+
+class ProtocolError(Exception):
+    """A record that is not a valid message of the expected kind."""
+
+
+# Field name -> accepted Python types, per message type, per sender role.
+# Fields not listed are refused, so a worker cannot smuggle anything through.
+_NUM = (int, float)
+SENSOR_MESSAGES: dict[str, dict[str, tuple[type, ...]]] = {
+    "hello": {"pid": (int,)},
+    "beat": {"n": (int,), "mode": (str,)},
+    "trigger": {
+        "lines": (list,),
+        "pkt": (str,),
+        "link": (str,),
+        "src": (str,),
+        "dst": (str,),
+        "proto": (str,),
+        "prefix": (str,),
+    },
+    "error": {"reason": (str,), "fatal": (bool,)},
+}
+EXECUTOR_MESSAGES: dict[str, dict[str, tuple[type, ...]]] = {
+    "hello": {"pid": (int,)},
+    "beat": {"n": (int,), "mode": (str,)},
+    "started": {"id": (int,), "pid": (int,)},
+    "out": {"id": (int,), "line": (str,)},
+    "done": {
+        "id": (int,),
+        "rc": (int, type(None)),
+        "sig": (int, type(None)),
+        "dur": _NUM,
+        "timeout": (bool,),
+        "error": (str, type(None)),
+    },
+    "error": {"reason": (str,), "fatal": (bool,)},
+}
+# Fields every message of that type must have; others in the table are optional.
+REQUIRED: dict[str, frozenset[str]] = {
+    "hello": frozenset({"pid"}),
+    "beat": frozenset({"n"}),
+    "trigger": frozenset({"lines", "link"}),
+    "error": frozenset({"reason"}),
+    "started": frozenset({"id", "pid"}),
+    "out": frozenset({"id", "line"}),
+    "done": frozenset({"id", "rc", "sig", "dur", "timeout"}),
+}
+
+
+def encode(kind: str, /, **fields: Any) -> bytes:
+    data = json.dumps({"v": VERSION, "t": kind, **fields}, separators=(",", ":")).encode()
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError(f"{kind} message of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    return data
+
+
+def decode(data: bytes) -> Message:
+    """Decode a record from a trusted peer (the supervisor)."""
+    if not data:
+        raise ProtocolError("empty record")
+    try:
+        msg = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(msg, dict) or msg.get("v") != VERSION or not isinstance(msg.get("t"), str):
+        raise ProtocolError("not a versioned message")
+    return msg
+
+
+def parse(data: bytes, schema: dict[str, dict[str, tuple[type, ...]]]) -> Message:
+    """Decode and validate a record from an untrusted worker."""
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError(f"record of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    msg = decode(data)
+    kind = msg["t"]
+    fields = schema.get(kind)
+    if fields is None:
+        raise ProtocolError(f"unknown message type {clean_text(kind)!r}")
+    for name, value in msg.items():
+        if name in ("v", "t"):
+            continue
+        allowed = fields.get(name)
+        if allowed is None:
+            raise ProtocolError(f"{kind}: unexpected field {clean_text(name)!r}")
+        # bool is an int subclass; only accept it where bool is listed.
+        if isinstance(value, bool) and bool not in allowed:
+            raise ProtocolError(f"{kind}: field {name} has the wrong type")
+        if not isinstance(value, allowed):
+            raise ProtocolError(f"{kind}: field {name} has the wrong type")
+        if isinstance(value, str) and len(value) > (SNAPLEN * 2 if name == "pkt" else MAX_TEXT):
+            raise ProtocolError(f"{kind}: field {name} is too long")
+    missing = REQUIRED.get(kind, frozenset()) - msg.keys()
+    if missing:
+        raise ProtocolError(f"{kind}: missing {', '.join(sorted(missing))}")
+    lines = msg.get("lines")
+    if lines is not None and (
+        len(lines) > MAX_LINES
+        or not all(isinstance(x, str) and len(x) <= MAX_TEXT for x in lines)
+    ):
+        raise ProtocolError(f"{kind}: bad summary lines")
+    n = msg.get("n")
+    if n is not None and not 0 <= n < 2**63:
+        raise ProtocolError(f"{kind}: count out of range")
+    return msg
+
+
+def clean_text(text: str, limit: int = MAX_TEXT) -> str:
+    """Printable ASCII only, so nothing a packet or a script says can forge log lines."""
+    out = "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
+    return out
+
+
+def send(sock: socket.socket, kind: str, /, **fields: Any) -> None:
+    sock.send(encode(kind, **fields))
+
+
+def recv(sock: socket.socket) -> bytes:
+    """One record; b"" means the peer has gone. A record longer than MAX_MESSAGE
+    comes back as MAX_MESSAGE + 1 bytes, which ``parse`` refuses."""
+    return sock.recv(MAX_MESSAGE + 1)

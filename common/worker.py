@@ -1,0 +1,114 @@
+"""What every worker process does the same way: find its socket, die with the
+supervisor, show its state in ``ps``, drop privileges for good.
+
+Stdlib plus setproctitle only: sensors import this before dropping root and
+must stay small and quick to start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+
+from setproctitle import setproctitle
+
+from tuninetd.common import wire
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def prctl(option: int, arg: int | bytes = 0) -> None:
+    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+
+
+class Title:
+    """The ``ps`` title (full) and the comm name (``pgrep -x``).
+
+    setproctitle also rewrites the comm name, so the short name is set again
+    after every title change.
+    """
+
+    def __init__(self, prefix: str, comm: str) -> None:
+        self.prefix = prefix
+        self.comm = comm.encode()[:15]
+        self.current = ""
+
+    def set(self, state: str) -> None:
+        title = f"{self.prefix} {state}" if state else self.prefix
+        if title != self.current:
+            setproctitle(title)
+            prctl(PR_SET_NAME, self.comm)
+            self.current = title
+
+
+def channel_from_argv() -> tuple[socket.socket, int]:
+    """The inherited socketpair end (fd in argv[1]) and the supervisor's pid (argv[2])."""
+    if len(sys.argv) != 3:
+        sys.exit("tuninetd workers are started by the tuninetd supervisor")
+    fd, ppid = int(sys.argv[1]), int(sys.argv[2])
+    sock = socket.socket(fileno=fd)
+    os.set_inheritable(fd, False)
+    return sock, ppid
+
+
+def die_with_parent(ppid: int, sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel for ``sig`` when the supervisor dies.
+
+    Must be called again after a credential change, which clears it; the
+    getppid check closes the race where the parent died before the call.
+    """
+    prctl(PR_SET_PDEATHSIG, sig)
+    if os.getppid() != ppid:
+        os._exit(1)
+
+
+def ignore_terminal_signals() -> None:
+    """Only the supervisor decides when workers stop."""
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def drop_privileges(uid: int, gid: int, ppid: int) -> None:
+    """Become uid/gid for good: no groups, no capabilities, no way back.
+
+    The bounding set is emptied while we still hold CAP_SETPCAP, so not even
+    a setuid binary could give capabilities back (no_new_privs blocks that too).
+    """
+    try:
+        with open(CAP_LAST_CAP_FILE) as f:
+            last_cap = int(f.read())
+    except OSError:
+        last_cap = 40
+    for cap in range(last_cap + 1):
+        try:
+            prctl(PR_CAPBSET_DROP, cap)
+        except OSError:
+            break
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups():
+        raise PermissionError("privilege drop did not take")
+    die_with_parent(ppid)
+
+
+def fatal(sock: socket.socket, reason: str) -> None:
+    """Tell the supervisor why we stop, then stop."""
+    with contextlib.suppress(OSError):
+        wire.send(sock, "error", reason=wire.clean_text(reason), fatal=True)
+    os._exit(1)

@@ -1,0 +1,42 @@
+"""The validated configuration: what the command line asked for, checked and resolved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SensorSpec:
+    kind: str  # "pcap" or "nflog"
+    name: str  # interface name, or the group number as text
+    link: str = "raw"  # pcap: "ether" or "raw" (how packets start)
+    bpf: tuple[tuple[int, int, int, int], ...] = ()
+    bpf_ack: tuple[tuple[int, int, int, int], ...] | None = None
+    group: int | None = None
+
+    @property
+    def label(self) -> str:
+        """As in TUNINETD_SENSOR and the logs: ``pcap:eth0``, ``nflog:1``."""
+        return f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    command: str
+    sensors: tuple[SensorSpec, ...]
+    sensor_user: Account
+    ttl: int = 600
+    ack_only: bool = False
+    daemon: bool = False
+    pcap_filter: str | None = None
+    pcap_file: str | None = None
+    exec_user: Account | None = None
+    command_timeout: float = 300.0
+    beat: float = 1.0

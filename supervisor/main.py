@@ -1,0 +1,75 @@
+"""``tuninetd``: check everything, detach if asked, run the arbiter."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tuninetd.supervisor import cli, logs
+from tuninetd.supervisor.arbiter import Arbiter, StartupError
+from tuninetd.supervisor.logs import log
+
+# Capabilities the daemon itself needs: open capture sockets (CAP_NET_RAW for
+# AF_PACKET, CAP_NET_ADMIN for NFLOG), then hand sensors to another account.
+NEEDED_CAPS = {"CAP_NET_RAW": 13, "CAP_NET_ADMIN": 12, "CAP_SETUID": 7, "CAP_SETGID": 6}
+
+
+def missing_privileges() -> list[str]:
+    with open("/proc/self/status") as f:
+        caps = next((int(line.split()[1], 16) for line in f if line.startswith("CapEff:")), 0)
+    return [name for name, bit in NEEDED_CAPS.items() if not caps >> bit & 1]
+
+
+def daemonize() -> int:
+    """Fork into the background. The parent waits until the daemon's workers
+    have all said hello (or one failed), so ``tuninetd -d`` reports a broken
+    start with exit status 1 instead of a silent death. Returns the write end
+    of that readiness pipe in the daemon."""
+    rfd, wfd = os.pipe()
+    if os.fork():
+        os.close(wfd)
+        with os.fdopen(rfd, "rb") as r:
+            answer = r.read().decode(errors="replace")
+        if answer.startswith("ok"):
+            sys.exit(0)
+        print(f"tuninetd: {answer or 'the daemon died while starting'}", file=sys.stderr)
+        sys.exit(1)
+    os.close(rfd)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    return wfd
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = cli.parse_or_exit(sys.argv[1:] if argv is None else argv)
+    missing = missing_privileges()
+    if missing:
+        print(f"tuninetd: not enough privilege: missing {', '.join(missing)} "
+              "(run as root)", file=sys.stderr)
+        sys.exit(1)
+    ready_fd = None
+    if cfg.daemon:
+        logs.to_syslog()
+        ready_fd = daemonize()
+        log.info("Success! Tuninetd has been started with PID: %d", os.getpid())
+    else:
+        logs.to_stderr()
+        log.info("Started with pid %d", os.getpid())
+    try:
+        code = Arbiter(cfg, ready_fd).run()
+    except StartupError as exc:
+        log.error("Error: %s. Abort", exc)
+        if ready_fd is not None:
+            os.write(ready_fd, str(exc).encode())
+        sys.exit(1)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Is a sensor really unprivileged? Read from /proc, trusting nothing it says."""
+
+from __future__ import annotations
+
+import psutil
+
+
+def _status(pid: int) -> dict[str, str]:
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields
+
+
+def privileges_left(pid: int, uid: int, gid: int) -> list[str]:
+    """What is still privileged about ``pid``; empty when it dropped everything."""
+    try:
+        proc = psutil.Process(pid)
+        uids, gids = proc.uids(), proc.gids()
+        st = _status(pid)
+    except (psutil.Error, OSError) as exc:
+        return [f"cannot inspect it ({exc})"]
+    wrong = []
+    if tuple(uids) != (uid, uid, uid) or st.get("Uid", "").split()[3:4] != [str(uid)]:
+        wrong.append(f"uids {st.get('Uid')}")
+    if tuple(gids) != (gid, gid, gid) or st.get("Gid", "").split()[3:4] != [str(gid)]:
+        wrong.append(f"gids {st.get('Gid')}")
+    if st.get("Groups"):
+        wrong.append(f"groups {st['Groups']}")
+    for cap in ("CapEff", "CapPrm", "CapAmb"):
+        if int(st.get(cap, "1"), 16):
+            wrong.append(f"{cap} {st.get(cap)}")
+    if st.get("NoNewPrivs") != "1":
+        wrong.append("NoNewPrivs not set")
+    return wrong

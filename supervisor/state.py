@@ -1,0 +1,113 @@
+"""The up/down state machine and the queue of commands for the executor.
+
+Pure logic with no clock of its own: the arbiter passes ``time.monotonic()``
+values in, the tests pass whatever they like.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+
+class Machine:
+    """Down until a trigger; up until every sensor has been idle for ``ttl``.
+
+    ``last_activity`` moves on each trigger and each beat that counted
+    packets, always to the supervisor's receive time, which is never before
+    the packet: so stop never fires early, and at most one beat late.
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.up = False
+        self.last_activity = 0.0
+
+    def trigger(self, now: float) -> bool:
+        """A sensor saw its first packet. True when this brings the state up."""
+        self.last_activity = max(self.last_activity, now)
+        if self.up:
+            return False
+        self.up = True
+        return True
+
+    def activity(self, now: float, packets: int) -> None:
+        if self.up and packets > 0:
+            self.last_activity = max(self.last_activity, now)
+
+    def deadline(self) -> float | None:
+        return self.last_activity + self.ttl if self.up else None
+
+    def expire(self, now: float) -> bool:
+        """True when the ttl has run out now and the state goes down."""
+        if self.up and now - self.last_activity >= self.ttl:
+            self.up = False
+            return True
+        return False
+
+    def force_down(self) -> bool:
+        """SIGHUP. False when already down."""
+        was_up, self.up = self.up, False
+        return was_up
+
+    def idle(self, now: float) -> float:
+        return max(0.0, now - self.last_activity)
+
+
+@dataclass(slots=True)
+class Job:
+    id: int
+    event: str  # "start" or "stop"
+    env: dict[str, str] = field(default_factory=dict)
+    sensor: str = ""  # for start: the sensor kind that fired ("pcap", "nflog")
+    lines: list[str] = field(default_factory=list)  # for start: the trigger summary
+
+
+class CommandQueue:
+    """One command at a time, start and stop strictly alternating.
+
+    A stop still waiting when a start comes in cancels out with it: the
+    service is up and simply stays up.
+    """
+
+    def __init__(self) -> None:
+        self.pending: deque[Job] = deque()
+        self.running: Job | None = None
+        self.last_event: str | None = None
+        self._next_id = 1
+
+    def push(
+        self,
+        event: str,
+        env: dict[str, str] | None = None,
+        sensor: str = "",
+        lines: list[str] | None = None,
+    ) -> Job | None:
+        """Queue ``event``; returns the cancelled stop when a start cancels one out."""
+        if event == "start" and self.pending and self.pending[-1].event == "stop":
+            self.last_event = "start"
+            return self.pending.pop()
+        if self.last_event == event:
+            raise ValueError(f"two {event} commands in a row")
+        self.last_event = event
+        self.pending.append(Job(self._next_id, event, env or {}, sensor, lines or []))
+        self._next_id += 1
+        return None
+
+    def take(self) -> Job | None:
+        """The next job to hand to the executor, when it is free."""
+        if self.running is None and self.pending:
+            self.running = self.pending.popleft()
+            return self.running
+        return None
+
+    def finish(self, job_id: int) -> Job | None:
+        if self.running is not None and self.running.id == job_id:
+            job, self.running = self.running, None
+            return job
+        return None
+
+    def drop_pending(self) -> list[Job]:
+        dropped = list(self.pending)
+        self.pending.clear()
+        return dropped

@@ -1,0 +1,137 @@
+"""Worker processes as the supervisor sees them: spawn, talk, judge, replace.
+
+A worker is a fresh interpreter (``python -m tuninetd.<role>``) holding one end
+of a SOCK_SEQPACKET socketpair, not a fork of the supervisor: nothing of the
+supervisor's memory goes with it. It runs in its own session so a Ctrl-C on
+the terminal reaches the supervisor alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuninetd.common import wire
+
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+HEALTHY_AFTER = 60.0
+SILENT_BEATS = 5
+
+
+@dataclass(slots=True)
+class Worker:
+    role: str  # "executor" or the sensor label, e.g. "pcap:eth0"
+    module: str
+    config: dict[str, Any]
+    schema: dict[str, dict[str, tuple[type, ...]]]
+    title: str
+    pid: int = 0
+    sock: socket.socket | None = None
+    started: float = 0.0
+    last_heard: float = 0.0
+    ready: bool = False  # said hello and passed the checks
+    mode: str = "starting"
+    restarts: int = 0
+    backoff: float = BACKOFF_FIRST
+    respawn_at: float | None = None
+    exit_reason: str = ""
+    counted: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return self.pid != 0
+
+    def spawn(self, now: float) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            os.set_inheritable(child.fileno(), True)
+            argv = [sys.executable, "-m", self.module, str(child.fileno()), str(os.getpid())]
+            self.pid = os.posix_spawn(
+                sys.executable,
+                argv,
+                os.environ,
+                setsid=True,
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
+            )
+        except OSError:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        parent.setblocking(False)
+        self.sock = parent
+        self.started = self.last_heard = now
+        self.ready = False
+        self.mode = "starting"
+        self.respawn_at = None
+        self.exit_reason = ""
+        self.send("config", **self.config)
+
+    def send(self, kind: str, /, **fields: Any) -> bool:
+        """False when the worker cannot take it (gone, or its queue is full)."""
+        if self.sock is None:
+            return False
+        try:
+            wire.send(self.sock, kind, **fields)
+        except OSError:
+            return False
+        return True
+
+    def receive(self) -> list[bytes]:
+        """Every record waiting; a trailing b"" means the worker hung up."""
+        records: list[bytes] = []
+        assert self.sock is not None
+        while len(records) < 64:
+            try:
+                data = wire.recv(self.sock)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            records.append(data)
+            if not data:
+                break
+        return records
+
+    def silent(self, now: float, beat: float) -> bool:
+        return self.alive and now - self.last_heard > SILENT_BEATS * beat
+
+    def kill(self, reason: str) -> None:
+        """SIGKILL; the reap brings the replacement. The first reason sticks."""
+        if not self.exit_reason:
+            self.exit_reason = reason
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def close(self) -> socket.socket | None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
+        return sock
+
+    def reaped(self, now: float) -> float:
+        """The process is gone: schedule the replacement, return its delay."""
+        ran = now - self.started
+        self.pid = 0
+        self.ready = False
+        self.mode = "restarting"
+        if ran >= HEALTHY_AFTER:
+            self.backoff = BACKOFF_FIRST
+        delay = self.backoff
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+        self.respawn_at = now + delay
+        self.restarts += 1
+        return delay
+
+
+def monotonic() -> float:
+    return time.monotonic()

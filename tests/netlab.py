@@ -1,0 +1,226 @@
+"""Real network parts for the integration tests: namespaces, veth pairs, tun
+devices, frames sent into them, the daemon running inside, and waiting with
+deadlines instead of sleeping."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def need_root() -> None:
+    """Skip without root; in CI a skip would hide a broken machine, so fail."""
+    problem = None
+    if os.geteuid() != 0:
+        problem = "needs root for network namespaces and capture sockets"
+    elif shutil.which("ip") is None:
+        problem = "needs iproute2 (ip)"
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {problem}")
+        pytest.skip(problem)
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 10.0,
+             every: float = 0.02) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True)
+
+
+class Netns:
+    """A throwaway network namespace with a veth pair ``tap0``/``peer0``
+    (both ends inside, so frames sent on ``peer0`` arrive on ``tap0``)."""
+
+    def __init__(self) -> None:
+        self.name = f"tnd-{uuid.uuid4().hex[:8]}"
+        sh("ip", "netns", "add", self.name)
+        self.ip("link", "set", "lo", "up")
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "-n", self.name, *args, check=check)
+
+    def exec_argv(self, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def add_veth(self, name: str = "tap0", peer: str = "peer0") -> None:
+        self.ip("link", "add", name, "type", "veth", "peer", "name", peer)
+        for dev in (name, peer):
+            self.ip("link", "set", dev, "up")
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """Run the body inside the namespace (sockets made there stay there)."""
+        own = os.open("/proc/self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            if _libc.setns(target, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+            yield
+        finally:
+            _libc.setns(own, CLONE_NEWNET)
+            os.close(own)
+            os.close(target)
+
+    def sender(self, dev: str = "peer0") -> socket.socket:
+        """An AF_PACKET socket on ``dev``: whole frames out, as they are."""
+        with self.entered():
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            s.bind((dev, 0))
+        return s
+
+    def tun(self, name: str = "tun0") -> int:
+        """Create and hold a tun device; writing IP packets to the returned fd
+        makes them arrive on the interface."""
+        with self.entered():
+            fd = os.open("/dev/net/tun", os.O_RDWR)
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+        self.ip("link", "set", name, "up")
+        return fd
+
+    def delete(self) -> None:
+        sh("ip", "netns", "pids", self.name, check=False)
+        for pid in sh("ip", "netns", "pids", self.name, check=False).stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        sh("ip", "netns", "delete", self.name, check=False)
+
+
+def recorder(folder: Path, name: str = "record.sh", body: str = "") -> tuple[Path, Path]:
+    """A command that appends ``<event> <monotonic-ish time> <env...>`` per call."""
+    record = folder / f"{name}.log"
+    script = folder / name
+    script.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s %s %s %s %s %s\\n" "$1" "$(date +%s.%N)" "$TUNINETD_SENSOR" '
+        f'"$TUNINETD_SRC" "$TUNINETD_DST" "$TUNINETD_PROTO" >> {record}\n'
+        f"{body}\n"
+    )
+    script.chmod(0o755)
+    return script, record
+
+
+def events(record: Path) -> list[list[str]]:
+    if not record.exists():
+        return []
+    return [line.split(" ") for line in record.read_text().splitlines() if line]
+
+
+class Daemon:
+    """tuninetd running in a namespace, its stderr log in a file."""
+
+    def __init__(self, ns: Netns, args: list[str], log: Path) -> None:
+        self.log = log
+        self.logf = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            ns.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main", *args),
+            stdin=subprocess.DEVNULL,
+            stdout=self.logf,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def lines(self) -> list[str]:
+        return self.text().splitlines()
+
+    def wait_log(self, needle: str, timeout: float = 10.0, count: int = 1) -> list[str]:
+        def probe() -> list[str] | None:
+            found = [line for line in self.lines() if needle in line]
+            if self.proc.poll() is not None and len(found) < count:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}):\n{self.text()}")
+            return found if len(found) >= count else None
+
+        try:
+            return wait_for(f"log line {needle!r} x{count}", probe, timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- log ---\n{self.text()}") from None
+
+    def children(self) -> dict[str, int]:
+        """Worker comm name -> pid (first of each)."""
+        import psutil
+
+        out: dict[str, int] = {}
+        for child in psutil.Process(self.pid).children():
+            with contextlib.suppress(psutil.Error):
+                out.setdefault(child.name(), child.pid)
+        return out
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.logf.close()
+        return self.proc.returncode
+
+
+def ready(daemon: Daemon, sensors: int = 1, timeout: float = 15.0) -> None:
+    """Every sensor and the executor have said hello (their titles show it)."""
+    import psutil
+
+    def probe() -> bool:
+        if daemon.proc.poll() is not None:
+            raise AssertionError(f"daemon exited:\n{daemon.text()}")
+        try:
+            kids = psutil.Process(daemon.pid).children()
+            titles = [" ".join(k.cmdline()) for k in kids]
+        except psutil.Error:
+            return False
+        armed = [t for t in titles if t.startswith("tuninetd: sensor") and "armed" in t]
+        execs = [t for t in titles if t.startswith("tuninetd: executor idle")]
+        return len(armed) >= sensors and len(execs) == 1
+
+    try:
+        wait_for("all workers ready", probe, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- log ---\n{daemon.text()}") from None
+
+
+def proc_status(pid: int) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields
