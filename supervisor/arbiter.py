@@ -486,7 +486,8 @@ class Arbiter:
             self.title.set("down")
 
     def _go_down(self) -> None:
-        self.queue.push("stop", env=self._event_env("stop"))
+        if self.queue.push("stop", env=self._event_env("stop")) is not None:
+            log.info("CORE: idle again before the start command could run: start cancelled")
         for s in self.sensors:
             if s.ready:
                 s.send("arm")

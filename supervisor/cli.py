@@ -133,7 +133,7 @@ def _command(text: str | None) -> str:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise UsageError(f"-c {text!r}: {exc.strerror.lower()}") from None
+        raise UsageError(f"-c {text!r}: {(exc.strerror or str(exc)).lower()}") from None
     if stat.S_ISDIR(st.st_mode):
         raise UsageError(f"-c {text!r}: is a directory, expected an executable file")
     if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):

@@ -67,7 +67,9 @@ class CommandQueue:
     """One command at a time, start and stop strictly alternating.
 
     A stop still waiting when a start comes in cancels out with it: the
-    service is up and simply stays up.
+    service is up and simply stays up. Likewise a start still waiting when
+    the stop comes (the executor was busy all along): the service stays down.
+    So at most one command ever waits.
     """
 
     def __init__(self) -> None:
@@ -83,9 +85,9 @@ class CommandQueue:
         sensor: str = "",
         lines: list[str] | None = None,
     ) -> Job | None:
-        """Queue ``event``; returns the cancelled stop when a start cancels one out."""
-        if event == "start" and self.pending and self.pending[-1].event == "stop":
-            self.last_event = "start"
+        """Queue ``event``; returns the waiting job it cancelled out, if any."""
+        if self.pending and self.pending[-1].event != event:
+            self.last_event = event
             return self.pending.pop()
         if self.last_event == event:
             raise ValueError(f"two {event} commands in a row")

@@ -1,0 +1,73 @@
+"""tuninetd executor: runs the start and stop commands for the supervisor.
+
+Started by the supervisor as ``python -m tuninetd.executor FD PPID``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+
+from tuninetd.common import wire, worker
+from tuninetd.executor.config import Config, parse_config, switch_user
+from tuninetd.executor.loop import Executor
+
+WATCHED_SIGNALS = (signal.SIGTERM, signal.SIGCHLD, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+
+
+def _wake_only(signum: int, frame: object) -> None:
+    """The wake-up fd carries the signal to the event loop."""
+
+
+def watch_signals() -> int:
+    """The read end of a pipe that receives the number of each watched signal.
+
+    They get a handler rather than SIG_IGN: handled signals go back to their
+    default across exec, ignored ones would stay ignored in every command
+    (a VPN daemon deaf to SIGHUP and SIGINT, say).
+    """
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    for sig in WATCHED_SIGNALS:
+        signal.signal(sig, _wake_only)
+    return read_end
+
+
+def receive_config(sock: socket.socket) -> Config:
+    data = wire.recv(sock)
+    if not data:
+        sys.exit(0)  # the supervisor went away before configuring us
+    return parse_config(wire.decode(data))
+
+
+def start(sock: socket.socket, ppid: int) -> Executor:
+    title = worker.Title("tuninetd: executor", "tuninetd-exec")
+    title.set("starting")
+    worker.die_with_parent(ppid, signal.SIGTERM)
+    worker.ignore_terminal_signals()
+    # Whatever a command leaves behind after setsid and fork is re-parented to
+    # us, not to init: it can be reaped, and killed when its run times out.
+    worker.prctl(worker.PR_SET_CHILD_SUBREAPER, 1)
+    config = receive_config(sock)
+    if config.uid is not None:
+        switch_user(config)
+        worker.die_with_parent(ppid, signal.SIGTERM)  # a uid change cleared it
+    executor = Executor(sock, config, title, watch_signals())
+    wire.send(sock, "hello", pid=os.getpid())
+    title.set("idle")
+    return executor
+
+
+def main() -> None:
+    sock, ppid = worker.channel_from_argv()
+    try:
+        start(sock, ppid).serve()
+    except Exception as exc:
+        worker.fatal(sock, f"executor: {type(exc).__name__}: {exc}")
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,395 @@
+"""The executor process for real: started the way the supervisor starts it,
+spoken to over a SOCK_SEQPACKET socketpair, running real scripts."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pwd
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tuninetd.common import wire
+
+BEAT = 0.2
+PATH_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+# Records pids atomically (write then rename) so a test never reads half a pid.
+NOTE_PID = """
+import os, signal, sys, time
+def note(name):
+    path = os.path.join(sys.argv[1], name)
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
+"""
+
+
+class Executor:
+    """One executor process and our end of its socket."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self.proc = proc
+        self.sock = sock
+        self.log: list[tuple[float, wire.Message]] = []
+
+    def send(self, kind: str, **fields: Any) -> None:
+        wire.send(self.sock, kind, **fields)
+
+    def recv(self, deadline: float) -> wire.Message | None:
+        """The next message, validated as the supervisor will; None at EOF."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not poller.poll(remaining * 1000):
+            pytest.fail("no message from the executor in time")
+        data = wire.recv(self.sock)
+        if not data:
+            return None
+        msg = wire.parse(data, wire.EXECUTOR_MESSAGES)
+        self.log.append((time.monotonic(), msg))
+        return msg
+
+    def expect(self, kind: str, timeout: float = 5.0) -> wire.Message:
+        """The next message of that kind, skipping beats."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.recv(deadline)
+            if msg is None:
+                pytest.fail(f"executor closed the socket while we waited for {kind}")
+            if msg["t"] == kind:
+                return msg
+            assert msg["t"] == "beat", f"expected {kind}, got {msg}"
+
+    def run(
+        self, run_id: int, argv: list[str], env: dict[str, str] | None = None, timeout: float = 8
+    ) -> tuple[list[wire.Message], wire.Message]:
+        """Run a command; all messages of this run up to its done, and the done."""
+        self.send("run", id=run_id, event="start", argv=argv, env=PATH_ENV if env is None else env)
+        return self.until_done(run_id, timeout)
+
+    def until_done(
+        self, run_id: int, timeout: float = 8
+    ) -> tuple[list[wire.Message], wire.Message]:
+        deadline = time.monotonic() + timeout
+        messages = []
+        while True:
+            msg = self.recv(deadline)
+            if msg is None:
+                pytest.fail("executor closed the socket before done")
+            if msg["t"] == "beat" or msg.get("id") != run_id:
+                continue
+            messages.append(msg)
+            if msg["t"] == "done":
+                return messages, msg
+
+    def wait_exit(self, timeout: float = 5.0) -> int:
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+StartExecutor = Callable[..., Executor]
+
+
+@pytest.fixture
+def executor() -> Iterator[StartExecutor]:
+    started: list[Executor] = []
+
+    def start(
+        timeout: float = 10.0,
+        uid: int | None = None,
+        gid: int | None = None,
+        user: str | None = None,
+    ) -> Executor:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tuninetd.executor", str(theirs.fileno()), str(os.getpid())],
+            pass_fds=[theirs.fileno()],
+            env={**os.environ, "EXECUTOR_ONLY": "1"},
+        )
+        theirs.close()
+        ex = Executor(proc, ours)
+        started.append(ex)
+        ex.send("config", timeout=timeout, beat=BEAT, uid=uid, gid=gid, user=user)
+        assert ex.expect("hello")["pid"] == proc.pid
+        return ex
+
+    yield start
+    for ex in started:
+        ex.close()
+
+
+@pytest.fixture
+def doomed() -> Iterator[list[psutil.Process]]:
+    """Processes a test leaves running on purpose, killed when it ends."""
+    procs: list[psutil.Process] = []
+    yield procs
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+
+def script(tmp_path: Path, name: str, text: str, mode: int = 0o755) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(mode)
+    return str(path)
+
+
+def python_script(tmp_path: Path, name: str, body: str) -> str:
+    return script(tmp_path, name, f"#!{sys.executable}\n{NOTE_PID}\n{body}")
+
+
+def read_pids(directory: Path, names: list[str], timeout: float = 5.0) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while not all((directory / name).exists() for name in names):
+        if time.monotonic() > deadline:
+            pytest.fail(f"pid files {names} not all written in time")
+        time.sleep(0.02)
+    return {name: int((directory / name).read_text()) for name in names}
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(pids: list[int], timeout: float = 3.0) -> list[int]:
+    """The pids still alive after the deadline."""
+    deadline = time.monotonic() + timeout
+    while (alive := [pid for pid in pids if not is_gone(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return alive
+
+
+def lines(messages: list[wire.Message]) -> list[str]:
+    return [m["line"] for m in messages if m["t"] == "out"]
+
+
+def test_hello_then_beats_at_the_interval(executor: StartExecutor) -> None:
+    ex = executor()
+    hello_at = ex.log[-1][0]
+    beats = [ex.expect("beat", timeout=2) for _ in range(4)]
+    times = [hello_at] + [at for at, msg in ex.log if msg["t"] == "beat"]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(beat == {"v": 1, "t": "beat", "n": 0, "mode": "idle"} for beat in beats)
+    assert all(BEAT * 0.5 < gap < BEAT * 2.5 for gap in gaps), gaps
+
+
+def test_output_lines_in_order_then_done(executor: StartExecutor, tmp_path: Path) -> None:
+    cmd = script(tmp_path, "talk", "#!/bin/sh\necho one\necho two >&2\necho three\nprintf tail")
+    messages, done = executor().run(1, [cmd])
+    assert messages[0]["t"] == "started"
+    assert lines(messages) == ["one", "two", "three", "tail"]
+    assert done["rc"] == 0 and done["sig"] is None and done["error"] is None
+    assert done["timeout"] is False and 0 <= done["dur"] < 5
+
+
+def test_exit_code_is_reported(executor: StartExecutor, tmp_path: Path) -> None:
+    cmd = script(tmp_path, "fail", "#!/bin/sh\nexit 3\n")
+    _, done = executor().run(1, [cmd])
+    assert (done["rc"], done["sig"]) == (3, None)
+
+
+def test_argv_is_passed_literally(executor: StartExecutor, tmp_path: Path) -> None:
+    cmd = script(tmp_path, "args", '#!/bin/sh\nfor a in "$@"; do printf \'[%s]\\n\' "$a"; done\n')
+    pwned = tmp_path / "pwned"
+    args = ["two words", f"$(touch {pwned})", "`id`", "*", "'quoted'", ""]
+    messages, done = executor().run(1, [cmd, *args])
+    assert lines(messages) == [f"[{a}]" for a in args]
+    assert done["rc"] == 0 and not pwned.exists()
+
+
+def test_env_is_the_daemons_plus_the_events_and_the_run_id(
+    executor: StartExecutor, tmp_path: Path
+) -> None:
+    text = (
+        '#!/bin/sh\necho "FOO=$FOO"\necho "RUN=$TUNINETD_RUN_ID"\necho "OWN=${EXECUTOR_ONLY-no}"\n'
+    )
+    cmd = script(tmp_path, "env", text)
+    messages, _ = executor().run(7, [cmd], {**PATH_ENV, "FOO": "bar $(baz)"})
+    assert lines(messages) == ["FOO=bar $(baz)", "RUN=7", "OWN=1"]
+
+
+def test_stdin_is_dev_null(executor: StartExecutor, tmp_path: Path) -> None:
+    cmd = script(tmp_path, "stdin", "#!/bin/sh\nreadlink /proc/self/fd/0\ncat\necho end\n")
+    messages, done = executor().run(1, [cmd])
+    assert lines(messages) == ["/dev/null", "end"] and done["rc"] == 0
+
+
+@pytest.mark.parametrize(("mode", "reason"), [(None, "No such file"), (0o644, "Permission denied")])
+def test_unstartable_command_reports_the_error(
+    executor: StartExecutor, tmp_path: Path, mode: int | None, reason: str
+) -> None:
+    cmd = str(tmp_path / "missing") if mode is None else script(tmp_path, "x", "#!/bin/sh\n", mode)
+    messages, done = executor().run(1, [cmd])
+    assert messages == [done]
+    assert done["rc"] is None and done["sig"] is None and done["timeout"] is False
+    assert reason in done["error"] and cmd in done["error"]
+
+
+TREE = """
+if os.fork() == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            note("grandchild")
+            while True:
+                signal.pause()
+        os._exit(0)
+    note("child")
+    while True:
+        signal.pause()
+note("parent")
+while True:
+    signal.pause()
+"""
+
+
+def test_timeout_kills_the_whole_tree_while_beats_go_on(
+    executor: StartExecutor, tmp_path: Path
+) -> None:
+    cmd = python_script(tmp_path, "tree", TREE)
+    ex = executor(timeout=1)
+    sent_at = time.monotonic()
+    messages, done = ex.run(1, [cmd, str(tmp_path)])
+    pids = read_pids(tmp_path, ["parent", "child", "grandchild"])
+    assert messages[0] == {"v": 1, "t": "started", "id": 1, "pid": pids["parent"]}
+    assert done["timeout"] is True and done["sig"] == signal.SIGTERM and done["rc"] is None
+    assert wait_gone(list(pids.values())) == []
+    beats = [sent_at] + [at for at, msg in ex.log if msg["t"] == "beat" and at > sent_at]
+    assert all(b - a < BEAT * 3 for a, b in itertools.pairwise(beats))
+    assert beats[-1] - sent_at > 2.5  # the hang and the 2 s grace were covered by beats
+
+
+DAEMON = """
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        note("daemon")
+        print("daemon up", flush=True)
+        while True:
+            signal.pause()
+    os._exit(0)
+os.wait()
+print("started a daemon", flush=True)
+"""
+
+
+def test_daemon_of_an_earlier_command_survives_a_timeout_kill(
+    executor: StartExecutor, tmp_path: Path, doomed: list[psutil.Process]
+) -> None:
+    cmd = python_script(tmp_path, "daemonize", DAEMON)
+    ex = executor(timeout=1)
+    _, done = ex.run(1, [cmd, str(tmp_path)], timeout=3)
+    daemon = read_pids(tmp_path, ["daemon"])["daemon"]
+    doomed.append(psutil.Process(daemon))
+    assert done["rc"] == 0 and done["timeout"] is False  # though the daemon holds the pipe
+    _, done = ex.run(2, ["sleep", "30"])
+    assert done["timeout"] is True
+    assert not is_gone(daemon)
+
+
+def test_chatty_command_is_rate_limited(executor: StartExecutor) -> None:
+    chatty = [sys.executable, "-c", "for i in range(10000): print(i)"]
+    messages, done = executor().run(1, chatty, {})
+    out = lines(messages)
+    notices = [int(m.group(1)) for line in out if (m := re.search(r"(\d+) more output", line))]
+    forwarded = len(out) - len(notices)
+    assert done["rc"] == 0 and notices
+    assert forwarded <= 100 and forwarded + sum(notices) == 10000
+    assert out[:10] == [str(i) for i in range(10)]
+
+
+def test_run_while_busy_is_refused(executor: StartExecutor) -> None:
+    ex = executor()
+    ex.send("run", id=1, event="start", argv=["sleep", "0.3"], env=PATH_ENV)
+    ex.expect("started")
+    ex.send("run", id=2, event="stop", argv=["true"], env=PATH_ENV)
+    error = ex.expect("error")
+    assert error["fatal"] is False and "run 2 refused" in error["reason"]
+    _, done = ex.until_done(1)
+    assert done["rc"] == 0
+
+
+def test_quit_lets_the_running_command_finish(executor: StartExecutor) -> None:
+    ex = executor()
+    ex.send("run", id=1, event="stop", argv=["sh", "-c", "sleep 0.5; echo finished"], env=PATH_ENV)
+    ex.expect("started")
+    ex.send("quit")
+    messages, done = ex.until_done(1)
+    assert lines(messages) == ["finished"] and done["rc"] == 0
+    assert ex.recv(time.monotonic() + 5) is None
+    assert ex.wait_exit() == 0
+
+
+FAMILY = """
+if os.fork() == 0:
+    note("child")
+    while True:
+        signal.pause()
+note("parent")
+while True:
+    signal.pause()
+"""
+
+
+@pytest.mark.parametrize("how", ["eof", "sigterm"])
+def test_supervisor_gone_kills_the_command_and_exits(
+    executor: StartExecutor, tmp_path: Path, how: str
+) -> None:
+    cmd = python_script(tmp_path, "family", FAMILY)
+    ex = executor()
+    ex.send("run", id=1, event="start", argv=[cmd, str(tmp_path)], env=PATH_ENV)
+    ex.expect("started")
+    pids = read_pids(tmp_path, ["parent", "child"])
+    if how == "eof":
+        ex.sock.close()
+    else:
+        ex.proc.send_signal(signal.SIGTERM)
+    assert ex.wait_exit() == 0
+    assert wait_gone(list(pids.values())) == []
+
+
+def test_exec_user(executor: StartExecutor) -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("switching the executor's user needs root")
+        pytest.skip("switching the executor's user needs root")
+    nobody = pwd.getpwnam("nobody")
+    ex = executor(uid=nobody.pw_uid, gid=nobody.pw_gid, user="nobody")
+    assert psutil.Process(ex.proc.pid).uids().real == nobody.pw_uid
+    messages, done = ex.run(1, ["id", "-u"])
+    assert lines(messages) == [str(nobody.pw_uid)] and done["rc"] == 0
+
+
+def test_command_starts_with_default_signal_dispositions(executor: StartExecutor) -> None:
+    messages, _ = executor().run(1, ["grep", "SigIgn", "/proc/self/status"])
+    assert lines(messages)[0].endswith("0" * 16)  # nothing ignored, not even SIGHUP
+
+
+def test_long_and_unprintable_lines_are_cut_and_cleaned(executor: StartExecutor) -> None:
+    code = "import sys; sys.stdout.write('x' * 100000 + '\\nnext\\r\\n\\x1b[31mred\\n')"
+    messages, done = executor().run(1, [sys.executable, "-c", code], {})
+    assert lines(messages) == ["x" * wire.MAX_TEXT, "next", "?[31mred"] and done["rc"] == 0
