@@ -26,8 +26,9 @@ def daemonize() -> int:
     start with exit status 1 instead of a silent death. Returns the write end
     of that readiness pipe in the daemon."""
     rfd, wfd = os.pipe()
-    if os.fork():
+    if child := os.fork():
         os.close(wfd)
+        os.waitpid(child, 0)  # the first child exits as soon as it has forked
         with os.fdopen(rfd, "rb") as r:
             answer = r.read().decode(errors="replace")
         if answer.startswith("ok"):

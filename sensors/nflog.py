@@ -1,0 +1,289 @@
+"""The nflog sensor: one netfilter NFLOG group, read over netlink with the stdlib.
+
+The rule that logs to the group is the filter. The kernel accepts NFLOG
+configuration only from a sender holding CAP_NET_ADMIN, so the group is bound
+and configured once, as root, in one request, and that configuration serves
+both modes:
+
+- copy range: enough of each packet for the summary and for ``tcp_ack``
+  (the whole packet with -w), so any message can be a trigger;
+- batching: messages are flushed to us in batches of about BATCH_BYTES (up to
+  hundreds of messages), or at the next timer tick (flush timeout 0), which
+  keeps the trigger latency at a tick while a busy group costs one ``recv``
+  per batch;
+- a large receive buffer that holds a beat's worth of messages at moderate
+  rates; past that, the kernel drops and flags ENOBUFS, which is activity.
+
+Armed, the loop polls the socket and the first message fires. Counting, the
+loop never wakes for messages: ``take_count`` drains the queue once a beat and
+counts the packet messages by their headers alone (with -a, it looks at each
+payload's TCP flags). Netlink keeps no drop counter to read instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterator
+
+from tuninetd.common import wire
+from tuninetd.sensors import decode, loop, netlink
+
+# IP and TCP headers with options fit; so do IPv6 and a few extension headers.
+SUMMARY_COPY = 128
+BATCH_BYTES = 64 * 1024
+# High enough that the batch's size, not the message count, closes a batch.
+BATCH_MESSAGES = 4096
+RCVBUF = 4 * 1024 * 1024
+# The kernel rounds a batch's allocation (BATCH_BYTES, or one message with a
+# whole 64 KiB packet, plus overhead) up to 128 KiB and fills all of it: a
+# datagram stays below that. A datagram cut short would only lose its last
+# message (the walk stops there), never be misread.
+RECV_BUFFER = 256 * 1024
+ACK_TIMEOUT = 2.0
+
+SO_RCVBUFFORCE = 33  # not in the socket module
+ARPHRD_ETHER = 1
+ETH_HLEN = 14
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+CAP_NET_ADMIN = 12
+NO_NFLOG = "no NFLOG support in this kernel (nfnetlink_log)"
+
+
+class NflogCapture:
+    def __init__(self, cfg: wire.Message) -> None:
+        self.group = int(cfg["group"])
+        self.want_packet = bool(cfg["want_packet"])
+        self.ack_only = bool(cfg["ack_only"])
+        self.buf = bytearray(RECV_BUFFER)
+        self.overrun = False
+        # A packet message that came in with the bind acknowledgement; the
+        # first ``arm`` fires on it.
+        self.early: bytes | None = None
+        try:
+            self.sock = socket.socket(
+                socket.AF_NETLINK, socket.SOCK_RAW, netlink.NETLINK_NETFILTER
+            )
+        except OSError as exc:
+            if exc.errno in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT):
+                raise OSError(exc.errno, NO_NFLOG) from None
+            raise
+        self.sock.bind((0, 0))
+        self._bind_group()
+        # Forced: the default rmem_max would cap a plain SO_RCVBUF far below this.
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        # A drain reads at most what the buffer can hold, so a group that
+        # fills it faster than we read cannot keep us from beating.
+        self.budget = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _bind_group(self) -> None:
+        """Bind and configure in one request, so no message is ever sent to us
+        with the kernel's defaults (whole packets, one-second flush).
+
+        No PF_BIND: the NFLOG target and nftables' ``log group`` name this
+        backend themselves, and binding it to a family would also divert that
+        family's default logging (e.g. conntrack's) for the whole namespace.
+        """
+        copy_range = wire.SNAPLEN if self.want_packet else SUMMARY_COPY
+        self.sock.send(
+            netlink.nflog_config(
+                self.group,
+                seq=1,
+                cmd=netlink.NFULNL_CFG_CMD_BIND,
+                mode=(copy_range, netlink.NFULNL_COPY_PACKET),
+                nlbufsiz=BATCH_BYTES,
+                qthresh=BATCH_MESSAGES,
+                timeout=0,
+            )
+        )
+        err = self._wait_ack(seq=1)
+        if err == 0:
+            return
+        if err in (errno.EPERM, errno.EBUSY):
+            # The kernel says EPERM both to a sender without CAP_NET_ADMIN and
+            # to one that is not the group's current listener.
+            if _has_net_admin():
+                reason = f"nflog group {self.group} is already bound by another process"
+            else:
+                reason = f"no permission to bind nflog group {self.group} (needs CAP_NET_ADMIN)"
+        elif err in (errno.EINVAL, errno.EOPNOTSUPP):
+            # What nfnetlink answers for a subsystem it does not have.
+            reason = NO_NFLOG
+        else:
+            reason = f"cannot bind nflog group {self.group}: {os.strerror(err)}"
+        raise OSError(err, reason)
+
+    def _wait_ack(self, seq: int) -> int:
+        self.sock.settimeout(ACK_TIMEOUT)
+        while True:
+            try:
+                size = self.sock.recv_into(self.buf)
+            except TimeoutError:
+                raise OSError(errno.ETIMEDOUT, "the kernel did not answer the nflog bind") from None
+            replies, _malformed = netlink.parse_messages(self.buf, size)
+            for msg in replies:
+                if msg.kind == netlink.NLMSG_ERROR and msg.seq == seq:
+                    err = netlink.ack_error(msg)
+                    return errno.EPROTO if err is None else err
+            self.early = self._newest_packet(size) or self.early
+
+    def _receive(self) -> Iterator[int]:
+        """Read what is queued, one datagram at a time, into ``self.buf``: the
+        caller handles each datagram before the next overwrites it. Stops when
+        the queue is empty or the budget is spent."""
+        budget = self.budget
+        while budget > 0:
+            try:
+                size = self.sock.recv_into(self.buf)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    return
+                # Reported once per overflow; what is still queued follows.
+                self.overrun = True
+                continue
+            budget -= max(size, 1)
+            yield size
+
+    def _newest_packet(self, size: int) -> bytes | None:
+        newest = None
+        for pos, length in netlink.iter_packets(self.buf, size):
+            newest = pos, length
+        if newest is None:
+            return None
+        pos, length = newest
+        return bytes(self.buf[pos : pos + length])
+
+    def _trigger(self, buf: netlink.ReadableBuffer, pos: int, length: int) -> loop.Trigger | None:
+        pkt = netlink.parse_packet(buf, pos, length)
+        if pkt is None:
+            return None
+        data, link = _frame(pkt)
+        summary = decode.summarize(data, link)
+        prefix = pkt.attrs.get_str("prefix")
+        return loop.Trigger(
+            lines=summary.lines,
+            link=link,
+            packet=data if self.want_packet and data else None,
+            src=summary.src,
+            dst=summary.dst,
+            proto=summary.proto,
+            prefix=prefix[: wire.MAX_TEXT] if prefix else None,
+        )
+
+    def arm(self) -> loop.Trigger | None:
+        # Every message carries the packet (the copy mode never changes), so
+        # the newest one queued since the last count can be the trigger.
+        newest, self.early = self.early, None
+        for size in self._receive():
+            newest = self._newest_packet(size) or newest
+        return None if newest is None else self._trigger(newest, 0, len(newest))
+
+    def read_trigger(self) -> loop.Trigger | None:
+        for size in self._receive():
+            for pos, length in netlink.iter_packets(self.buf, size):
+                return self._trigger(self.buf, pos, length)
+        return None
+
+    def count(self) -> None:
+        for _size in self._receive():
+            pass
+        self.overrun = False
+
+    def take_count(self) -> int:
+        n = 0
+        for size in self._receive():
+            n += self._count(size)
+        # An overrun lost messages we cannot look at: activity, except with -a,
+        # where nothing says the lost ones were ACKs (a SYN flood to a dead
+        # tunnel must not keep it up).
+        if self.overrun and not self.ack_only:
+            n = max(n, 1)
+        self.overrun = False
+        return n
+
+    def _count(self, size: int) -> int:
+        packets = netlink.iter_packets(self.buf, size)
+        if not self.ack_only:
+            return sum(1 for _ in packets)
+        n = 0
+        for pos, length in packets:
+            payload = netlink.find_attribute(
+                self.buf, pos + netlink.NFLOG_ATTRS_AT, pos + length, netlink.NFULA_PAYLOAD
+            )
+            if payload is not None and decode.tcp_ack(bytes(payload)):
+                n += 1
+        return n
+
+    def check(self) -> str | None:
+        # Reading SO_ERROR clears it: an overflow wakes the loop once (POLLERR),
+        # not on every poll until the next drain.
+        if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ENOBUFS:
+            self.overrun = True
+        return None
+
+
+def _frame(pkt: netlink.Packet) -> tuple[bytes, str]:
+    """The packet as bytes for the summary and the -w file, and its link type.
+
+    The payload starts at the network header. With an Ethernet link header
+    (packets that came in through an Ethernet device) the frame is rebuilt
+    as it was on the wire: from the bridge's full L2 header when there is one
+    (it keeps an in-band 802.1Q tag, which the 14-byte hardware header cuts),
+    with a tag the kernel had moved into metadata put back.
+    """
+    attrs = pkt.attrs
+    payload = attrs.get_bytes("payload") or b""
+    header = attrs.get_bytes("l2hdr")
+    if header is None or len(header) < ETH_HLEN:
+        header = attrs.get_bytes("hwheader")
+        if (
+            header is None
+            or len(header) != ETH_HLEN
+            or attrs.get_int("hwtype") != ARPHRD_ETHER
+            or attrs.get_int("hwlen") != ETH_HLEN
+        ):
+            return _raw_ip(pkt, payload), "raw"
+    vlan = attrs.get_nested("vlan")
+    if vlan is not None:
+        tci = vlan.get_int("tci")
+        if tci is not None:
+            tag = struct.pack("!HH", vlan.get_int("proto") or 0x8100, tci)
+            header = header[:12] + tag + header[12:]
+    return header + payload, "ether"
+
+
+def _raw_ip(pkt: netlink.Packet, payload: bytes) -> bytes:
+    """The payload, when it is IP. Only a bridge logs other protocols (ARP,
+    ...); without a link header their bytes would be read as IP."""
+    if pkt.family in (socket.AF_INET, socket.AF_INET6):
+        return payload
+    hdr = pkt.attrs.get_tuple("packet_hdr")
+    return payload if hdr is not None and hdr[0] in (ETH_P_IP, ETH_P_IPV6) else b""
+
+
+def _has_net_admin() -> bool:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def main() -> None:
+    loop.run("nflog", NflogCapture)
+
+
+if __name__ == "__main__":
+    main()

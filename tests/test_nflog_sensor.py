@@ -1,0 +1,352 @@
+"""The nflog sensor against the real kernel: each test in its own network
+namespace, with real nftables / iptables-nft rules logging to a group, the
+sensor driven over a socketpair the way the supervisor drives it."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import os
+import pwd
+import secrets
+import select
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Dot1Q, Ether
+
+from tests.netlab import Netns, proc_status, sh
+from tuninetd.common import wire
+
+pytestmark = pytest.mark.root
+
+V4_LOCAL, V4_PEER = "10.201.0.1", "10.201.0.2"
+V6_LOCAL, V6_PEER = "fd00:201::1", "fd00:201::2"
+MAC_LOCAL, MAC_PEER = "02:00:00:00:01:01", "02:00:00:00:02:02"
+PORT = 9999
+
+
+@pytest.fixture
+def lab(veth: Netns) -> Netns:
+    """tap0 carries our addresses; the peer addresses resolve to a MAC that is
+    nobody's, so what we send is logged on output, crosses to peer0 and is
+    dropped there, never leaving the namespace."""
+    veth.ip("link", "set", "tap0", "address", MAC_LOCAL)
+    veth.ip("addr", "add", f"{V4_LOCAL}/24", "dev", "tap0")
+    veth.ip("addr", "add", f"{V6_LOCAL}/64", "dev", "tap0", "nodad")
+    for peer in (V4_PEER, V6_PEER):
+        veth.ip("neigh", "add", peer, "lladdr", MAC_PEER, "dev", "tap0", "nud", "permanent")
+    return veth
+
+
+def nft_log(ns: Netns, rule: str, hook: str = "output", family: str = "inet") -> None:
+    """A table whose one chain logs what ``rule`` matches."""
+    chain = f"{{ type filter hook {hook} priority 0; }}"
+    sh(*ns.exec_argv("nft", "add", "table", family, "t"))
+    sh(*ns.exec_argv("nft", "add", "chain", family, "t", "c", chain))
+    sh(*ns.exec_argv("nft", "add", "rule", family, "t", "c", *rule.split()))
+
+
+def bridge_peer(ns: Netns) -> None:
+    """Put peer0 in a bridge: what tap0 sends then crosses the bridge."""
+    ns.ip("link", "add", "br0", "type", "bridge")
+    ns.ip("link", "set", "peer0", "master", "br0")
+    ns.ip("link", "set", "br0", "up")
+
+
+def send_udp(ns: Netns, dst: str, count: int = 1, data: bytes = b"x") -> None:
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    with ns.entered():
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    with sock:
+        for _ in range(count):
+            sock.sendto(data, (dst, PORT))
+
+
+def send_ip(ns: Netns, packet: bytes, count: int = 1) -> None:
+    """A hand-made IPv4 packet, sent as it is (raw socket: through output)."""
+    with ns.entered():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    with sock:
+        for _ in range(count):
+            sock.sendto(packet, (V4_PEER, 0))
+
+
+class Sensor:
+    """One sensor process and the supervisor's end of its socketpair."""
+
+    def __init__(self, ns: Netns, group: int, beat: float = 0.2, **options: bool) -> None:
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # ip netns exec execs in place: the sensor is our child, as under the
+        # supervisor, and its parent pid is ours.
+        self.proc = subprocess.Popen(
+            ns.exec_argv(
+                *(sys.executable, "-m", "tuninetd.sensors.nflog"),
+                *(str(theirs.fileno()), str(os.getpid())),
+            ),
+            pass_fds=[theirs.fileno()],
+            stderr=subprocess.PIPE,
+        )
+        theirs.close()
+        nobody = pwd.getpwnam("nobody")
+        wire.send(
+            self.sock,
+            "config",
+            kind="nflog",
+            name=str(group),
+            group=group,
+            uid=nobody.pw_uid,
+            gid=nobody.pw_gid,
+            beat=beat,
+            want_packet=options.get("want_packet", False),
+            ack_only=options.get("ack_only", False),
+        )
+
+    def recv(self, timeout: float = 5.0) -> wire.Message:
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        assert ready, "no message from the sensor"
+        data = wire.recv(self.sock)
+        assert data, "the sensor closed its socket"
+        return wire.parse(data, wire.SENSOR_MESSAGES)
+
+    def hello(self) -> None:
+        msg = self.recv()
+        assert msg["t"] == "hello", msg
+        assert msg["pid"] == self.proc.pid
+
+    def expect(self, kind: str, timeout: float = 5.0) -> wire.Message:
+        """The next message that is not a beat; beats meanwhile must say nothing happened."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.recv(max(0.0, deadline - time.monotonic()))
+            if msg["t"] != "beat":
+                assert msg["t"] == kind, msg
+                return msg
+            assert msg["n"] == 0, msg
+
+    def beat(self, mode: str) -> wire.Message:
+        """The next beat in ``mode``, which then is in effect; nothing but beats."""
+        deadline = time.monotonic() + 5.0
+        while True:
+            msg = self.recv(max(0.0, deadline - time.monotonic()))
+            assert msg["t"] == "beat", msg
+            if msg["mode"] == mode:
+                return msg
+
+    def order(self, verb: str) -> None:
+        wire.send(self.sock, verb)
+
+    def stop(self) -> bytes:
+        """Hang up as a dying supervisor would; what the sensor wrote to stderr."""
+        self.sock.close()
+        _out, err = self.proc.communicate(timeout=5)
+        assert self.proc.returncode == 0
+        return err
+
+
+def _group() -> int:
+    return secrets.randbelow(65535) + 1
+
+
+def test_ipv4_trigger_from_nft_rule_with_prefix(lab: Netns) -> None:
+    group = _group()
+    nft_log(lab, f"udp dport {PORT} log group {group} prefix tnd")
+    sensor = Sensor(lab, group)
+    sensor.hello()
+    send_udp(lab, V4_PEER)
+    trig = sensor.expect("trigger")
+    assert trig["lines"] == [f"|- IPv4 {V4_LOCAL} > {V4_PEER}, NXT_HDR: 0x11 (UDP)"]
+    assert trig["prefix"] == "tnd"
+    assert trig["link"] == "raw"
+    assert "pkt" not in trig
+    # Fired once, and counting without being told.
+    assert sensor.beat("counting")
+
+
+def test_ipv6_trigger(lab: Netns) -> None:
+    group = _group()
+    nft_log(lab, f"udp dport {PORT} log group {group}")
+    sensor = Sensor(lab, group)
+    sensor.hello()
+    send_udp(lab, V6_PEER)
+    trig = sensor.expect("trigger")
+    assert trig["lines"] == [f"|- IPv6 {V6_LOCAL} > {V6_PEER}, NXT_HDR: 0x11 (UDP)"]
+    assert (trig["src"], trig["dst"], trig["proto"]) == (V6_LOCAL, V6_PEER, "UDP")
+    assert "prefix" not in trig
+
+
+def test_trigger_from_iptables_nflog_target(lab: Netns) -> None:
+    group = _group()
+    sh(
+        *lab.exec_argv("iptables", "-A", "OUTPUT", "-p", "udp", "--dport", str(PORT)),
+        *("-j", "NFLOG", "--nflog-group", str(group), "--nflog-prefix", "ipt"),
+    )
+    sensor = Sensor(lab, group)
+    sensor.hello()
+    send_udp(lab, V4_PEER)
+    trig = sensor.expect("trigger")
+    assert trig["lines"] == [f"|- IPv4 {V4_LOCAL} > {V4_PEER}, NXT_HDR: 0x11 (UDP)"]
+    assert trig["prefix"] == "ipt"
+
+
+def test_incoming_frame_gives_mac_line(lab: Netns) -> None:
+    """A packet that came in on an Ethernet device carries its link header."""
+    group = _group()
+    nft_log(lab, f'iifname "tap0" udp dport {PORT} log group {group}', hook="prerouting")
+    sensor = Sensor(lab, group)
+    sensor.hello()
+    frame = Ether(src=MAC_PEER, dst=MAC_LOCAL)
+    frame /= IP(src=V4_PEER, dst=V4_LOCAL) / UDP(sport=1234, dport=PORT)
+    with lab.sender("peer0") as out:
+        out.send(bytes(frame))
+    trig = sensor.expect("trigger")
+    assert trig["link"] == "ether"
+    assert trig["lines"] == [
+        f"|- IPv4 {V4_PEER} > {V4_LOCAL}, NXT_HDR: 0x11 (UDP)",
+        f"|- MAC: {MAC_PEER} > {MAC_LOCAL}, EtherType: 0x0800 (IPv4)",
+    ]
+
+
+def test_bridge_family_trigger(lab: Netns) -> None:
+    group = _group()
+    bridge_peer(lab)
+    rule = f"udp dport {PORT} log group {group} prefix br"
+    nft_log(lab, rule, hook="prerouting", family="bridge")
+    sensor = Sensor(lab, group)
+    sensor.hello()
+    send_udp(lab, V4_PEER)
+    trig = sensor.expect("trigger")
+    assert trig["link"] == "ether"
+    assert trig["prefix"] == "br"
+    assert trig["lines"] == [
+        f"|- IPv4 {V4_LOCAL} > {V4_PEER}, NXT_HDR: 0x11 (UDP)",
+        f"|- MAC: {MAC_LOCAL} > {MAC_PEER}, EtherType: 0x0800 (IPv4)",
+    ]
+
+
+def test_bridge_vlan_tag_is_put_back(lab: Netns) -> None:
+    """The kernel moves the 802.1Q tag into metadata; the trigger shows it."""
+    group = _group()
+    bridge_peer(lab)
+    nft_log(lab, f"vlan id 5 log group {group}", hook="prerouting", family="bridge")
+    sensor = Sensor(lab, group, want_packet=True)
+    sensor.hello()
+    frame = Ether(src=MAC_LOCAL, dst=MAC_PEER) / Dot1Q(vlan=5)
+    frame /= IP(src=V4_LOCAL, dst=V4_PEER) / UDP(sport=1234, dport=PORT)
+    with lab.sender("tap0") as out:
+        out.send(bytes(frame))
+    trig = sensor.expect("trigger")
+    assert trig["lines"] == [
+        f"|- IPv4 {V4_LOCAL} > {V4_PEER}, NXT_HDR: 0x11 (UDP)",
+        f"|- MAC: {MAC_LOCAL} > {MAC_PEER}, 802.1Q VID: 5, EtherType: 0x0800 (IPv4)",
+    ]
+    assert base64.b64decode(trig["pkt"]) == bytes(frame)
+
+
+def test_want_packet_sends_the_whole_packet(lab: Netns) -> None:
+    group = _group()
+    nft_log(lab, f"udp dport {PORT} log group {group}")
+    sensor = Sensor(lab, group, want_packet=True)
+    sensor.hello()
+    payload = secrets.token_bytes(1400)
+    send_udp(lab, V4_PEER, data=payload)
+    trig = sensor.expect("trigger")
+    packet = IP(base64.b64decode(trig["pkt"]))
+    assert (packet.src, packet.dst) == (V4_LOCAL, V4_PEER)
+    assert bytes(packet[UDP].payload) == payload
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_burst_while_counting_keeps_beating(lab: Netns) -> None:
+    group, beat, burst = _group(), 0.2, 150_000
+    nft_log(lab, f"udp dport {PORT} log group {group}")
+    sensor = Sensor(lab, group, beat=beat)
+    sensor.hello()
+    sensor.order("count")
+    sensor.beat("counting")
+    cpu = _cpu_seconds(sensor.proc.pid)
+    started = time.monotonic()
+    send_udp(lab, V4_PEER, count=burst)
+    sent_in = time.monotonic() - started
+    beats = [sensor.beat("counting")]
+    arrivals = [time.monotonic()]
+    # The burst is over; a couple more beats take in what was still queued.
+    while len(beats) < 3 or beats[-1]["n"]:
+        beats.append(sensor.beat("counting"))
+        arrivals.append(time.monotonic())
+        assert len(beats) < 200, "the counts never went back to zero"
+    cpu = _cpu_seconds(sensor.proc.pid) - cpu
+    total = sum(b["n"] for b in beats)
+    print(f"\n{burst} packets sent in {sent_in:.2f} s, {total} counted, sensor CPU {cpu:.2f} s")
+    assert total >= 10_000
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert max(gaps) < beat + 0.3, gaps
+    assert sensor.stop() == b""
+
+
+def test_ack_only_counts_tcp_ack_packets(lab: Netns) -> None:
+    group = _group()
+    nft_log(lab, f"tcp dport {PORT} log group {group}")
+    sensor = Sensor(lab, group, ack_only=True)
+    sensor.hello()
+    sensor.order("count")
+    sensor.beat("counting")
+    for flags, count in (("S", 5), ("A", 7), ("SA", 3), ("R", 4), ("FA", 2)):
+        segment = IP(src=V4_LOCAL, dst=V4_PEER) / TCP(sport=4321, dport=PORT, flags=flags)
+        send_ip(lab, bytes(segment), count)
+    total, deadline = 0, time.monotonic() + 5
+    while total < 12 and time.monotonic() < deadline:
+        total += sensor.beat("counting")["n"]
+    # Anything miscounted would have shown up by the next beats.
+    total += sensor.beat("counting")["n"] + sensor.beat("counting")["n"]
+    assert total == 12
+
+
+def test_arm_fires_on_packets_since_the_last_beat(lab: Netns) -> None:
+    group = _group()
+    nft_log(lab, f"udp dport {PORT} log group {group}")
+    # A long beat: the packet and the arm land between two beats.
+    sensor = Sensor(lab, group, beat=2.0)
+    sensor.hello()
+    sensor.order("count")
+    sensor.beat("counting")
+    send_udp(lab, V6_PEER)
+    sensor.order("arm")
+    msg = sensor.recv(timeout=1.0)
+    assert msg["t"] == "trigger", msg
+    assert msg["lines"] == [f"|- IPv6 {V6_LOCAL} > {V6_PEER}, NXT_HDR: 0x11 (UDP)"]
+
+
+def test_second_sensor_on_a_group_gets_a_clear_error(lab: Netns) -> None:
+    group = _group()
+    first = Sensor(lab, group)
+    first.hello()
+    second = Sensor(lab, group)
+    msg = second.recv()
+    assert msg["t"] == "error" and msg["fatal"] is True
+    assert f"nflog group {group} is already bound by another process" in msg["reason"]
+    assert second.proc.wait(timeout=5) == 1
+    # The first one is untouched.
+    assert first.beat("armed")
+
+
+def test_sensor_runs_unprivileged_after_hello(lab: Netns) -> None:
+    sensor = Sensor(lab, _group())
+    sensor.hello()
+    status = proc_status(sensor.proc.pid)
+    nobody = pwd.getpwnam("nobody")
+    assert status["Uid"].split() == [str(nobody.pw_uid)] * 4
+    assert status["Gid"].split() == [str(nobody.pw_gid)] * 4
+    assert status["Groups"] == ""
+    for caps in ("CapEff", "CapPrm", "CapBnd"):
+        assert int(status[caps], 16) == 0
+    assert status["NoNewPrivs"] == "1"
