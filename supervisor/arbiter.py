@@ -33,6 +33,7 @@ from tuninetd.supervisor.workers import Worker
 SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
 STARTUP_GRACE = 15.0  # seconds for every worker to say hello before we give up
 SENSOR_EXIT_GRACE = 2.0
+NORMAL_MODES = ("armed", "counting")
 
 
 class StartupError(Exception):
@@ -196,9 +197,11 @@ class Arbiter:
                 return
 
     def _hung_up(self, w: Worker) -> None:
+        # EOF mostly means the process is dying: its reap says how it ended.
+        # One that lingers without its channel is killed a beat later (manage).
         self._forget_channel(w)
         if w.alive:
-            w.kill("closed its channel")
+            w.extra["hung_up"] = time.monotonic()
 
     def _forget_channel(self, w: Worker) -> None:
         if w.sock is not None:
@@ -219,7 +222,7 @@ class Arbiter:
         elif not w.ready and kind != "error":
             self._misbehaved(w, f"{kind} before hello")
         elif kind == "beat":
-            w.mode = wire.clean_text(msg.get("mode", ""), 40)
+            self._sensor_mode(w, wire.clean_text(msg.get("mode", ""), 40))
             self.machine.activity(now, msg["n"])
         elif kind == "trigger":
             self._sensor_trigger(w, msg, now)
@@ -228,6 +231,22 @@ class Arbiter:
             if self.starting and not w.ready:
                 raise StartupError(reason)
             log.error("CORE: %s: %s", w.title, reason)
+
+    def _order(self, w: Worker, verb: str) -> None:
+        """Send ``arm`` or ``count``; the title follows unless the sensor is
+        in trouble, which only its own beat can end."""
+        w.send(verb)
+        if w.mode in NORMAL_MODES:
+            w.mode = "armed" if verb == "arm" else "counting"
+
+    def _sensor_mode(self, w: Worker, mode: str) -> None:
+        """Log the way into and out of trouble (e.g. the interface is gone),
+        once each, not every beat."""
+        if mode not in NORMAL_MODES and mode != w.mode:
+            log.warning("CORE: %s: %s", w.title, mode)
+        elif mode in NORMAL_MODES and w.mode not in NORMAL_MODES:
+            log.info("CORE: %s: capturing again", w.title)
+        w.mode = mode
 
     def _sensor_hello(self, w: Worker) -> None:
         if w.ready:
@@ -245,8 +264,7 @@ class Arbiter:
         if w.restarts:
             log.info("CORE: %s is back (pid %d)", w.title, w.pid)
         if self.machine.up:
-            w.send("count")
-            w.mode = "counting"
+            self._order(w, "count")
         self._check_started()
 
     def _sensor_trigger(self, w: Worker, msg: wire.Message, now: float) -> None:
@@ -273,8 +291,7 @@ class Arbiter:
                 env[f"TUNINETD_{field.upper()}"] = wire.clean_text(msg[field], 64)
         for other in self.sensors:
             if other is not w and other.ready:
-                other.send("count")
-                other.mode = "counting"
+                self._order(other, "count")
         cancelled = self.queue.push("start", env=env, sensor=spec_kind, lines=lines)
         if cancelled is not None:
             log.info("%s: new activity while stop was still queued: stop cancelled, "
@@ -434,6 +451,7 @@ class Arbiter:
     def _worker_exited(self, w: Worker, status: int) -> None:
         now = time.monotonic()
         pid = w.pid
+        w.extra.pop("hung_up", None)
         self._forget_channel(w)
         reason = w.exit_reason or describe_status(status)
         if w is self.executor:
@@ -471,10 +489,13 @@ class Arbiter:
             late = [w.title for w in self.workers if not w.ready]
             raise StartupError(f"no hello from the {', '.join(late)} in {STARTUP_GRACE:g} s")
         for w in self.workers:
+            hung_up = w.extra.get("hung_up") if w.alive else None
             if w.silent(now, self.cfg.beat):
                 log.warning("CORE: %s (pid %d) silent for %d beats: killing it",
                             w.title, w.pid, 5)
                 w.kill("was silent")
+            elif hung_up is not None and now - hung_up >= self.cfg.beat:
+                w.kill("closed its channel")
             elif not w.alive and w.respawn_at is not None and now >= w.respawn_at:
                 self.spawn(w, now)
         if self.machine.expire(now):
@@ -490,8 +511,7 @@ class Arbiter:
             log.info("CORE: idle again before the start command could run: start cancelled")
         for s in self.sensors:
             if s.ready:
-                s.send("arm")
-                s.mode = "armed"
+                self._order(s, "arm")
         self._dispatch()
 
     def _next_wakeup(self, now: float) -> float:
@@ -516,13 +536,18 @@ class Arbiter:
 def kill_run(run_id: int) -> int:
     """SIGKILL every process of one command run, found by the marker the
     executor puts in its environment (a tree can escape with setsid, not
-    the environment it inherited). Returns how many were killed."""
+    the environment it inherited). Only our own descendants: as a subreaper
+    we adopt whatever the run left behind, and another tuninetd on the same
+    host numbers its runs from 1 too. Returns how many were killed."""
     marker = f"TUNINETD_RUN_ID={run_id}"
-    me = os.getpid()
     victims = []
-    for proc in psutil.process_iter():
+    try:
+        ours = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return 0
+    for proc in ours:
         try:
-            if proc.pid != me and marker in _environ_lines(proc.pid):
+            if marker in _environ_lines(proc.pid):
                 victims.append(proc)
         except (psutil.Error, OSError):
             continue
