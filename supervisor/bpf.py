@@ -49,4 +49,10 @@ def compile_filter(expression: str, link: str) -> Program:
     except ImportError as exc:
         raise FilterError(f"libpcap is not available to compile filters: {exc}") from None
     insns = prog.bf_insns
-    return tuple((insns[i].code, insns[i].jt, insns[i].jf, insns[i].k) for i in range(prog.bf_len))
+    # scapy declares k as a signed c_int: constants from 0x80000000 up (IPv4
+    # addresses from 128.0.0.0, IPv6 words) come back negative. The kernel's
+    # sock_filter.k is a __u32.
+    return tuple(
+        (insns[i].code, insns[i].jt, insns[i].jf, insns[i].k & 0xFFFFFFFF)
+        for i in range(prog.bf_len)
+    )

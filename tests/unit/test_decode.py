@@ -16,6 +16,7 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
+
 from tuninetd.sensors.decode import NOT_IP_LINE, Summary, summarize, tcp_ack
 
 # The examples of the original README, which scripts in the wild grep for.

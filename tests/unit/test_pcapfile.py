@@ -14,6 +14,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap, wrpcap
+
 from tuninetd.supervisor.pcapfile import (
     LINKTYPE_ETHERNET,
     PCAP_MAGIC,

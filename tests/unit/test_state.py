@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -133,6 +135,6 @@ def test_executed_commands_strictly_alternate(steps: list[str]) -> None:
         elif q.running is not None:
             q.finish(q.running.id)
         assert len(q.pending) <= 1
-    assert all(a != b for a, b in zip(executed, executed[1:], strict=False))
+    assert all(a != b for a, b in itertools.pairwise(executed))
     if executed:
         assert executed[0] == "start"
