@@ -82,17 +82,23 @@ def ignore_terminal_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def drop_privileges(uid: int, gid: int, ppid: int) -> None:
+def drop_privileges(uid: int, gid: int, ppid: int, jail: str | None = None) -> None:
     """Become uid/gid for good: no groups, no capabilities, no way back.
 
-    The bounding set is emptied while we still hold CAP_SETPCAP, so not even
-    a setuid binary could give capabilities back (no_new_privs blocks that too).
+    With ``jail`` (an empty directory owned by root), chroot there first, so a
+    compromised sensor sees no file at all. The bounding set is emptied while
+    we still hold CAP_SETPCAP, so not even a setuid binary could give
+    capabilities back (no_new_privs blocks that too). Not dumpable: sensors
+    sharing a uid cannot ptrace or read each other's memory.
     """
     try:
         with open(CAP_LAST_CAP_FILE) as f:
             last_cap = int(f.read())
     except OSError:
         last_cap = 40
+    if jail is not None:
+        os.chroot(jail)
+        os.chdir("/")
     for cap in range(last_cap + 1):
         try:
             prctl(PR_CAPBSET_DROP, cap)
@@ -102,6 +108,7 @@ def drop_privileges(uid: int, gid: int, ppid: int) -> None:
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     prctl(PR_SET_NO_NEW_PRIVS, 1)
+    prctl(PR_SET_DUMPABLE, 0)
     if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups():
         raise PermissionError("privilege drop did not take")
     die_with_parent(ppid)

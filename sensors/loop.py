@@ -87,7 +87,7 @@ def run(kind: str, open_capture: Callable[[wire.Message], Capture]) -> None:
     title.set("starting")
     try:
         cap = open_capture(cfg)
-        worker.drop_privileges(cfg["uid"], cfg["gid"], ppid)
+        worker.drop_privileges(cfg["uid"], cfg["gid"], ppid, cfg.get("jail"))
     except OSError as exc:
         worker.fatal(sock, f"{kind} {cfg['name']}: {exc.strerror or exc}")
     except Exception as exc:

@@ -25,6 +25,7 @@ import psutil
 from tuninetd.common import wire, worker
 from tuninetd.supervisor import pcapfile
 from tuninetd.supervisor.config import Config, SensorSpec
+from tuninetd.supervisor.jail import empty_dir
 from tuninetd.supervisor.logs import log
 from tuninetd.supervisor.privcheck import privileges_left
 from tuninetd.supervisor.state import CommandQueue, Job, Machine
@@ -47,9 +48,10 @@ def describe_status(status: int) -> str:
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
-def sensor_config(spec: SensorSpec, cfg: Config) -> dict[str, Any]:
+def sensor_config(spec: SensorSpec, cfg: Config, jail: str) -> dict[str, Any]:
     common = {
         "kind": spec.kind,
+        "jail": jail,
         "name": spec.name,
         "uid": cfg.sensor_user.uid,
         "gid": cfg.sensor_user.gid,
@@ -74,11 +76,12 @@ class Arbiter:
         self.machine = Machine(cfg.ttl)
         self.queue = CommandQueue()
         self.selector = selectors.DefaultSelector()
+        jail = empty_dir()
         self.sensors = [
             Worker(
                 role=spec.label,
                 module=f"tuninetd.sensors.{spec.kind}",
-                config=sensor_config(spec, cfg),
+                config=sensor_config(spec, cfg, jail),
                 schema=wire.SENSOR_MESSAGES,
                 title=f"sensor {spec.kind} {spec.name}",
             )
