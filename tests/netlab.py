@@ -110,9 +110,12 @@ class Netns:
         self.ip("link", "set", name, "up")
         return fd
 
+    def pids(self) -> list[int]:
+        """Every process living in the namespace."""
+        return [int(p) for p in sh("ip", "netns", "pids", self.name, check=False).stdout.split()]
+
     def delete(self) -> None:
-        sh("ip", "netns", "pids", self.name, check=False)
-        for pid in sh("ip", "netns", "pids", self.name, check=False).stdout.split():
+        for pid in self.pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
         sh("ip", "netns", "delete", self.name, check=False)
@@ -224,3 +227,23 @@ def proc_status(pid: int) -> dict[str, Any]:
             key, _, value = line.partition(":")
             fields[key] = value.strip()
     return fields
+
+
+def title(pid: int) -> str:
+    """What ``ps`` shows as the command line of ``pid`` ("" once it is gone);
+    the padding setproctitle leaves is dropped."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except OSError:
+        return True

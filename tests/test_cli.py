@@ -1,0 +1,238 @@
+"""The command line, run for real (``python -m tuninetd.supervisor.main``):
+every bad value ends the program at once with exit status 2 and one line on
+stderr naming the option and the value, before anything is spawned; missing
+privileges end it with exit status 1 and the capability named; -h and -v.
+
+The checks need no privilege (a bad value is refused before the privilege
+check), so only the capability cases need root to drop capabilities from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+
+import psutil
+import pytest
+
+MODULE = "tuninetd.supervisor.main"
+# A worker before and after it sets its title.
+WORKERS = ("tuninetd.executor", "tuninetd.sensors.", "tuninetd: ")
+EXIT_WITHIN = 15.0  # generous: the filter checks load scapy and libpcap
+
+
+@dataclass
+class Result:
+    status: int
+    out: str
+    err: str
+    spawned: list[str]
+
+
+def run_cli(argv: list[str], prefix: tuple[str, ...] = ()) -> Result:
+    """Run the real CLI; watch its process tree until it exits. ``spawned``
+    lists the workers seen in it (loading libpcap may fork ``ldconfig -p``
+    to find the library: that is no worker)."""
+    proc = subprocess.Popen(
+        [*prefix, sys.executable, "-m", MODULE, *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    spawned: set[str] = set()
+    deadline = time.monotonic() + EXIT_WITHIN
+    with contextlib.suppress(psutil.Error):
+        me = psutil.Process(proc.pid)
+        while proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(psutil.Error):
+                for child in me.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        seen = " ".join(child.cmdline()).strip() or child.name()
+                        if any(w in seen for w in WORKERS):
+                            spawned.add(seen)
+            time.sleep(0.005)  # sampling the tree, not synchronising
+    try:
+        out, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"{argv} did not exit within {EXIT_WITHIN} s, spawned {sorted(spawned)}:"
+                    f"\n{out}{err}")
+    return Result(proc.returncode, out, err, sorted(spawned))
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("cli")
+    cmd = folder / "toggle.sh"
+    cmd.write_text("#!/bin/sh\nexit 0\n")
+    cmd.chmod(0o755)
+    plain = folder / "plain.sh"
+    plain.write_text("#!/bin/sh\nexit 0\n")
+    plain.chmod(0o644)
+    return {"cmd": str(cmd), "plain": str(plain), "dir": str(folder)}
+
+
+# (id, argv with {cmd}/{plain}/{dir}, the option, the value (None: there is
+# none), what the line says is wrong or expected)
+BAD = [
+    ("ttl-not-a-number", ["-i", "lo", "-c", "{cmd}", "-t", "abc"], "-t", "abc", "whole number"),
+    ("ttl-zero", ["-i", "lo", "-c", "{cmd}", "-t", "0"], "-t", "0", "whole number"),
+    ("ttl-negative", ["-i", "lo", "-c", "{cmd}", "-t", "-5"], "-t", "-5", "whole number"),
+    ("ttl-huge", ["-i", "lo", "-c", "{cmd}", "-t", "99999999999999"], "-t", "99999999999999",
+     "whole number"),
+    ("command-missing", ["-i", "lo"], "-c", None, "required"),
+    ("command-not-found", ["-i", "lo", "-c", "/nonexistent"], "-c", "/nonexistent",
+     "no such file"),
+    ("command-directory", ["-i", "lo", "-c", "{dir}"], "-c", "{dir}", "directory"),
+    ("command-not-executable", ["-i", "lo", "-c", "{plain}"], "-c", "{plain}",
+     "not executable"),
+    ("command-empty", ["-i", "lo", "-c", ""], "-c", "''", "empty"),
+    ("filter-syntax", ["-i", "lo", "-c", "{cmd}", "-f", "tcp porrt 80"], "-f", "tcp porrt 80",
+     "syntax error"),
+    ("filter-rejects-all", ["-i", "lo", "-c", "{cmd}", "-f", "ip and not ip"], "-f",
+     "ip and not ip", "rejects all packets"),
+    ("interface-missing", ["-i", "nosuch0", "-c", "{cmd}"], "-i", "nosuch0",
+     "no such network interface"),
+    ("interface-name-too-long", ["-i", "abcdefghijklmnop", "-c", "{cmd}"], "-i",
+     "abcdefghijklmnop", "15 bytes"),
+    ("interface-twice", ["-i", "lo", "-i", "lo", "-c", "{cmd}"], "-i", "lo", "twice"),
+    ("user-missing", ["-i", "lo", "-c", "{cmd}", "--user", "nosuchuser"], "--user",
+     "nosuchuser", "no such user"),
+    ("exec-user-missing", ["-i", "lo", "-c", "{cmd}", "--exec-user", "nosuchuser"],
+     "--exec-user", "nosuchuser", "no such user"),
+    ("no-sensor", ["-c", "{cmd}"], "-i", None, "-n"),
+    ("nflog-group-too-big", ["-i", "lo", "-n", "70000", "-c", "{cmd}"], "-n", "70000",
+     "0 to 65535"),
+    ("nflog-group-not-a-number", ["-i", "lo", "-n", "abc", "-c", "{cmd}"], "-n", "abc",
+     "0 to 65535"),
+    ("beat-too-small", ["-i", "lo", "-c", "{cmd}", "--beat", "0.01"], "--beat", "0.01", "0.1"),
+    ("beat-not-a-number", ["-i", "lo", "-c", "{cmd}", "--beat", "abc"], "--beat", "abc", "0.1"),
+    ("command-timeout-negative", ["-i", "lo", "-c", "{cmd}", "--command-timeout", "-1"],
+     "--command-timeout", "-1", "seconds"),
+    ("pcap-file-no-directory", ["-i", "lo", "-c", "{cmd}", "-w", "/nonexistent-dir/x.pcap"],
+     "-w", "/nonexistent-dir/x.pcap", "does not exist"),
+    ("pcap-file-is-directory", ["-i", "lo", "-c", "{cmd}", "-w", "{dir}"], "-w", "{dir}",
+     "directory"),
+]
+
+
+@pytest.mark.parametrize(("argv", "option", "value", "says"),
+                         [case[1:] for case in BAD], ids=[case[0] for case in BAD])
+def test_bad_value_is_one_line_and_exit_2(paths: dict[str, str], argv: list[str], option: str,
+                                         value: str | None, says: str) -> None:
+    argv = [a.format(**paths) for a in argv]
+    r = run_cli(argv)
+    everything = r.out + r.err
+    assert r.status == 2, everything
+    assert "Traceback" not in everything
+    assert r.out == ""
+    lines = r.err.splitlines()
+    assert len(lines) == 1, r.err
+    line = lines[0]
+    assert line.startswith("tuninetd: "), line
+    assert option in line, line
+    if value is not None:
+        assert value.format(**paths) in line, line
+    assert says in line, line
+    assert r.spawned == [], f"spawned {r.spawned}"
+
+
+# -- missing privileges --------------------------------------------------------------
+
+
+ALL_CAPS = ("CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID")
+
+
+def nobody_can_run_us() -> bool:
+    """The interpreter and the package may live where nobody cannot read."""
+    probe = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         sys.executable, "-c", "import tuninetd.supervisor.main"],
+        capture_output=True, check=False, cwd="/",
+    )
+    return probe.returncode == 0
+
+
+def privilege_prefix(drop: str) -> tuple[str, ...]:
+    """How to run the CLI without ``drop`` ("net_raw" or "all")."""
+    if os.geteuid() != 0:
+        if drop == "all":
+            return ()  # we are the unprivileged user already
+        reason = "dropping a single capability needs root to start from"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    if shutil.which("setpriv") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("needs setpriv (util-linux)")
+        pytest.skip("needs setpriv (util-linux)")
+    if drop == "all" and nobody_can_run_us():
+        return ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+    # Root with the capability gone from the bounding and inheritable sets:
+    # the exec of python then leaves it out of the permitted and effective sets.
+    return ("setpriv", f"--bounding-set=-{drop}", f"--inh-caps=-{drop}")
+
+
+@pytest.mark.parametrize("drop", ["net_raw", "all"])
+def test_missing_privilege_is_exit_1_and_named(paths: dict[str, str], drop: str) -> None:
+    prefix = privilege_prefix(drop)
+    r = run_cli(["-i", "lo", "-c", paths["cmd"]], prefix)
+    everything = r.out + r.err
+    assert r.status == 1, everything
+    assert "Traceback" not in everything
+    lines = r.err.splitlines()
+    assert len(lines) == 1, r.err
+    missing = ("CAP_NET_RAW",) if drop == "net_raw" else ALL_CAPS
+    for cap in ALL_CAPS:
+        assert (cap in lines[0]) == (cap in missing), lines[0]
+    assert "privilege" in lines[0]
+    assert r.spawned == [], f"spawned {r.spawned}"
+
+
+def test_bad_value_beats_missing_privilege(paths: dict[str, str]) -> None:
+    """Values are checked first: an unprivileged user still learns what is wrong."""
+    prefix = () if os.geteuid() != 0 else privilege_prefix("all")
+    r = run_cli(["-i", "lo", "-c", paths["cmd"], "-t", "abc"], prefix)
+    assert r.status == 2, r.err
+    assert r.err.splitlines() == ["tuninetd: -t 'abc': expected a positive whole number of "
+                                  "seconds"]
+
+
+# -- help and version ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_lists_every_option(flag: str) -> None:
+    r = run_cli([flag])
+    assert r.status == 0, r.err
+    assert r.err == ""
+    assert r.out.startswith("usage: tuninetd -i <ifname> -c <path>")
+    for option in ("-i <ifname>", "-c <path>", "-a", "-d", "-f <filter>", "-n <nflog-group>",
+                   "-t <ttl>", "-w <path>", "-h", "-v", "--user", "--exec-user",
+                   "--command-timeout", "--beat"):
+        assert f"  {option}" in r.out, option
+    assert r.spawned == []
+
+
+@pytest.mark.parametrize("flag", ["-v", "--version"])
+def test_version(flag: str) -> None:
+    r = run_cli([flag])
+    assert r.status == 0, r.err
+    assert r.out == f"tuninetd {version('tuninetd')}\n"
+    assert r.err == ""
+
+
+def test_help_ignores_the_missing_rest(paths: dict[str, str]) -> None:
+    """-h wins over everything else on the line, as with the original."""
+    r = run_cli(["-c", paths["cmd"], "-t", "abc", "-h"])
+    assert r.status == 0, r.err
+    assert "usage: tuninetd" in r.out
+

@@ -1,0 +1,468 @@
+"""The daemon's processes, for real: titles and short names as ``ps`` and
+``pgrep`` see them, the sensors' privilege drop read from /proc, workers
+killed or frozen and replaced, a hung command tree killed at its timeout
+while capture and the ttl clock go on, and everything ending with the
+supervisor.
+
+Each test runs the daemon in its own network namespace (veth tap0/peer0) with
+a short beat and ttl; frames are crafted with scapy and sent on peer0. Every
+wait polls with a deadline; the only sleeps pace a stream of packets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from tests.netlab import (
+    Daemon,
+    Netns,
+    events,
+    gone,
+    proc_status,
+    ready,
+    recorder,
+    sh,
+    title,
+    wait_for,
+)
+
+pytestmark = pytest.mark.root
+
+BEAT = 0.2
+SILENT_BEATS = 5
+BACKOFF_FIRST = 0.5
+TERM_GRACE = 2.0  # the executor's TERM-to-KILL grace for a timed-out tree
+SLACK = 0.5  # scheduling noise on top of a promised bound
+PORT = 9000
+FRAME = bytes(
+    Ether(src="02:00:00:00:00:0b", dst="ff:ff:ff:ff:ff:ff")
+    / IP(src="10.9.0.2", dst="10.9.0.1")
+    / UDP(sport=40000, dport=PORT)
+    / (b"p" * 16)
+)
+
+SUPERVISOR = "tuninetd: supervisor"
+EXECUTOR = "tuninetd: executor"
+SENSOR = "tuninetd: sensor pcap tap0"
+
+
+@dataclass
+class Lab:
+    ns: Netns
+    folder: Path
+    start_daemon: Callable[..., Daemon]
+    sender: socket.socket | None = None
+
+    def daemon(self, *extra: str, ttl: int = 5, body: str = "") -> tuple[Daemon, Path]:
+        """The daemon on tap0 with a recording command; returns once every
+        worker has said hello."""
+        script, record = recorder(self.folder, body=body)
+        d = self.start_daemon(
+            self.ns, "-i", "tap0", "-f", f"udp port {PORT}", "-c", str(script),
+            "-t", str(ttl), "--beat", str(BEAT), *extra,
+        )
+        ready(d)
+        return d, record
+
+    def send(self) -> None:
+        if self.sender is None:
+            self.sender = self.ns.sender()
+        self.sender.send(FRAME)
+
+
+@pytest.fixture
+def lab(veth: Netns, start_daemon: Callable[..., Daemon], tmp_path: Path) -> Lab:
+    return Lab(veth, tmp_path, start_daemon)
+
+
+def workers(d: Daemon) -> dict[str, int]:
+    """Title prefix -> pid of the daemon's live workers."""
+    out: dict[str, int] = {}
+    try:
+        kids = psutil.Process(d.pid).children()
+    except psutil.Error:
+        return out
+    for kid in kids:
+        if gone(kid.pid):
+            continue
+        t = title(kid.pid)
+        for prefix in (EXECUTOR, SENSOR):
+            if t.startswith(prefix + " "):
+                out[prefix] = kid.pid
+    return out
+
+
+def worker(d: Daemon, prefix: str, state: str = "", not_pid: int = 0,
+           timeout: float = 10.0) -> int:
+    """The pid of the worker whose title is ``prefix state...`` (and not ``not_pid``)."""
+
+    def probe() -> int | None:
+        if d.proc.poll() is not None:
+            raise AssertionError(f"daemon exited:\n{d.text()}")
+        pid = workers(d).get(prefix)
+        if pid and pid != not_pid and title(pid).startswith(f"{prefix} {state}".strip()):
+            return pid
+        return None
+
+    try:
+        return wait_for(f"{prefix} {state}", probe, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- log ---\n{d.text()}") from None
+
+
+def wait_title(pid: int, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+    return wait_for(f"title of {pid} matching {pattern!r} (is {title(pid)!r})",
+                    lambda: re.fullmatch(pattern, title(pid)), timeout)
+
+
+def wait_gone(pids: list[int], timeout: float) -> float:
+    """Poll until every pid has exited; returns when that was seen."""
+    wait_for(f"pids {pids} to exit (left: {[p for p in pids if not gone(p)]})",
+             lambda: all(gone(p) for p in pids), timeout, every=0.01)
+    return time.monotonic()
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def wait_pids(*paths: Path) -> list[int]:
+    def probe() -> list[int] | None:
+        pids = [read_pid(p) for p in paths]
+        return None if None in pids else [p for p in pids if p is not None]
+
+    return wait_for(f"pid files {[p.name for p in paths]}", probe)
+
+
+def commands(record: Path) -> list[str]:
+    return [e[0] for e in events(record)]
+
+
+def wait_commands(record: Path, want: list[str], timeout: float = 10.0) -> None:
+    wait_for(f"commands {want} (have {commands(record)})",
+             lambda: commands(record) == want, timeout)
+
+
+def pgrep(name: str) -> set[int]:
+    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True, check=False)
+    assert out.returncode in (0, 1), out.stderr
+    return {int(p) for p in out.stdout.split()}
+
+
+# -- titles and names --------------------------------------------------------------
+
+
+def test_titles_and_short_names_follow_the_state(lab: Lab) -> None:
+    d, record = lab.daemon(ttl=2, body='[ "$1" = start ] && sleep 1.5\nexit 0')
+    sup = d.pid
+    exe = worker(d, EXECUTOR, "idle")
+    sen = worker(d, SENSOR, "armed")
+    assert title(sup) == f"{SUPERVISOR} down"
+    assert title(exe) == f"{EXECUTOR} idle"
+    assert title(sen) == f"{SENSOR} armed"
+
+    # ps itself shows the titles; pgrep -x finds the short names (other tests'
+    # daemons may be running: only this daemon's tree counts).
+    ps = sh("ps", "-o", "pid=,comm=,args=", "-p", f"{sup},{exe},{sen}").stdout
+    rows = {int(line.split(None, 2)[0]): line.split(None, 2)[1:] for line in ps.splitlines()}
+    assert rows[sup] == ["tuninetd", f"{SUPERVISOR} down"]
+    assert rows[exe] == ["tuninetd-exec", f"{EXECUTOR} idle"]
+    assert rows[sen] == ["tuninetd-pcap", f"{SENSOR} armed"]
+    tree = {sup, exe, sen}
+    assert pgrep("tuninetd") & tree == {sup}
+    assert pgrep("tuninetd-exec") & tree == {exe}
+    assert pgrep("tuninetd-pcap") & tree == {sen}
+
+    # Up: the start command runs (and sleeps); the titles say so.
+    lab.send()
+    m = wait_title(exe, rf"{EXECUTOR} running start pid (\d+)")
+    command = psutil.Process(int(m.group(1))).cmdline()
+    assert command[-2:] == [str(lab.folder / "record.sh"), "start"], command
+    wait_title(sup, rf"{SUPERVISOR} up idle \d+s")
+    wait_title(sen, rf"{SENSOR} counting")
+    assert pgrep("tuninetd-exec") & tree == {exe}  # the title change kept the comm
+
+    # The command ends; the idle counter moves on; ttl later it is down again.
+    wait_title(exe, rf"{EXECUTOR} idle")
+    wait_title(sup, rf"{SUPERVISOR} up idle 1s", timeout=3)
+    wait_title(sup, rf"{SUPERVISOR} down", timeout=3)
+    wait_title(sen, rf"{SENSOR} armed")
+    wait_commands(record, ["start", "stop"])
+    assert pgrep("tuninetd") & tree == {sup}
+    assert pgrep("tuninetd-pcap") & tree == {sen}
+
+
+# -- privilege drop ----------------------------------------------------------------
+
+
+def other_account() -> pwd.struct_passwd:
+    """An account that is neither root nor nobody: ``daemon``, or one made for the tests."""
+    for name in ("daemon", "tndtest"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            pass
+    sh("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "tndtest",
+       check=False)
+    return pwd.getpwnam("tndtest")
+
+
+@pytest.mark.parametrize("account", ["default", "other"])
+def test_sensor_drops_every_privilege(lab: Lab, account: str) -> None:
+    if account == "default":
+        pw = pwd.getpwnam("nobody")
+        d, _ = lab.daemon()
+    else:
+        pw = other_account()
+        d, _ = lab.daemon("--user", pw.pw_name)
+    assert pw.pw_uid != 0
+    sen = worker(d, SENSOR, "armed")
+    st = proc_status(sen)
+    assert st["Uid"].split() == [str(pw.pw_uid)] * 4, st["Uid"]
+    assert st["Gid"].split() == [str(pw.pw_gid)] * 4, st["Gid"]
+    assert st["Groups"] == ""
+    for cap in ("CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"):
+        assert int(st[cap], 16) == 0, f"{cap} {st[cap]}"
+    assert st["NoNewPrivs"] == "1"
+    # The supervisor stays root, and the sensor still works unprivileged.
+    assert proc_status(d.pid)["Uid"].split() == ["0"] * 4
+    lab.send()
+    wait_title(sen, rf"{SENSOR} counting")
+
+
+# -- sensors killed or frozen --------------------------------------------------------
+
+
+def test_sensor_killed_is_replaced_and_still_triggers(lab: Lab) -> None:
+    d, record = lab.daemon()
+    old = worker(d, SENSOR, "armed")
+    os.kill(old, signal.SIGKILL)
+    killed = time.monotonic()
+    d.wait_log(f"CORE: sensor pcap tap0 (pid {old}) killed by signal 9 (SIGKILL); "
+               f"restarting it in {BACKOFF_FIRST:.1f} s")
+    new = worker(d, SENSOR, "armed", not_pid=old, timeout=5)
+    assert time.monotonic() - killed < BACKOFF_FIRST + 1.0 + SLACK
+    d.wait_log(f"CORE: sensor pcap tap0 is back (pid {new})")
+    assert proc_status(new)["CapEff"] == "0000000000000000"
+    lab.send()
+    wait_commands(record, ["start"])
+    assert events(record)[0][2] == "pcap:tap0"
+    d.wait_log("PCAP: start command done")
+
+
+def test_sensor_frozen_is_killed_after_five_beats(lab: Lab) -> None:
+    d, record = lab.daemon()
+    old = worker(d, SENSOR, "armed")
+    os.kill(old, signal.SIGSTOP)
+    stopped = time.monotonic()
+    d.wait_log(f"CORE: sensor pcap tap0 (pid {old}) silent for {SILENT_BEATS} beats: "
+               "killing it", timeout=5)
+    silent_for = time.monotonic() - stopped
+    # Its last beat came at most one beat before the SIGSTOP.
+    assert (SILENT_BEATS - 1) * BEAT <= silent_for <= (SILENT_BEATS + 1) * BEAT + SLACK
+    d.wait_log(f"CORE: sensor pcap tap0 (pid {old}) was silent; restarting it in")
+    wait_gone([old], 2)  # killed while stopped: no SIGCONT needed
+    new = worker(d, SENSOR, "armed", not_pid=old, timeout=5)
+    d.wait_log(f"CORE: sensor pcap tap0 is back (pid {new})")
+    lab.send()
+    wait_commands(record, ["start"])
+
+
+# -- a hung command ------------------------------------------------------------------
+
+# The start command hangs; its child ignores SIGTERM; that child's child goes
+# into its own session and leaves a daemon of its own plus an orphan (which
+# the executor, as subreaper, adopts). Each writes its pid down.
+HUNG_START = """\
+D={d}
+if [ "$1" = start ]; then
+  echo $$ > $D/start.pid
+  $D/child.sh &
+  exec sleep 1000
+fi
+"""
+HUNG_CHILD = """\
+#!/bin/sh
+D={d}
+trap '' TERM
+echo $$ > $D/child.pid
+setsid $D/grand.sh &
+sleep 1000
+"""
+HUNG_GRAND = """\
+#!/bin/sh
+D={d}
+echo $$ > $D/grand.pid
+( sleep 1000 & echo $! > $D/orphan.pid )
+sleep 1000 &
+echo $! > $D/bg.pid
+wait
+"""
+
+
+def test_hung_start_neither_stalls_capture_nor_the_ttl_clock(lab: Lab) -> None:
+    f = lab.folder
+    for name, text in (("child.sh", HUNG_CHILD), ("grand.sh", HUNG_GRAND)):
+        (f / name).write_text(text.format(d=f))
+        (f / name).chmod(0o755)
+    timeout = 2
+    d, record = lab.daemon("--command-timeout", str(timeout), ttl=1,
+                           body=HUNG_START.format(d=f))
+    sup = d.pid
+    sen = worker(d, SENSOR, "armed")
+    exe = worker(d, EXECUTOR, "idle")
+
+    lab.send()
+    wait_commands(record, ["start"])
+    started = time.monotonic()
+    names = ("start", "child", "grand", "orphan", "bg")
+    hung = wait_pids(*(f / f"{n}.pid" for n in names))
+    wait_for("the child's sleep", lambda: psutil.Process(hung[1]).children())
+    wait_title(exe, rf"{EXECUTOR} running start pid {hung[0]}")
+    # Every process of the tree, including the sleeps the shells run.
+    tree = set(hung)
+    for pid in hung:
+        with contextlib.suppress(psutil.Error):
+            tree.update(p.pid for p in psutil.Process(pid).children(recursive=True))
+    wait_for("the orphan adopted by the executor (subreaper)",
+             lambda: psutil.Process(hung[3]).ppid() == exe)
+
+    # Traffic goes on past the ttl while the command hangs: the sensor counts,
+    # its beats keep the supervisor up with the idle counter at 0.
+    seen = set()
+    while time.monotonic() - started < 1.6:
+        lab.send()
+        seen.add((title(sup), title(sen), title(exe)))
+        time.sleep(0.05)
+    last_before = time.monotonic()
+    lab.send()
+    last_after = time.monotonic()
+    assert seen == {(f"{SUPERVISOR} up idle 0s", f"{SENSOR} counting",
+                     f"{EXECUTOR} running start pid {hung[0]}")}, seen
+    assert not any(gone(p) for p in tree), "the tree died before its timeout"
+
+    # Traffic stops: the stop decision comes ttl later, on time, although the
+    # start command has not finished (it is being killed by now).
+    wait_title(sup, rf"{SUPERVISOR} down", timeout=5)
+    decided = time.monotonic()
+    assert last_before + 1 <= decided <= last_after + 1 + BEAT + SLACK
+    wait_title(sen, rf"{SENSOR} armed", timeout=1)
+    assert title(exe) == f"{EXECUTOR} running start pid {hung[0]}"
+    assert "CORE: executing STOP command..." not in d.text()
+    assert commands(record) == ["start"]
+
+    # At the timeout the whole tree is killed (SIGTERM, then SIGKILL for the
+    # part that ignores it); then the stop runs at once.
+    all_gone = wait_gone(sorted(tree), timeout + TERM_GRACE + 3)
+    assert all_gone - started >= timeout
+    assert all_gone - started <= timeout + TERM_GRACE + 1 + SLACK
+    wait_commands(record, ["start", "stop"])
+    assert time.monotonic() - all_gone < 1.0
+    log = d.text()
+    assert re.search(r"Warning! Executable command timed out after 2 s and was killed "
+                     r"with its process tree \(.*record\.sh start\)", log), log
+    lines = d.lines()
+    timed_out = next(i for i, line in enumerate(lines) if "timed out" in line)
+    stop = lines.index("CORE: executing STOP command...")
+    assert timed_out < stop, log
+    assert lines.count("CORE: executing STOP command...") == 1
+    wait_title(exe, rf"{EXECUTOR} idle")
+
+
+# -- the supervisor killed -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("while_", ["idle", "running"])
+def test_supervisor_killed_takes_every_worker_along(lab: Lab, while_: str) -> None:
+    d, _ = lab.daemon(body='[ "$1" = start ] && sleep 1000\nexit 0')
+    exe = worker(d, EXECUTOR, "idle")
+    sen = worker(d, SENSOR, "armed")
+    pids = [exe, sen]
+    if while_ == "running":
+        lab.send()
+        m = wait_title(exe, rf"{EXECUTOR} running start pid (\d+)")
+        command = int(m.group(1))
+        pids += [command, *(p.pid for p in psutil.Process(command).children(recursive=True))]
+    os.kill(d.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    d.proc.wait(5)
+    wait_gone(pids, 2.0)
+    assert time.monotonic() - killed <= 2.0
+    assert not [p for p in lab.ns.pids() if not gone(p)]
+
+
+# -- the executor killed -------------------------------------------------------------
+
+
+def test_executor_killed_while_idle_is_replaced(lab: Lab) -> None:
+    d, record = lab.daemon()
+    old = worker(d, EXECUTOR, "idle")
+    os.kill(old, signal.SIGKILL)
+    d.wait_log(f"CORE: executor (pid {old}) killed by signal 9 (SIGKILL); "
+               f"restarting it in {BACKOFF_FIRST:.1f} s")
+    new = worker(d, EXECUTOR, "idle", not_pid=old, timeout=5)
+    d.wait_log(f"CORE: executor is back (pid {new})")
+    lab.send()
+    wait_commands(record, ["start"])
+    d.wait_log("PCAP: start command done")
+
+
+# The first start hangs with a tree (a child, and an orphan the executor adopts).
+HANG_ONCE = """\
+D={d}
+if [ "$1" = start ] && [ ! -e $D/hung-once ]; then
+  : > $D/hung-once
+  sleep 1000 &
+  echo $! > $D/bg.pid
+  ( setsid sleep 1000 & echo $! > $D/orphan.pid )
+  echo $$ > $D/start.pid
+  exec sleep 1000
+fi
+"""
+
+
+def test_executor_killed_while_a_command_runs(lab: Lab) -> None:
+    d, record = lab.daemon(ttl=1, body=HANG_ONCE.format(d=lab.folder))
+    old = worker(d, EXECUTOR, "idle")
+    lab.send()
+    tree = wait_pids(*(lab.folder / f"{n}.pid" for n in ("start", "bg", "orphan")))
+    wait_title(old, rf"{EXECUTOR} running start pid {tree[0]}")
+    wait_for("the orphan adopted by the executor (subreaper)",
+             lambda: psutil.Process(tree[2]).ppid() == old)
+    os.kill(old, signal.SIGKILL)
+
+    # The supervisor (subreaper) finds the orphaned tree and kills it.
+    lines = d.wait_log("CORE: executor died while running the start command")
+    assert lines[0] == ("CORE: executor died while running the start command; "
+                        f"{len(tree)} process(es) of it killed; the command counts as failed")
+    wait_gone(tree, 2)
+    d.wait_log(f"CORE: executor (pid {old}) killed by signal 9 (SIGKILL); restarting it in")
+    new = worker(d, EXECUTOR, "idle", not_pid=old, timeout=5)
+    d.wait_log(f"CORE: executor is back (pid {new})")
+
+    # Still up: ttl later the stop runs on the new executor, then a new start.
+    wait_commands(record, ["start", "stop"], timeout=5)
+    worker(d, SENSOR, "armed")
+    lab.send()
+    wait_commands(record, ["start", "stop", "start"])
+    d.wait_log("PCAP: start command done")
+    assert d.text().count("PCAP: start command done") == 1  # the killed start is no success
