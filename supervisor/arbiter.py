@@ -204,7 +204,7 @@ class Arbiter:
         # One that lingers without its channel is killed a beat later (manage).
         self._forget_channel(w)
         if w.alive:
-            w.extra["hung_up"] = time.monotonic()
+            w.hung_up_at = time.monotonic()
 
     def _forget_channel(self, w: Worker) -> None:
         if w.sock is not None:
@@ -454,7 +454,7 @@ class Arbiter:
     def _worker_exited(self, w: Worker, status: int) -> None:
         now = time.monotonic()
         pid = w.pid
-        w.extra.pop("hung_up", None)
+        w.hung_up_at = None
         self._forget_channel(w)
         reason = w.exit_reason or describe_status(status)
         if w is self.executor:
@@ -492,7 +492,7 @@ class Arbiter:
             late = [w.title for w in self.workers if not w.ready]
             raise StartupError(f"no hello from the {', '.join(late)} in {STARTUP_GRACE:g} s")
         for w in self.workers:
-            hung_up = w.extra.get("hung_up") if w.alive else None
+            hung_up = w.hung_up_at if w.alive else None
             if w.silent(now, self.cfg.beat):
                 log.warning("CORE: %s (pid %d) silent for %d beats: killing it",
                             w.title, w.pid, 5)

@@ -13,8 +13,7 @@ import os
 import signal
 import socket
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tuninetd.common import wire
@@ -42,8 +41,7 @@ class Worker:
     backoff: float = BACKOFF_FIRST
     respawn_at: float | None = None
     exit_reason: str = ""
-    counted: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    hung_up_at: float | None = None  # closed its channel; killed if it lingers
 
     @property
     def alive(self) -> bool:
@@ -72,6 +70,7 @@ class Worker:
         self.ready = False
         self.mode = "starting"
         self.respawn_at = None
+        self.hung_up_at = None
         self.exit_reason = ""
         self.send("config", **self.config)
 
@@ -131,7 +130,3 @@ class Worker:
         self.respawn_at = now + delay
         self.restarts += 1
         return delay
-
-
-def monotonic() -> float:
-    return time.monotonic()
