@@ -22,6 +22,7 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 HEALTHY_AFTER = 60.0
 SILENT_BEATS = 5
+HELLO_GRACE = 10.0
 
 
 @dataclass(slots=True)
@@ -101,7 +102,10 @@ class Worker:
         return records
 
     def silent(self, now: float, beat: float) -> bool:
-        return self.alive and now - self.last_heard > SILENT_BEATS * beat
+        # Before hello the interpreter is still starting, which on a loaded
+        # machine can take longer than a few short beats.
+        limit = SILENT_BEATS * beat if self.ready else max(SILENT_BEATS * beat, HELLO_GRACE)
+        return self.alive and now - self.last_heard > limit
 
     def kill(self, reason: str) -> None:
         """SIGKILL; the reap brings the replacement. The first reason sticks."""
