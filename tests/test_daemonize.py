@@ -1,0 +1,149 @@
+"""-d: detach, log to syslog as ``tuninetd`` (facility daemon), and report a
+failed start with exit status 1 instead of dying silently in the background.
+
+The syslog side is a datagram socket this test binds at /dev/log, in a
+private mount namespace when the machine already has one: what the daemon's
+libc sends there is read back byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from tests.netlab import Netns, events, gone, recorder, wait_for
+
+pytestmark = pytest.mark.root
+
+LOG_DAEMON = 3 << 3
+LOG_INFO = 6
+FRAME = bytes(
+    Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    / IP(src="10.66.0.1", dst="10.66.0.2")
+    / UDP(sport=4000, dport=5353)
+)
+# <PRI>Mmm dd hh:mm:ss tuninetd[pid]: message
+SYSLOG = re.compile(rb"<(\d+)>\w{3} [ \d]\d \d\d:\d\d:\d\d tuninetd\[(\d+)\]: (.*)")
+
+
+class Syslog:
+    """A /dev/log that keeps what it receives."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.records: list[tuple[int, int, str]] = []
+
+    def poll(self) -> list[tuple[int, int, str]]:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return self.records
+            m = SYSLOG.match(data)
+            assert m, f"not a syslog record from tuninetd: {data!r}"
+            self.records.append((int(m[1]), int(m[2]), m[3].decode()))
+
+    def wait(self, needle: str) -> tuple[int, int, str]:
+        def probe() -> tuple[int, int, str] | None:
+            return next((r for r in self.poll() if needle in r[2]), None)
+
+        return wait_for(f"syslog line {needle!r}", probe)
+
+
+@pytest.fixture
+def syslog(tmp_path: Path) -> Iterator[tuple[Syslog, list[str]]]:
+    """The receiver, and the argv prefix that runs a command seeing it as /dev/log."""
+    if not os.path.exists("/dev/log"):
+        log = Syslog(Path("/dev/log"))
+        try:
+            yield log, []
+        finally:
+            log.sock.close()
+            os.unlink("/dev/log")
+        return
+    sock_path = tmp_path / "log"
+    log = Syslog(sock_path)
+    try:
+        yield log, ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    f'mount --bind {sock_path} /dev/log && exec "$@"', "sh"]
+    finally:
+        log.sock.close()
+
+
+def daemon_pids(ns: Netns) -> list[int]:
+    return [p for p in ns.pids() if psutil.Process(p).name() == "tuninetd"]
+
+
+def test_detaches_logs_to_syslog_and_exits_cleanly(
+    veth: Netns, tmp_path: Path, syslog: tuple[Syslog, list[str]]
+) -> None:
+    log, prefix = syslog
+    script, record = recorder(tmp_path)
+    argv = [*prefix, *veth.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main",
+            "-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", "0.2", "-d")]
+    parent = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    # The parent returns once every worker has said hello.
+    assert parent.returncode == 0, parent.stderr
+    assert parent.stderr == ""
+    pri, pid, _ = log.wait("Success! Tuninetd has been started with PID:")
+    assert pri == LOG_DAEMON | LOG_INFO
+    assert daemon_pids(veth) == [pid]
+    daemon = psutil.Process(pid)
+    assert daemon.cwd() == "/"
+    assert os.getsid(pid) != os.getsid(0)
+    for fd in (0, 1, 2):
+        assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null"
+    workers = [c.pid for c in daemon.children()]
+    assert {psutil.Process(w).name() for w in workers} == {"tuninetd-exec", "tuninetd-pcap"}
+    log.wait("Binding to interface tap0")
+
+    veth.sender().send(FRAME)
+    log.wait("PCAP: start command done")
+    log.wait("|- IPv4 10.66.0.1 > 10.66.0.2, NXT_HDR: 0x11 (UDP)")
+    log.wait("CORE: executing STOP command...")
+    wait_for("start and stop", lambda: [e[0] for e in events(record)] == ["start", "stop"])
+    assert {r[1] for r in log.poll()} == {pid}
+
+    os.kill(pid, signal.SIGTERM)
+    wait_for("daemon and workers gone", lambda: all(gone(p) for p in (pid, *workers)))
+
+
+def test_a_failed_start_is_reported_by_the_parent(
+    netns: Netns, tmp_path: Path, syslog: tuple[Syslog, list[str]]
+) -> None:
+    """A sensor that cannot start (here: an NFLOG group another process holds)
+    makes `tuninetd -d` exit 1 with the reason, not 0 and a silent death."""
+    log, prefix = syslog
+    script, _ = recorder(tmp_path)
+    holder = subprocess.Popen(
+        netns.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main", "-n", "31", "-c",
+                        str(script), "--beat", "0.2"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stderr is not None
+        wait_for("first daemon listening", lambda: "nflog-group 31" in holder.stderr.readline())
+        argv = [*prefix, *netns.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main",
+                "-n", "31", "-c", str(script), "-d")]
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1
+        lines = second.stderr.splitlines()
+        assert len(lines) == 1 and "group 31" in lines[0] and "another process" in lines[0]
+        log.wait("Abort")
+        assert daemon_pids(netns) == [holder.pid]
+    finally:
+        holder.terminate()
+        holder.wait(10)
