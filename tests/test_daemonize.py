@@ -134,8 +134,9 @@ def test_a_failed_start_is_reported_by_the_parent(
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
-        assert holder.stderr is not None
-        wait_for("first daemon listening", lambda: "nflog-group 31" in holder.stderr.readline())
+        err = holder.stderr
+        assert err is not None
+        wait_for("first daemon listening", lambda: "nflog-group 31" in err.readline())
         argv = [*prefix, *netns.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main",
                 "-n", "31", "-c", str(script), "-d")]
         second = subprocess.run(argv, capture_output=True, text=True, timeout=30)
