@@ -466,3 +466,66 @@ def test_executor_killed_while_a_command_runs(lab: Lab) -> None:
     wait_commands(record, ["start", "stop", "start"])
     d.wait_log("PCAP: start command done")
     assert d.text().count("PCAP: start command done") == 1  # the killed start is no success
+
+
+# -- shutdown ----------------------------------------------------------------------
+
+
+def test_sigterm_lets_the_running_command_finish_and_drops_the_queued_one(lab: Lab) -> None:
+    d, record = lab.daemon(ttl=30, body='[ "$1" = start ] && sleep 1.5\nexit 0')
+    lab.send()
+    worker(d, EXECUTOR, "running start")
+    d.proc.send_signal(signal.SIGHUP)  # stop now: queued behind the running start
+    d.wait_log("SIGHUP caught, switch to standby mode")
+    d.proc.send_signal(signal.SIGTERM)
+    d.wait_log("CORE: dropping the queued stop command")
+    assert d.proc.wait(10) == 0
+    log = d.text()
+    # The start ran to its end (its "done" line is logged); the stop never ran.
+    assert log.index("dropping the queued stop") < log.index("PCAP: start command done")
+    assert commands(record) == ["start"]
+    assert "executing STOP" not in log
+
+
+# -- the supervisor's privilege check --------------------------------------------------
+
+
+def test_privilege_check_tells_a_dropped_process_from_a_privileged_one() -> None:
+    """What the supervisor runs on each sensor's hello, on real processes: a
+    root process is refused, one dropped like a sensor passes."""
+    from tuninetd.supervisor.privcheck import privileges_left
+
+    nobody = pwd.getpwnam("nobody")
+    root_proc = subprocess.Popen(["sleep", "30"])
+    dropped = subprocess.Popen([
+        "setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "sleep", "30",
+    ])
+    try:
+        wait_for("setpriv to exec sleep", lambda: psutil.Process(dropped.pid).name() == "sleep")
+        assert privileges_left(root_proc.pid, nobody.pw_uid, nobody.pw_gid)
+        assert privileges_left(dropped.pid, nobody.pw_uid, nobody.pw_gid) == []
+        # Right account but a different one than configured: refused as well.
+        assert privileges_left(dropped.pid, nobody.pw_uid + 1, nobody.pw_gid)
+    finally:
+        for p in (root_proc, dropped):
+            p.kill()
+            p.wait()
+
+
+def test_sensors_import_nothing_beyond_the_stdlib() -> None:
+    """Sensors start fast and small: no scapy, nothing heavy, at run time."""
+    import sys
+
+    code = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "import tuninetd.sensors.pcap, tuninetd.sensors.nflog\n"
+        "print('\\n'.join(sorted(set(sys.modules) - before)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert "tuninetd.sensors.pcap" in out
+    foreign = {m.split(".")[0] for m in out} - set(sys.stdlib_module_names) - {
+        "tuninetd", "setproctitle", "_setproctitle"}
+    assert foreign == set()
