@@ -194,6 +194,8 @@ def parse(argv: list[str]) -> Config:
     timeout = _seconds("--command-timeout", ns.command_timeout, 0.1, MAX_TIMEOUT, zero_ok=True)
     beat = _seconds("--beat", ns.beat, 0.1, 60, zero_ok=False)
     sensor_user = _account("--user", ns.user)
+    if sensor_user.uid == 0:
+        raise UsageError(f"--user {ns.user!r}: sensors must drop to an unprivileged account")
     exec_user = _account("--exec-user", ns.exec_user) if ns.exec_user is not None else None
     sensors = [_interface(i, ns.filter, ns.ack_only) for i in ns.interfaces]
     sensors += [_group(g) for g in ns.groups]

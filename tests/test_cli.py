@@ -106,6 +106,8 @@ BAD = [
     ("interface-twice", ["-i", "lo", "-i", "lo", "-c", "{cmd}"], "-i", "lo", "twice"),
     ("user-missing", ["-i", "lo", "-c", "{cmd}", "--user", "nosuchuser"], "--user",
      "nosuchuser", "no such user"),
+    ("user-root", ["-i", "lo", "-c", "{cmd}", "--user", "root"], "--user", "root",
+     "unprivileged account"),
     ("exec-user-missing", ["-i", "lo", "-c", "{cmd}", "--exec-user", "nosuchuser"],
      "--exec-user", "nosuchuser", "no such user"),
     ("no-sensor", ["-c", "{cmd}"], "-i", None, "-n"),
