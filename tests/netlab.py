@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,6 +80,17 @@ class Netns:
         self.ip("link", "add", name, "type", "veth", "peer", "name", peer)
         for dev in (name, peer):
             self.ip("link", "set", dev, "up")
+
+    def address_tap(self, mac: str, own: tuple[str, str], peer_mac: str,
+                    peers: tuple[str, str]) -> None:
+        """Give tap0 a MAC and one IPv4 /24 and one IPv6 /64 address; the peer
+        addresses resolve to ``peer_mac``, nobody's, so what the namespace
+        sends to them crosses to peer0 and is dropped there."""
+        self.ip("link", "set", "tap0", "address", mac)
+        self.ip("addr", "add", f"{own[0]}/24", "dev", "tap0")
+        self.ip("addr", "add", f"{own[1]}/64", "dev", "tap0", "nodad")
+        for peer in peers:
+            self.ip("neigh", "add", peer, "lladdr", peer_mac, "dev", "tap0", "nud", "permanent")
 
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:
@@ -247,3 +259,38 @@ def gone(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
     except OSError:
         return True
+
+
+@dataclass
+class Run:
+    """A daemon and the record of the commands it ran."""
+
+    daemon: Daemon
+    script: Path
+    record: Path
+
+    def events(self) -> list[list[str]]:
+        return events(self.record)
+
+    def kinds(self) -> list[str]:
+        return [e[0] for e in self.events()]
+
+    def wait_events(self, n: int, timeout: float = 10.0) -> list[list[str]]:
+        def probe() -> list[list[str]] | None:
+            if self.daemon.proc.poll() is not None:
+                raise AssertionError(f"daemon exited:\n{self.daemon.text()}")
+            got = self.events()
+            return got if len(got) >= n else None
+
+        try:
+            return wait_for(f"{n} recorded event(s)", probe, timeout)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\nrecorded: {self.events()}\n--- log ---\n{self.daemon.text()}"
+            ) from None
+
+    def after(self, needle: str, nth: int = 1, lines: int = 2) -> list[str]:
+        """The ``lines`` log lines that follow the nth line containing ``needle``."""
+        log = self.daemon.lines()
+        at = [i for i, line in enumerate(log) if needle in line][nth - 1]
+        return log[at + 1 : at + 1 + lines]

@@ -24,7 +24,7 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.utils import rdpcap
 
-from tests.netlab import Daemon, Netns, events, ready, recorder, wait_for
+from tests.netlab import Daemon, Netns, Run, ready, recorder, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -106,37 +106,6 @@ def stream(sock: socket.socket, frames: list[bytes], every: float, duration: flo
 # -- the daemon ------------------------------------------------------------------
 
 
-@dataclass
-class Run:
-    daemon: Daemon
-    script: Path
-    record: Path
-
-    def events(self) -> list[list[str]]:
-        return events(self.record)
-
-    def kinds(self) -> list[str]:
-        return [e[0] for e in self.events()]
-
-    def wait_events(self, n: int, timeout: float = 10.0) -> list[list[str]]:
-        def probe() -> list[list[str]] | None:
-            if self.daemon.proc.poll() is not None:
-                raise AssertionError(f"daemon exited:\n{self.daemon.text()}")
-            got = self.events()
-            return got if len(got) >= n else None
-
-        try:
-            return wait_for(f"{n} recorded event(s)", probe, timeout)
-        except AssertionError as exc:
-            raise AssertionError(
-                f"{exc}\nrecorded: {self.events()}\n--- log ---\n{self.daemon.text()}"
-            ) from None
-
-    def after(self, needle: str, nth: int = 1, lines: int = 2) -> list[str]:
-        """The ``lines`` log lines that follow the nth line containing ``needle``."""
-        log = self.daemon.lines()
-        at = [i for i, line in enumerate(log) if needle in line][nth - 1]
-        return log[at + 1 : at + 1 + lines]
 
 
 @dataclass

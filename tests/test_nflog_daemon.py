@@ -26,7 +26,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
-from tests.netlab import Daemon, Netns, events, gone, ready, recorder, sh, title, wait_for
+from tests.netlab import Daemon, Netns, Run, gone, ready, recorder, sh, title, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -103,38 +103,7 @@ def stream(send: Callable[[], Sent], every: float, duration: float) -> Sent:
 # -- the daemon ----------------------------------------------------------------------
 
 
-@dataclass
-class Run:
-    daemon: Daemon
-    script: Path
-    record: Path
-
-    def events(self) -> list[list[str]]:
-        return events(self.record)
-
-    def kinds(self) -> list[str]:
-        return [e[0] for e in self.events()]
-
-    def wait_events(self, n: int, timeout: float = 10.0) -> list[list[str]]:
-        def probe() -> list[list[str]] | None:
-            if self.daemon.proc.poll() is not None:
-                raise AssertionError(f"daemon exited:\n{self.daemon.text()}")
-            got = self.events()
-            return got if len(got) >= n else None
-
-        try:
-            return wait_for(f"{n} recorded event(s)", probe, timeout)
-        except AssertionError as exc:
-            raise AssertionError(
-                f"{exc}\nrecorded: {self.events()}\n--- log ---\n{self.daemon.text()}"
-            ) from None
-
-    def after(self, needle: str, nth: int = 1, lines: int = 2) -> list[str]:
-        """The ``lines`` log lines that follow the nth line containing ``needle``."""
-        log = self.daemon.lines()
-        at = [i for i, line in enumerate(log) if needle in line][nth - 1]
-        return log[at + 1 : at + 1 + lines]
-
+class NflogRun(Run):
     def sensors(self) -> dict[str, int]:
         """Sensor title without its state ("tuninetd: sensor nflog 5") -> pid."""
         out = {}
@@ -151,11 +120,11 @@ class Lab:
     folder: Path
     start: Callable[..., Daemon]
 
-    def run(self, *args: str, sensors: int = 1, ttl: int = 1, name: str = "record.sh") -> Run:
+    def run(self, *args: str, sensors: int = 1, ttl: int = 1, name: str = "record.sh") -> NflogRun:
         script, record = recorder(self.folder, name=name)
         daemon = self.start(self.ns, "-c", str(script), "--beat", str(BEAT), "-t", str(ttl), *args)
         ready(daemon, sensors=sensors)
-        return Run(daemon, script, record)
+        return NflogRun(daemon, script, record)
 
 
 @pytest.fixture
@@ -163,11 +132,7 @@ def lab(veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Ite
     """tap0 carries our addresses; the peer addresses resolve to a MAC that is
     nobody's, so what we send is logged on output, crosses to peer0 and is
     dropped there, never leaving the namespace."""
-    veth.ip("link", "set", "tap0", "address", MAC_LOCAL)
-    veth.ip("addr", "add", f"{V4_LOCAL}/24", "dev", "tap0")
-    veth.ip("addr", "add", f"{V6_LOCAL}/64", "dev", "tap0", "nodad")
-    for peer in (V4_PEER, V6_PEER):
-        veth.ip("neigh", "add", peer, "lladdr", MAC_PEER, "dev", "tap0", "nud", "permanent")
+    veth.address_tap(MAC_LOCAL, (V4_LOCAL, V6_LOCAL), MAC_PEER, (V4_PEER, V6_PEER))
     yield Lab(veth, tmp_path, start_daemon)
 
 

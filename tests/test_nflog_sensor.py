@@ -35,11 +35,7 @@ def lab(veth: Netns) -> Netns:
     """tap0 carries our addresses; the peer addresses resolve to a MAC that is
     nobody's, so what we send is logged on output, crosses to peer0 and is
     dropped there, never leaving the namespace."""
-    veth.ip("link", "set", "tap0", "address", MAC_LOCAL)
-    veth.ip("addr", "add", f"{V4_LOCAL}/24", "dev", "tap0")
-    veth.ip("addr", "add", f"{V6_LOCAL}/64", "dev", "tap0", "nodad")
-    for peer in (V4_PEER, V6_PEER):
-        veth.ip("neigh", "add", peer, "lladdr", MAC_PEER, "dev", "tap0", "nud", "permanent")
+    veth.address_tap(MAC_LOCAL, (V4_LOCAL, V6_LOCAL), MAC_PEER, (V4_PEER, V6_PEER))
     return veth
 
 
