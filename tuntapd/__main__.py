@@ -1,0 +1,3 @@
+from tuninetd.tuntapd.main import main
+
+main()

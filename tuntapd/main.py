@@ -1,0 +1,421 @@
+"""``tuntapd -i <ifname> [-m tun|tap] [-d]``: hold a tun/tap device open.
+
+A tun/tap device has carrier only while a process has it open; without one,
+the kernel drops whatever is routed into it before a capture socket sees it,
+and a non-persistent device does not even exist. tuntapd is that process
+while the device's real user (a VPN, ``ssh -w``...) is down: it creates the
+device, or attaches to a persistent one of the same mode, brings the link up,
+and reads and discards what the kernel writes to it so its queue never fills.
+tuninetd's pcap sensor on the device then sees the traffic that should bring
+the real user back; the start command stops tuntapd (SIGTERM releases the
+device), the stop command starts it again.
+
+Errors are one line on stderr: exit status 2 for bad usage, 1 when the device
+cannot be held. Every check happens before ``-d`` detaches, so ``tuntapd -d``
+exits 0 only once the daemon holds the device; the daemon then logs to syslog
+as ``tuntapd`` (facility daemon).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import syslog
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import NoReturn
+
+from tuninetd.common import __version__
+
+PROG = "tuntapd"
+CLONE_DEVICE = "/dev/net/tun"
+IFNAMSIZ = 16
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_TAP = 0x0002
+IFF_MULTI_QUEUE = 0x0100
+IFF_NO_PI = 0x1000
+MODES = {"tun": IFF_TUN, "tap": IFF_TAP}
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, then flags in the union
+# One read takes one packet; a tap frame without a virtio header is at most
+# MTU + 18 bytes, and the largest MTU a tun device accepts is 65535.
+READ_SIZE = 65536 + 64
+READS_PER_WAKEUP = 256
+
+log = logging.getLogger(PROG)
+
+USAGE = "tuntapd -i <ifname> [-m tun|tap] [-d]"
+DESCRIPTION = (
+    "Stub for a tun/tap device to keep it alive: creates the device (or attaches "
+    "to a persistent one of the same mode), brings it up, and reads and discards "
+    "what the kernel sends to it, so it has carrier and pcap can capture on it "
+    "while its real user is down."
+)
+EPILOG = """\
+signals:
+  SIGTERM, SIGINT  release the device and exit 0 (a non-persistent device disappears)
+  SIGHUP   ignored
+  SIGUSR1  log the device, its mode and how many packets were discarded
+
+exit status: 0 released on a signal; 1 the device could not be held (in use by
+another process, no /dev/net/tun, no permission, wrong mode) or was deleted;
+2 bad usage.
+
+example: a tuninetd stop command runs "tuntapd -i tun0 -d" once the tunnel is
+down, and its start command stops that tuntapd before bringing the tunnel up.
+"""
+
+
+class UsageError(Exception):
+    """Bad command line: one line on stderr, exit status 2."""
+
+
+class DeviceError(Exception):
+    """The device cannot be held: one line on stderr, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+@dataclass(frozen=True)
+class Options:
+    ifname: str
+    mode: str
+    daemon: bool
+
+
+def _ifname(text: str) -> str:
+    size = len(text.encode())
+    if size == 0:
+        raise argparse.ArgumentTypeError("expected an interface name, got an empty string")
+    if size >= IFNAMSIZ:
+        raise argparse.ArgumentTypeError(
+            f"interface name {text!r} is {size} bytes long, at most {IFNAMSIZ - 1}"
+        )
+    if text in (".", "..") or any(c in text for c in "/:") or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a valid interface name (no '/', ':' or spaces)"
+        )
+    return text
+
+
+def _mode(text: str) -> str:
+    if text not in MODES:
+        raise argparse.ArgumentTypeError(f"bad mode {text!r}: expected tun or tap")
+    return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        usage=USAGE,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+    )
+    a = p.add_argument
+    a("-i", dest="ifname", metavar="<ifname>", type=_ifname,
+      help="the tun/tap device to hold (created if it does not exist)")
+    a("-m", dest="mode", metavar="<iftype>", type=_mode, default="tun",
+      help="'tun' or 'tap' (default tun)")
+    a("-d", dest="daemon", action="store_true",
+      help="detach once the device is held; log to syslog as tuntapd")
+    a("-h", "--help", action="help", help="print this help")
+    a("-v", "--version", action="version", version=f"{PROG} {__version__}",
+      help="print version")
+    return p
+
+
+def parse(argv: Sequence[str]) -> Options:
+    ns = _parser().parse_args(list(argv))
+    if ns.ifname is None:
+        raise UsageError("-i <ifname> is required: the tun/tap device to hold")
+    return Options(ns.ifname, ns.mode, ns.daemon)
+
+
+# -- the device ----------------------------------------------------------------
+
+
+def _sysfs_tun_flags(ifname: str) -> int | None:
+    """The flags of an existing tun/tap device (None: not one, or no such device).
+    Only consulted to explain or retry a refused TUNSETIFF."""
+    try:
+        with open(f"/sys/class/net/{ifname}/tun_flags") as f:
+            return int(f.read().strip(), 16)
+    except (OSError, ValueError):
+        return None
+
+
+def _exists(ifname: str) -> bool:
+    try:
+        socket.if_nametoindex(ifname)
+    except OSError:
+        return False
+    return True
+
+
+def holders(ifname: str) -> list[str]:
+    """``pid N comm`` of the processes in this network namespace that have
+    ``ifname`` open (the kernel names a tun file's device in its fdinfo)."""
+    try:
+        own_ns = os.stat("/proc/self/ns/net").st_ino
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return []
+    found = []
+    wanted = f"iff:\t{ifname}\n"
+    for pid in pids:
+        try:
+            if pid == str(os.getpid()) or os.stat(f"/proc/{pid}/ns/net").st_ino != own_ns:
+                continue
+            for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    if wanted in f.read():
+                        with open(f"/proc/{pid}/comm") as c:
+                            found.append(f"pid {pid} {c.read().strip()}")
+                        break
+        except OSError:
+            continue
+    return found
+
+
+def _explain(exc: OSError, ifname: str, mode: str) -> str:
+    code = exc.errno
+    if code == errno.EBUSY:
+        who = holders(ifname)
+        return f"{ifname} is in use: another process holds it" + (
+            f" ({', '.join(who)})" if who else "")
+    if code in (errno.EPERM, errno.EACCES):
+        return (f"permission denied: creating or attaching {ifname} needs CAP_NET_ADMIN "
+                "(run as root), or a persistent device owned by this user")
+    if code == errno.EINVAL:
+        flags = _sysfs_tun_flags(ifname)
+        if flags is not None:
+            actual = "tun" if flags & IFF_TUN else "tap"
+            if actual != mode:
+                return f"{ifname} is a {actual} device, not {mode} (use -m {actual})"
+        elif _exists(ifname):
+            return f"{ifname} exists and is not a tun/tap device"
+    return f"cannot hold {ifname} as a {mode} device: {exc.strerror or exc}"
+
+
+def _setiff(fd: int, ifname: str, flags: int) -> str:
+    answer = fcntl.ioctl(fd, TUNSETIFF, IFREQ.pack(ifname.encode(), flags))
+    return bytes(answer[:IFNAMSIZ]).split(b"\0", 1)[0].decode(errors="replace")
+
+
+def open_device(ifname: str, mode: str) -> tuple[int, str]:
+    """Create or attach to the device; returns the fd and the name the kernel
+    gave (the same unless a template like ``tun%d`` was asked for)."""
+    try:
+        fd = os.open(CLONE_DEVICE, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise DeviceError(f"no {CLONE_DEVICE}: the tun driver is missing (modprobe tun)") from None
+    except PermissionError:
+        raise DeviceError(f"permission denied opening {CLONE_DEVICE} (run as root)") from None
+    except OSError as exc:
+        if exc.errno in (errno.ENODEV, errno.ENXIO):
+            raise DeviceError(
+                f"{CLONE_DEVICE}: no tun driver in this kernel (modprobe tun)"
+            ) from None
+        raise DeviceError(f"cannot open {CLONE_DEVICE}: {exc.strerror or exc}") from None
+    flags = MODES[mode] | IFF_NO_PI
+    try:
+        try:
+            return fd, _setiff(fd, ifname, flags)
+        except OSError as exc:
+            # A persistent multi-queue device takes only multi-queue attachments.
+            existing = _sysfs_tun_flags(ifname)
+            if (exc.errno != errno.EINVAL or existing is None
+                    or not existing & IFF_MULTI_QUEUE or not existing & MODES[mode]):
+                raise
+            return fd, _setiff(fd, ifname, flags | IFF_MULTI_QUEUE)
+    except OSError as exc:
+        os.close(fd)
+        raise DeviceError(_explain(exc, ifname, mode)) from None
+
+
+def bring_up(ifname: str) -> bool:
+    """Set the link up (a link that is down shows no carrier and routes into it
+    are dead). Returns whether it was down."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        answer = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, IFREQ.pack(ifname.encode(), 0))
+        flags = IFREQ.unpack(answer[:IFREQ.size])[1]
+        if flags & IFF_UP:
+            return False
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, IFREQ.pack(ifname.encode(), flags | IFF_UP))
+        return True
+
+
+# -- logging and detaching -------------------------------------------------------
+
+_PRIORITY = {
+    logging.DEBUG: syslog.LOG_DEBUG,
+    logging.INFO: syslog.LOG_INFO,
+    logging.WARNING: syslog.LOG_WARNING,
+    logging.ERROR: syslog.LOG_ERR,
+    logging.CRITICAL: syslog.LOG_CRIT,
+}
+
+
+class _SyslogHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        syslog.openlog(PROG, syslog.LOG_PID, syslog.LOG_DAEMON)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            syslog.syslog(_PRIORITY.get(record.levelno, syslog.LOG_INFO), self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def _log_to(handler: logging.Handler, fmt: str) -> None:
+    handler.setFormatter(logging.Formatter(fmt))
+    for old in list(log.handlers):
+        log.removeHandler(old)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def detach() -> None:
+    """Fork twice with a new session in between; the original process prints
+    the daemon's pid and exits 0. The daemon's cwd is / and its standard
+    streams are /dev/null."""
+    rfd, wfd = os.pipe()
+    if child := os.fork():
+        os.close(wfd)
+        os.waitpid(child, 0)
+        with os.fdopen(rfd, "rb") as r:
+            pid = r.read().decode().strip()
+        if not pid:
+            print(f"{PROG}: the daemon died while detaching", file=sys.stderr)
+            os._exit(1)
+        log.info("detached, daemon pid %s", pid)
+        sys.stderr.flush()
+        os._exit(0)
+    os.close(rfd)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.write(wfd, str(os.getpid()).encode())
+    os.close(wfd)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+# -- holding ---------------------------------------------------------------------
+
+
+def _no_op(signum: int, frame: FrameType | None) -> None:
+    """The signals are handled from the wake-up pipe in the loop."""
+
+
+class Holder:
+    def __init__(self, fd: int, ifname: str, mode: str) -> None:
+        self.fd = fd
+        self.ifname = ifname
+        self.mode = mode
+        self.packets = 0
+        self.buf = bytearray(READ_SIZE)
+        # Signals are caught from here on (before "holding" is logged, so one
+        # sent on seeing that line is never met by the default action) and
+        # handled from the wake-up pipe in the loop.
+        self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(sig, _no_op)
+
+    def drain(self) -> bool:
+        """Read and drop what is queued; False once the device is gone."""
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                if os.readv(self.fd, [self.buf]) <= 0:
+                    return False
+            except BlockingIOError:
+                return True
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EBADFD, errno.EIO, errno.ENODEV):
+                    return False
+                raise
+            self.packets += 1
+        return True
+
+    def run(self) -> int:
+        wake_r = self.wake_r
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        while True:
+            for fd, ev in poller.poll():
+                if fd == self.fd:
+                    if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) or not self.drain():
+                        log.error("%s has been deleted. Abort", self.ifname)
+                        return 1
+                    continue
+                try:
+                    signums = os.read(wake_r, 64)
+                except BlockingIOError:
+                    continue
+                for signum in signums:
+                    if signum in (signal.SIGTERM, signal.SIGINT):
+                        log.info("%s caught. Releasing %s and shutting down...",
+                                 signal.Signals(signum).name, self.ifname)
+                        os.close(self.fd)
+                        return 0
+                    if signum == signal.SIGHUP:
+                        log.warning("SIGHUP caught. NoOp")
+                    elif signum == signal.SIGUSR1:
+                        log.info("SIGUSR1 caught. Holding %s, mode %s, %d packets discarded",
+                                 self.ifname, self.mode, self.packets)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    _log_to(logging.StreamHandler(sys.stderr), f"{PROG}: %(message)s")
+    try:
+        opts = parse(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        print(f"{PROG}: {exc} (usage: {USAGE})", file=sys.stderr)
+        sys.exit(2)
+    try:
+        fd, ifname = open_device(opts.ifname, opts.mode)
+    except DeviceError as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+    try:
+        was_down = bring_up(ifname)
+    except OSError as exc:
+        log.warning("holding %s, but cannot bring it up: %s", ifname, exc.strerror or exc)
+        was_down = False
+    if opts.daemon:
+        detach()
+        _log_to(_SyslogHandler(), "%(message)s")
+    holder = Holder(fd, ifname, opts.mode)
+    log.info("holding %s (mode %s)%s, pid %d", ifname, opts.mode,
+             ", link set up" if was_down else "", os.getpid())
+    sys.exit(holder.run())
+
+
+if __name__ == "__main__":
+    main()
