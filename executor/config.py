@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from tuninetd.common import wire
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     timeout: float  # seconds a command may run; 0 means no limit
     beat: float
     uid: int | None = None

@@ -21,8 +21,8 @@ from tuninetd.common import wire
 from tuninetd.common.worker import Title
 from tuninetd.executor.config import Config
 from tuninetd.executor.output import Output
+from tuninetd.executor.reap import reap_orphans
 from tuninetd.executor.runner import Run, SpawnError, parse_request
-from tuninetd.executor.tree import reap_orphans
 
 # Pipes still held open by daemons of commands that have exited. Beyond this
 # the oldest is closed, though a daemon writing to it then gets SIGPIPE.

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tuninetd.common import wire
 from tuninetd.executor.output import Output
-from tuninetd.executor.tree import RUN_ID_VAR, TreeKill, kill_now
+from tuninetd.executor.reap import RUN_ID_VAR
+
+if TYPE_CHECKING:
+    from tuninetd.executor.tree import TreeKill
 
 EVENTS = ("start", "stop")
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     id: int
     event: str
     argv: list[str]
@@ -112,11 +113,15 @@ class Run:
 
     def kill(self, now: float, timed_out: bool) -> None:
         if self.killer is None:
+            from tuninetd.executor import tree
+
             self.timed_out = timed_out
-            self.killer = TreeKill(self.id, self.unreaped_pid, now)
+            self.killer = tree.TreeKill(self.id, self.unreaped_pid, now)
 
     def kill_now(self) -> None:
-        kill_now(self.id, self.unreaped_pid)
+        from tuninetd.executor import tree
+
+        tree.kill_now(self.id, self.unreaped_pid)
 
     def next_deadline(self) -> float | None:
         times = [self.output.deadline()]

@@ -10,13 +10,13 @@ earlier commands left running on purpose.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 from collections.abc import Iterable
 
 import psutil
 
-RUN_ID_VAR = "TUNINETD_RUN_ID"
+from tuninetd.executor.reap import RUN_ID_VAR
+
 TERM_GRACE = 2.0
 STEP_INTERVAL = 0.05
 # SIGKILL rounds before giving up on a process that will not die (stuck in D
@@ -121,20 +121,3 @@ class TreeKill:
             # while the others are being killed.
             signal_all(self.procs.values(), signal.SIGSTOP)
             signal_all(self.procs.values(), signal.SIGKILL)
-
-
-def reap_orphans(running_pid: int | None) -> None:
-    """Collect the exit status of adopted orphans so no zombies pile up.
-
-    The status of the running command belongs to its Popen: each child is
-    peeked at (WNOWAIT) before being reaped, and the command is left alone;
-    once Popen has reaped it, the next call goes on with the others.
-    """
-    while True:
-        try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return
-        if info is None or info.si_pid == running_pid:
-            return
-        os.waitid(os.P_PID, info.si_pid, os.WEXITED | os.WNOHANG)

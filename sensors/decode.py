@@ -9,7 +9,7 @@ byte, because users' scripts grep them.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from typing import NamedTuple
 
 PROTOCOLS: dict[int, str] = {
     1: "ICMP",
@@ -82,8 +82,7 @@ _MAX_IPV6_EXT = 8
 _TCP_ACK = 0x10
 
 
-@dataclass(frozen=True, slots=True)
-class Summary:
+class Summary(NamedTuple):
     """What the sensor reports about a trigger packet."""
 
     lines: list[str]

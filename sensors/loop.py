@@ -9,8 +9,10 @@ the supervisor goes away:
 - counting: read (almost) nothing; each beat, ask the capture how many
   matching packets went by and send that as ``beat``.
 
-The supervisor sends ``count`` (another sensor fired, stop waiting) and
-``arm`` (the state went down). The capture decides what a mode costs.
+The supervisor sends ``count`` (another sensor fired, stop waiting),
+``arm`` (the state went down) and ``report`` (beat now: the ttl ran out and
+the supervisor wants to know of every packet up to now before it stops).
+The capture decides what a mode costs.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ import select
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from tuninetd.common import wire, worker
 
+FIRST_COUNT = 0.1  # seconds from a count order to the beat that reports it
 
-@dataclass(slots=True)
-class Trigger:
+
+class Trigger(NamedTuple):
     lines: list[str]
     link: str
     packet: bytes | None = None
@@ -107,6 +109,7 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) 
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     next_beat = time.monotonic() + beat
+    report_now = False
     while True:
         if pending is not None:
             _send_trigger(sock, pending)
@@ -129,13 +132,20 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) 
                 elif verb == "count" and armed:
                     armed = False
                     cap.count()
+                    # Report soon: a sensor that just (re)started while the
+                    # state is up shows it is capturing without a whole beat.
+                    next_beat = min(next_beat, time.monotonic() + min(beat, FIRST_COUNT))
+                elif verb == "report":
+                    report_now = True  # the supervisor is about to decide a stop
             elif events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                 trouble = cap.check()
             elif armed and pending is None:
                 pending = cap.read_trigger()
         now = time.monotonic()
-        if now >= next_beat:
+        if now >= next_beat or report_now:
             trouble = cap.check()
             n = 0 if armed or trouble else cap.take_count()
             wire.send(sock, "beat", n=n, mode=trouble or ("armed" if armed else "counting"))
-            next_beat = max(next_beat + beat, now)
+            if not report_now:
+                next_beat = max(next_beat + beat, now)
+            report_now = False

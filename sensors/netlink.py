@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 ReadableBuffer = bytes | bytearray | memoryview
 
@@ -115,8 +114,7 @@ def find_attribute(buf: ReadableBuffer, start: int, end: int, kind: int) -> memo
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Field:
+class Field(NamedTuple):
     """How one attribute type is named, read and written."""
 
     name: str
@@ -158,13 +156,15 @@ def nested(name: str, table: AttrMap) -> Field:
     )
 
 
-@dataclass(slots=True)
 class Attrs:
     """Decoded attributes by name. ``malformed``: some bytes did not parse, or an
     attribute was too short for its type (it is then left out)."""
 
-    values: dict[str, Any] = field(default_factory=dict)
-    malformed: bool = False
+    __slots__ = ("malformed", "values")
+
+    def __init__(self, values: dict[str, Any] | None = None, malformed: bool = False) -> None:
+        self.values: dict[str, Any] = {} if values is None else values
+        self.malformed = malformed
 
     def get_int(self, name: str) -> int | None:
         value = self.values.get(name)
@@ -230,8 +230,7 @@ def build_message(kind: int, flags: int, seq: int, body: bytes, pid: int = 0) ->
     return NLMSGHDR.pack(size, kind, flags, seq, pid) + body + bytes(align(size) - size)
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     kind: int
     flags: int
     seq: int
@@ -296,8 +295,7 @@ NFULA_CFG: AttrMap = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
+class Packet(NamedTuple):
     """One logged packet: the protocol family the rule saw it in, its group and
     its attributes (see NFULA)."""
 

@@ -7,17 +7,19 @@ both modes:
 
 - copy range: enough of each packet for the summary and for ``tcp_ack``
   (the whole packet with -w), so any message can be a trigger;
-- batching: messages are flushed to us in batches of about BATCH_BYTES (up to
-  hundreds of messages), or at the next timer tick (flush timeout 0), which
-  keeps the trigger latency at a tick while a busy group costs one ``recv``
-  per batch;
-- a large receive buffer that holds a beat's worth of messages at moderate
-  rates; past that, the kernel drops and flags ENOBUFS, which is activity.
+- flushing: each message is sent to us at once (queue threshold 1), so a
+  trigger is not held back until the next timer tick; with -a, where every
+  message is read while counting, they come in batches of about BATCH_BYTES
+  instead, one ``recv`` per batch, at the price of up to a tick of latency.
 
 Armed, the loop polls the socket and the first message fires. Counting, the
-loop never wakes for messages: ``take_count`` drains the queue once a beat and
-counts the packet messages by their headers alone (with -a, it looks at each
-payload's TCP flags). Netlink keeps no drop counter to read instead.
+loop never wakes for messages. Without -a the receive buffer shrinks to the
+kernel's minimum, as the pcap sensor's does: the kernel drops what we would
+only count, and the overrun (ENOBUFS) is the activity, read once a beat with
+whatever few messages are queued. With -a, ``take_count`` drains a large
+buffer once a beat and looks at each payload's TCP flags; an overrun there is
+not activity (nothing says the lost messages were ACKs). Netlink keeps no drop
+counter to read instead.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from tuninetd.sensors import decode, loop, netlink
 # IP and TCP headers with options fit; so do IPv6 and a few extension headers.
 SUMMARY_COPY = 128
 BATCH_BYTES = 64 * 1024
+# One message per datagram: the kernel grows the buffer for a larger packet.
+SINGLE_BYTES = 4096
+ARMED_RCVBUF = 256 * 1024
 # High enough that the batch's size, not the message count, closes a batch.
 BATCH_MESSAGES = 4096
 RCVBUF = 4 * 1024 * 1024
@@ -98,8 +103,11 @@ class NflogCapture:
                 seq=1,
                 cmd=netlink.NFULNL_CFG_CMD_BIND,
                 mode=(copy_range, netlink.NFULNL_COPY_PACKET),
-                nlbufsiz=BATCH_BYTES,
-                qthresh=BATCH_MESSAGES,
+                # With -a every message is read while counting, so batch them;
+                # otherwise flush each one at once: the trigger is not held
+                # back until the next timer tick.
+                nlbufsiz=BATCH_BYTES if self.ack_only else SINGLE_BYTES,
+                qthresh=BATCH_MESSAGES if self.ack_only else 1,
                 timeout=0,
             )
         )
@@ -182,6 +190,10 @@ class NflogCapture:
     def arm(self) -> loop.Trigger | None:
         # Every message carries the packet (the copy mode never changes), so
         # the newest one queued since the last count can be the trigger.
+        if not self.ack_only:
+            # Back from the counting minimum (as far as rmem_max lets an
+            # unprivileged process go: enough for one message at a time).
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ARMED_RCVBUF)
         newest, self.early = self.early, None
         for size in self._receive():
             newest = self._newest_packet(size) or newest
@@ -194,6 +206,10 @@ class NflogCapture:
         return None
 
     def count(self) -> None:
+        if not self.ack_only:
+            # Like the pcap sensor: a minimal buffer makes the kernel drop
+            # what we would only have counted, and the overrun says "activity".
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)
         for _size in self._receive():
             pass
         self.overrun = False

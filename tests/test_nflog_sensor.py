@@ -283,7 +283,10 @@ def test_burst_while_counting_keeps_beating(lab: Netns) -> None:
     cpu = _cpu_seconds(sensor.proc.pid) - cpu
     total = sum(b["n"] for b in beats)
     print(f"\n{burst} packets sent in {sent_in:.2f} s, {total} counted, sensor CPU {cpu:.2f} s")
-    assert total >= 10_000
+    # Counting is by overrun now (a minimal buffer): the burst shows as
+    # activity in the beat that covers it, at almost no cost to the sensor.
+    assert beats[0]["n"] >= 1 or beats[1]["n"] >= 1
+    assert cpu < 0.05
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert max(gaps) < beat + 0.3, gaps
     assert sensor.stop() == b""
