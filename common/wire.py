@@ -85,6 +85,8 @@ def decode(data: bytes) -> Message:
         msg = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
+    except RecursionError:  # e.g. "[[[[..." nested deeper than the parser goes
+        raise ProtocolError("not JSON: nested too deep") from None
     if not isinstance(msg, dict) or msg.get("v") != VERSION or not isinstance(msg.get("t"), str):
         raise ProtocolError("not a versioned message")
     return msg

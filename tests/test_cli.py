@@ -15,11 +15,14 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 
 import psutil
 import pytest
+
+from tests.netlab import Netns
 
 MODULE = "tuninetd.supervisor.main"
 # A worker before and after it sets its title.
@@ -69,7 +72,7 @@ def run_cli(argv: list[str], prefix: tuple[str, ...] = ()) -> Result:
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def paths(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     folder = tmp_path_factory.mktemp("cli")
     cmd = folder / "toggle.sh"
     cmd.write_text("#!/bin/sh\nexit 0\n")
@@ -77,7 +80,19 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     plain = folder / "plain.sh"
     plain.write_text("#!/bin/sh\nexit 0\n")
     plain.chmod(0o644)
-    return {"cmd": str(cmd), "plain": str(plain), "dir": str(folder)}
+    # A directory -w cannot write to: for root, only a read-only mount is.
+    ro = folder / "ro"
+    ro.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=4k", "tnd-ro", str(ro)], check=False,
+    ).returncode == 0
+    if not mounted:
+        ro.chmod(0o555)
+    try:
+        yield {"cmd": str(cmd), "plain": str(plain), "dir": str(folder), "ro": str(ro)}
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(ro)], check=False)
 
 
 # (id, argv with {cmd}/{plain}/{dir}, the option, the value (None: there is
@@ -123,6 +138,21 @@ BAD = [
      "-w", "/nonexistent-dir/x.pcap", "does not exist"),
     ("pcap-file-is-directory", ["-i", "lo", "-c", "{cmd}", "-w", "{dir}"], "-w", "{dir}",
      "directory"),
+    ("pcap-file-unwritable-directory", ["-i", "lo", "-c", "{cmd}", "-w", "{ro}/x.pcap"], "-w",
+     "{ro}/x.pcap", "not writable"),
+    ("ttl-fraction", ["-i", "lo", "-c", "{cmd}", "-t", "1.5"], "-t", "1.5", "whole number"),
+    ("nflog-group-negative", ["-n", "-1", "-c", "{cmd}"], "-n", "-1", "0 to 65535"),
+    ("interface-empty", ["-i", "", "-c", "{cmd}"], "-i", "''", "15 bytes"),
+    ("beat-zero", ["-i", "lo", "-c", "{cmd}", "--beat", "0"], "--beat", "0", "0.1"),
+    ("beat-negative", ["-i", "lo", "-c", "{cmd}", "--beat", "-1"], "--beat", "-1", "0.1"),
+    ("beat-huge", ["-i", "lo", "-c", "{cmd}", "--beat", "99999999999999"], "--beat",
+     "99999999999999", "0.1"),
+    ("command-timeout-not-a-number", ["-i", "lo", "-c", "{cmd}", "--command-timeout", "abc"],
+     "--command-timeout", "abc", "seconds"),
+    ("command-timeout-huge", ["-i", "lo", "-c", "{cmd}", "--command-timeout", "99999999999999"],
+     "--command-timeout", "99999999999999", "seconds"),
+    ("command-timeout-infinite", ["-i", "lo", "-c", "{cmd}", "--command-timeout", "inf"],
+     "--command-timeout", "inf", "seconds"),
 ]
 
 
@@ -144,6 +174,29 @@ def test_bad_value_is_one_line_and_exit_2(paths: dict[str, str], argv: list[str]
     if value is not None:
         assert value.format(**paths) in line, line
     assert says in line, line
+    assert r.spawned == [], f"spawned {r.spawned}"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(("flt", "says"), [
+    ("arp", "rejects all packets"),
+    ("ether host 1:2:3:4:5:6", "ethernet addresses supported only"),
+])
+def test_filter_refused_for_the_link_type_of_a_tun_device(paths: dict[str, str], netns: Netns,
+                                                          flt: str, says: str) -> None:
+    """A tun device has no link header (raw IP): a filter that could only
+    match Ethernet frames is refused there, though fine on an Ethernet link."""
+    fd = netns.tun("tun0")
+    try:
+        r = run_cli(["-i", "tun0", "-c", paths["cmd"], "-f", flt], tuple(netns.exec_argv()))
+    finally:
+        os.close(fd)
+    assert r.status == 2, r.out + r.err
+    assert "Traceback" not in r.out + r.err
+    lines = r.err.splitlines()
+    assert len(lines) == 1, r.err
+    assert lines[0].startswith(f"tuninetd: -f {flt!r}: "), lines[0]
+    assert says in lines[0] and "tun0" in lines[0], lines[0]
     assert r.spawned == [], f"spawned {r.spawned}"
 
 

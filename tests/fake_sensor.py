@@ -1,0 +1,124 @@
+"""A fake sensor for the fault tests, and the supervisor that runs it.
+
+No hook in the product: ``python -m tests.fake_sensor supervise SETTINGS``
+builds the real ``Arbiter`` from a ``Config`` and, before ``run()``, points its
+one sensor ``Worker`` at this module instead of ``tuninetd.sensors.nflog``.
+Everything else is the daemon's own code: the spawn, the socketpair, the
+schema checks, the kill and the replacement with backoff.
+
+Each fake sensor process (``python -m tests.fake_sensor <fd> <ppid>``, the way
+the supervisor starts every worker) connects to the test's control socket,
+reports its pid, and receives its plan: say hello or not, send a trigger or
+not, then a list of raw records, sent on the socketpair exactly as given.
+Then it drops privileges the way real sensors do (chroot into the jail, not
+dumpable, unprivileged: it runs as root, like the tests that use it) and
+runs the plan, and beats (``n`` = 0) until the
+supervisor kills it or hangs up.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import select
+import socket
+import sys
+from typing import Any
+
+from tuninetd.common import wire, worker
+
+CONTROL_VAR = "TUNINETD_TEST_FAKE_SENSOR_CONTROL"
+# Room for an oversized record (MAX_MESSAGE is 128 KiB) in one datagram.
+SNDBUF = 1 << 20
+SO_SNDBUFFORCE = 32  # not in the socket module
+
+
+def _plan(control: str) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as ctl:
+        ctl.connect(control)
+        ctl.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = ctl.recv(1 << 20)
+            if not chunk:
+                os._exit(3)  # the test went away
+            data += chunk
+    plan: dict[str, Any] = json.loads(data)
+    return plan
+
+
+def sensor() -> None:
+    sock, ppid = worker.channel_from_argv()
+    worker.die_with_parent(ppid)
+    worker.ignore_terminal_signals()
+    cfg = wire.decode(wire.recv(sock))
+    plan = _plan(os.environ[CONTROL_VAR])
+    sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF)
+    worker.drop_privileges(cfg["uid"], cfg["gid"], ppid, cfg.get("jail"))
+    # OSError: the supervisor hung up on us (it does, after a bad record).
+    with contextlib.suppress(OSError):
+        _follow(sock, plan, float(cfg["beat"]))
+    os._exit(0)
+
+
+def _follow(sock: socket.socket, plan: dict[str, Any], beat: float) -> None:
+    if plan["hello"]:
+        wire.send(sock, "hello", pid=os.getpid())
+    if plan["trigger"]:
+        wire.send(sock, "trigger", lines=["|- a fake trigger"], link="raw", src="192.0.2.1",
+                  dst="192.0.2.2", proto="UDP")
+    for record in plan["records"]:
+        sock.send(base64.b64decode(record))
+    while True:
+        ready, _, _ = select.select([sock], [], [], beat)
+        if ready and not sock.recv(wire.MAX_MESSAGE):
+            return
+        wire.send(sock, "beat", n=0, mode="counting")
+
+
+def supervise(settings: dict[str, Any]) -> None:
+    """The real arbiter with the fake sensor in place of the nflog sensor.
+
+    The restart backoff is shortened (its doubling is tested in
+    tests/unit/test_backoff.py and the daemon tests): a fake killed dozens of
+    times in a row must come back in a tenth of a second, not in 30.
+    """
+    from tuninetd.supervisor import arbiter, logs, workers
+    from tuninetd.supervisor.config import Account, Config, SensorSpec
+
+    workers.BACKOFF_MAX = 0.1
+    logs.to_stderr()
+    extra: dict[str, Any] = {}
+    if "control" in Config.__dataclass_fields__:  # a status socket of its own, not /run's
+        extra["control"] = settings["control"]
+    cfg = Config(
+        command=settings["command"],
+        sensors=(SensorSpec("nflog", "1", group=1),),
+        sensor_user=Account(settings["user"], settings["uid"], settings["gid"]),
+        ttl=settings["ttl"],
+        beat=settings["beat"],
+        **extra,
+    )
+    arb = arbiter.Arbiter(cfg)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for w in arb.sensors:
+        w.module = "tests.fake_sensor"
+        w.path = [*workers.import_path(), repo]
+    try:
+        code = arb.run()
+    except arbiter.StartupError as exc:
+        logs.log.error("Error: %s. Abort", exc)
+        code = 1
+    sys.exit(code)
+
+
+main = sensor  # what a worker's bootstrap runs
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["supervise"]:
+        supervise(json.loads(sys.argv[2]))
+    else:
+        sensor()
