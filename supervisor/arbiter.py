@@ -27,6 +27,7 @@ from tuninetd.supervisor import pcapfile
 from tuninetd.supervisor.config import Config, SensorSpec
 from tuninetd.supervisor.jail import empty_dir
 from tuninetd.supervisor.logs import log
+from tuninetd.supervisor.ops import Ops, SetupError
 from tuninetd.supervisor.privcheck import privileges_left
 from tuninetd.supervisor.state import CommandQueue, Job, Machine
 from tuninetd.supervisor.workers import Worker
@@ -35,6 +36,7 @@ SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.
 STARTUP_GRACE = 15.0  # seconds for every worker to say hello before we give up
 SENSOR_EXIT_GRACE = 2.0
 NORMAL_MODES = ("armed", "counting")
+REPORT_WAIT = 0.5  # seconds past the ttl a counting sensor's report is awaited
 
 
 class StartupError(Exception):
@@ -76,6 +78,7 @@ class Arbiter:
         self.machine = Machine(cfg.ttl)
         self.queue = CommandQueue()
         self.selector = selectors.DefaultSelector()
+        self.ops = Ops(cfg, self.selector)  # status, systemd notify, metrics
         jail = empty_dir()
         self.sensors = [
             Worker(
@@ -90,7 +93,7 @@ class Arbiter:
         exec_user = cfg.exec_user
         self.executor = Worker(
             role="executor",
-            module="tuninetd.executor",
+            module="tuninetd.executor.__main__",
             config={
                 "timeout": cfg.command_timeout,
                 "beat": cfg.beat,
@@ -107,6 +110,7 @@ class Arbiter:
         self.stopping = False
         self.stop_deadline: float | None = None
         self.trigger_sensor = ""
+        self.report_asked = 0.0  # the ttl deadline sensors were last asked to report on
         self.pcap_error = ""
         self.command_pid = 0
         self.title = worker.Title("tuninetd: supervisor", "tuninetd")
@@ -128,6 +132,10 @@ class Arbiter:
         # kill what a dead executor left running, and we reap the rest.
         worker.prctl(worker.PR_SET_CHILD_SUBREAPER, 1)
         self._install_signals()
+        try:
+            self.ops.open(self)
+        except SetupError as exc:
+            raise StartupError(str(exc)) from None
         for spec in self.cfg.sensors:
             if spec.kind == "pcap":
                 log.info("Binding to interface %s", spec.name)
@@ -140,11 +148,13 @@ class Arbiter:
         while True:
             now = time.monotonic()
             timeout = max(0.0, self._next_wakeup(now) - now)
-            for key, _ in self.selector.select(timeout):
+            for key, events in self.selector.select(timeout):
                 if key.data is None:
                     self._drain_signals()
-                else:
+                elif isinstance(key.data, Worker):
                     self._handle(key.data, time.monotonic())
+                else:
+                    key.data(events)  # the control socket, metrics: see ops.py
             self._handle_signals()
             self.manage(time.monotonic())
             if self.stopping and not any(w.alive for w in self.workers):
@@ -227,6 +237,7 @@ class Arbiter:
         elif kind == "beat":
             self._sensor_mode(w, wire.clean_text(msg.get("mode", ""), 40))
             self.machine.activity(now, msg["n"])
+            self.ops.beat(w.role, msg["n"], now)
         elif kind == "trigger":
             self._sensor_trigger(w, msg, now)
         elif kind == "error":
@@ -282,25 +293,28 @@ class Arbiter:
             return
         w.mode = "counting"
         if not self.machine.trigger(now):
+            self.ops.trigger(w.role, [], now, fired=False)
             return  # another sensor fired first: this is only activity
         spec_kind, _, _name = w.role.partition(":")
         self.trigger_sensor = w.role
         lines = [wire.clean_text(x) for x in msg["lines"]]
         if "prefix" in msg:
             lines.append(f'|- NFLOG prefix: "{wire.clean_text(msg["prefix"], 64)}"')
+        self.ops.trigger(w.role, lines, now, fired=True)
         env = self._event_env("start")
         for field in ("src", "dst", "proto"):
             if field in msg:
                 env[f"TUNINETD_{field.upper()}"] = wire.clean_text(msg[field], 64)
-        for other in self.sensors:
-            if other is not w and other.ready:
-                self._order(other, "count")
         cancelled = self.queue.push("start", env=env, sensor=spec_kind, lines=lines)
         if cancelled is not None:
             log.info("%s: new activity while stop was still queued: stop cancelled, "
                      "service stays up", spec_kind.upper())
             for line in lines:
                 log.info("%s", line)
+        self._dispatch()  # first: the start latency is what users wait on
+        for other in self.sensors:
+            if other is not w and other.ready:
+                self._order(other, "count")
         if packet is not None and self.cfg.pcap_file:
             self._dump_packet(packet, link)
 
@@ -309,11 +323,16 @@ class Arbiter:
         try:
             pcapfile.append(self.cfg.pcap_file, time.time(), packet, link)
         except OSError as exc:
+            # Once per kind of failure (its errno: a full disk gives short
+            # writes of varying sizes and ENOSPC, all one failure), not per packet.
             why = exc.strerror or str(exc)
-            if why != self.pcap_error:
+            kind = f"errno {exc.errno}" if exc.errno else why
+            if kind != self.pcap_error:
                 log.error("Logger: can't write packet to pcap file %s: %s", self.cfg.pcap_file, why)
-            self.pcap_error = why
+            self.pcap_error = kind
         else:
+            if self.pcap_error:
+                log.info("Logger: writing packets to pcap file %s again", self.cfg.pcap_file)
             self.pcap_error = ""
 
     def _event_env(self, event: str) -> dict[str, str]:
@@ -346,13 +365,14 @@ class Arbiter:
             if finished is not None:
                 self.command_pid = 0
                 self._report(finished, msg)
+                self.ops.command_done(finished.event, msg)
         elif kind == "error":
             log.error("CORE: executor: %s", wire.clean_text(msg["reason"]))
             if self.starting and not self.executor.ready:
                 raise StartupError(wire.clean_text(msg["reason"]))
 
     def _report(self, job: Job, msg: wire.Message) -> None:
-        argv = f"{self.cfg.command} {job.event}"
+        argv = " ".join(self.cfg.argv(job.event))
         if msg.get("error"):
             log.warning("Warning! Executable command could not be run (%s): %s",
                         argv, wire.clean_text(msg["error"]))
@@ -382,7 +402,7 @@ class Arbiter:
             "run",
             id=job.id,
             event=job.event,
-            argv=[self.cfg.command, job.event],
+            argv=self.cfg.argv(job.event),
             env=job.env,
         )
         if not sent:
@@ -410,7 +430,11 @@ class Arbiter:
             log.info("- using packets with tcp[ack] flag to reset TTL timer")
         if self.cfg.pcap_file:
             log.info("- file to dump start event packets (pcap format): %s", self.cfg.pcap_file)
-        log.info("- event path: %s", self.cfg.command)
+        if self.cfg.command:
+            log.info("- event path: %s", self.cfg.command)
+        for event, argv in (("start", self.cfg.start_command), ("stop", self.cfg.stop_command)):
+            if argv:
+                log.info("- %s command: %s", event, " ".join(argv))
         log.info("- TTL: %d sec.", self.cfg.ttl)
         if self.machine.up:
             log.info("- current status: up (ON), time since last captured packet: %d sec.",
@@ -426,6 +450,7 @@ class Arbiter:
             return
         log.info("CORE: %s caught, exiting", name)
         self.stopping = True
+        self.ops.stopping()
         for job in self.queue.drop_pending():
             log.info("CORE: dropping the queued %s command", job.event)
         for s in self.sensors:
@@ -466,6 +491,7 @@ class Arbiter:
         delay = w.reaped(now)
         if self.starting:
             raise StartupError(f"the {w.title} (pid {pid}) {reason} while starting")
+        self.ops.worker_restarted(w.role, reason)
         log.warning("CORE: %s (pid %d) %s; restarting it in %.1f s", w.title, pid, reason, delay)
 
     def _executor_lost(self) -> None:
@@ -473,6 +499,7 @@ class Arbiter:
         if job is None:
             return
         self.queue.finish(job.id)
+        self.ops.command_lost(job.event)
         killed = kill_run(job.id)
         log.error("CORE: executor died while running the %s command; %d process(es) of it "
                   "killed; the command counts as failed", job.event, killed)
@@ -487,6 +514,7 @@ class Arbiter:
                     kill_run(self.queue.running.id)
                 self.stop_deadline = now + SENSOR_EXIT_GRACE
             self.title.set("stopping")
+            self.ops.tick(now)
             return
         if self.starting and now > self.startup_deadline:
             late = [w.title for w in self.workers if not w.ready]
@@ -501,13 +529,14 @@ class Arbiter:
                 w.kill("closed its channel")
             elif not w.alive and w.respawn_at is not None and now >= w.respawn_at:
                 self.spawn(w, now)
-        if self.machine.expire(now):
+        if self._stop_is_due(now) and self.machine.expire(now):
             self._go_down()
         self._dispatch()
         if self.machine.up:
             self.title.set(f"up idle {int(self.machine.idle(now))}s")
         else:
             self.title.set("down")
+        self.ops.tick(now)
 
     def _go_down(self) -> None:
         if self.queue.push("stop", env=self._event_env("stop")) is not None:
@@ -517,19 +546,43 @@ class Arbiter:
                 self._order(s, "arm")
         self._dispatch()
 
+    def _stop_is_due(self, now: float) -> bool:
+        """The ttl has run out, and every counting sensor has reported on the
+        time up to then: a packet counted but not yet reported when the ttl
+        ran out would make the stop early (and the re-arm start it again).
+        Sensors are asked to report at once, so this costs milliseconds, not
+        a beat; one that does not answer within REPORT_WAIT is not waited for
+        (the silence check deals with it)."""
+        deadline = self.machine.deadline()
+        if deadline is None or now < deadline:
+            return False
+        behind = [s for s in self.sensors
+                  if s.ready and s.mode == "counting" and s.last_heard < deadline]
+        if not behind or now >= deadline + REPORT_WAIT:
+            return True
+        if self.report_asked != deadline:
+            self.report_asked = deadline
+            for s in behind:
+                s.send("report")
+        return False
+
     def _next_wakeup(self, now: float) -> float:
         wakeups = [now + self.cfg.beat]
         deadline = self.machine.deadline()
         if deadline is not None:
-            wakeups.append(deadline)
+            # Past it, the sensors' reports wake us; this is the backstop.
+            wakeups.append(deadline if deadline > now else deadline + REPORT_WAIT)
         wakeups += [w.respawn_at for w in self.workers if w.respawn_at is not None]
         if self.stop_deadline is not None:
             wakeups.append(self.stop_deadline)
+        if (clients := self.ops.deadline()) is not None:
+            wakeups.append(clients)
         return min(wakeups)
 
     def _check_started(self) -> None:
         if self.starting and all(w.ready for w in self.workers):
             self.starting = False
+            self.ops.ready()
             if self.ready_fd is not None:
                 os.write(self.ready_fd, b"ok")
                 os.close(self.ready_fd)

@@ -4,7 +4,10 @@ only attach the bytecode."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from collections.abc import Iterable
 
 Program = tuple[tuple[int, int, int, int], ...]
 
@@ -37,22 +40,60 @@ def ack_expression(flt: str | None) -> str:
     return f"({flt}) and {_ACK}" if flt else _ACK
 
 
-def compile_filter(expression: str, link: str) -> Program:
-    from scapy.arch.common import compile_filter as pcap_compile
-    from scapy.error import Scapy_Exception
+def compile_filters(
+    requests: Iterable[tuple[str, str]],
+) -> dict[tuple[str, str], Program | FilterError]:
+    """Compile (expression, link) pairs in a child process: scapy and libpcap
+    weigh some 40 MB that the long-running supervisor should not carry."""
+    unique = sorted(set(requests))
+    if not unique:
+        return {}
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        code = 0
+        try:
+            data = json.dumps([_compile(expr, link) for expr, link in unique]).encode()
+            with os.fdopen(wfd, "wb") as w:
+                w.write(data)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as r:
+        data = r.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise RuntimeError("the filter compiler process failed")
+    results: dict[tuple[str, str], Program | FilterError] = {}
+    for key, result in zip(unique, json.loads(data), strict=True):
+        if isinstance(result, str):
+            results[key] = FilterError(result)
+        else:
+            results[key] = tuple((c, jt, jf, k) for c, jt, jf, k in result)
+    return results
 
+
+def _compile(expression: str, link: str) -> list[list[int]] | str:
+    """The program as lists of ints, or libpcap's reason for refusing it."""
+    try:
+        from scapy.arch.common import compile_filter as pcap_compile
+        from scapy.error import Scapy_Exception
+    except ImportError as exc:
+        return f"libpcap is not available to compile filters: {exc}"
     try:
         prog = pcap_compile(expression, linktype=_DLT[link])
     except Scapy_Exception as exc:
         found = re.search(r"\((.*)\)\s*$", str(exc))
-        raise FilterError(found.group(1) if found else str(exc)) from None
+        return found.group(1) if found else str(exc)
     except ImportError as exc:
-        raise FilterError(f"libpcap is not available to compile filters: {exc}") from None
+        return f"libpcap is not available to compile filters: {exc}"
     insns = prog.bf_insns
     # scapy declares k as a signed c_int: constants from 0x80000000 up (IPv4
     # addresses from 128.0.0.0, IPv6 words) come back negative. The kernel's
     # sock_filter.k is a __u32.
-    return tuple(
-        (insns[i].code, insns[i].jt, insns[i].jf, insns[i].k & 0xFFFFFFFF)
+    return [
+        [insns[i].code, insns[i].jt, insns[i].jf, insns[i].k & 0xFFFFFFFF]
         for i in range(prog.bf_len)
-    )
+    ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DEFAULT_CONTROL = "/run/tuninetd.sock"
+
 
 @dataclass(frozen=True, slots=True)
 class SensorSpec:
@@ -40,3 +42,14 @@ class Config:
     exec_user: Account | None = None
     command_timeout: float = 300.0
     beat: float = 1.0
+    control: str = DEFAULT_CONTROL
+    pidfile: str | None = None
+    metrics: tuple[str, int] | None = None  # (host, port) of the /metrics endpoint
+    # Whole argv lists from the config file; either one replaces [command, event].
+    start_command: tuple[str, ...] = ()
+    stop_command: tuple[str, ...] = ()
+
+    def argv(self, event: str) -> list[str]:
+        """What the executor runs for ``event`` ("start" or "stop")."""
+        explicit = self.start_command if event == "start" else self.stop_command
+        return list(explicit) if explicit else [self.command, event]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tuninetd.supervisor import cli, logs
+from tuninetd.supervisor import cli, configfile, logs, pidfile
 from tuninetd.supervisor.arbiter import Arbiter, StartupError
 from tuninetd.supervisor.logs import log
 
@@ -48,7 +48,15 @@ def daemonize() -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = cli.parse_or_exit(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["status"]:  # the client: tuninetd status [--json] [--control PATH]
+        from tuninetd.supervisor import status
+
+        sys.exit(status.main(args[1:]))
+    cfg = cli.parse_or_exit(args)
+    if cli.wants_check(args):
+        print(configfile.render(cfg), end="")
+        sys.exit(0)
     missing = missing_privileges()
     if missing:
         print(f"tuninetd: not enough privilege: missing {', '.join(missing)} "
@@ -62,13 +70,26 @@ def main(argv: list[str] | None = None) -> None:
     else:
         logs.to_stderr()
         log.info("Started with pid %d", os.getpid())
+    arbiter = None
     try:
-        code = Arbiter(cfg, ready_fd).run()
+        if cfg.pidfile is not None:
+            try:
+                pidfile.write(cfg.pidfile)
+            except OSError as exc:
+                raise StartupError(f"cannot write the pidfile {cfg.pidfile}: "
+                                   f"{exc.strerror or exc}") from None
+        arbiter = Arbiter(cfg, ready_fd)
+        code = arbiter.run()
     except StartupError as exc:
         log.error("Error: %s. Abort", exc)
         if ready_fd is not None:
             os.write(ready_fd, str(exc).encode())
         sys.exit(1)
+    finally:
+        if arbiter is not None:
+            arbiter.ops.close()
+        if cfg.pidfile is not None:
+            pidfile.remove(cfg.pidfile)
     sys.exit(code)
 
 

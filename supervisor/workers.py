@@ -9,6 +9,7 @@ the terminal reaches the supervisor alone.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import socket
@@ -23,6 +24,59 @@ BACKOFF_MAX = 30.0
 HEALTHY_AFTER = 60.0
 SILENT_BEATS = 5
 HELLO_GRACE = 10.0
+
+
+# Workers start without site (-S): this machine's site-packages .pth hooks
+# alone cost each process ~5 MB, and a root process should not import from
+# the current directory either (-P). The bootstrap puts exactly the import
+# roots the worker needs on sys.path, then runs the module's main().
+BOOT = (
+    "import sys;sys.path[:0]=sys.argv.pop(1).split(':');"
+    "__import__(sys.argv.pop(1),fromlist=['main']).main()"
+)
+LIB = "/run/tuninetd/lib"
+
+
+def import_path() -> list[str]:
+    """A directory holding the ``tuninetd`` package as it is installed, and
+    those of the few third-party modules workers use."""
+    import psutil
+    import setproctitle
+
+    from tuninetd import common, executor, sensors
+
+    roles = {"common": common, "executor": executor, "sensors": sensors}
+    dirs = {name: os.path.dirname(str(mod.__file__)) for name, mod in roles.items()}
+    parents = {os.path.dirname(d) for d in dirs.values()}
+    if len(parents) == 1 and os.path.basename(next(iter(parents))) == "tuninetd":
+        root = os.path.dirname(next(iter(parents)))  # a regular install
+    else:
+        root = _link_tree(dirs)  # an editable one: roles live in other folders
+    deps = {_site_of(m.__file__) for m in (psutil, setproctitle)}
+    return [root, *sorted(deps - {root})]
+
+
+def _site_of(module_file: str | None) -> str:
+    path = os.path.dirname(str(module_file))
+    if os.path.basename(str(module_file)) == "__init__.py":
+        path = os.path.dirname(path)
+    return path
+
+
+def _link_tree(dirs: dict[str, str]) -> str:
+    """LIB-<hash>/tuninetd/<role> -> the role's folder, made idempotently."""
+    key = hashlib.sha1(repr(sorted(dirs.items())).encode()).hexdigest()[:12]
+    root = f"{LIB}-{key}"
+    package = os.path.join(root, "tuninetd")
+    os.makedirs(package, mode=0o755, exist_ok=True)
+    for name, target in dirs.items():
+        link = os.path.join(package, name)
+        if os.path.islink(link) and os.readlink(link) == target:
+            continue
+        tmp = f"{link}.{os.getpid()}"
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+    return root
 
 
 @dataclass(slots=True)
@@ -43,6 +97,7 @@ class Worker:
     respawn_at: float | None = None
     exit_reason: str = ""
     hung_up_at: float | None = None  # closed its channel; killed if it lingers
+    path: list[str] | None = None  # where the worker imports from; import_path() if None
 
     @property
     def alive(self) -> bool:
@@ -52,7 +107,11 @@ class Worker:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             os.set_inheritable(child.fileno(), True)
-            argv = [sys.executable, "-m", self.module, str(child.fileno()), str(os.getpid())]
+            argv = [
+                sys.executable, "-S", "-P", "-c", BOOT,
+                os.pathsep.join(self.path or import_path()), self.module,
+                str(child.fileno()), str(os.getpid()),
+            ]
             self.pid = os.posix_spawn(
                 sys.executable,
                 argv,

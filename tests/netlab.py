@@ -158,6 +158,11 @@ class Daemon:
 
     def __init__(self, ns: Netns, args: list[str], log: Path) -> None:
         self.log = log
+        # Each daemon its own control socket: the default /run/tuninetd.sock
+        # admits one daemon per host, and tests run several at once.
+        self.control = str(log.with_suffix(".sock"))
+        if "--control" not in args and "--config" not in args:
+            args = [*args, "--control", self.control]
         self.logf = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             ns.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main", *args),

@@ -93,7 +93,8 @@ def test_detaches_logs_to_syslog_and_exits_cleanly(
     log, prefix = syslog
     script, record = recorder(tmp_path)
     argv = [*prefix, *veth.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main",
-            "-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", "0.2", "-d")]
+            "-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", "0.2", "-d",
+            "--control", str(tmp_path / "control.sock"))]
     parent = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     # The parent returns once every worker has said hello.
     assert parent.returncode == 0, parent.stderr
@@ -130,7 +131,7 @@ def test_a_failed_start_is_reported_by_the_parent(
     script, _ = recorder(tmp_path)
     holder = subprocess.Popen(
         netns.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main", "-n", "31", "-c",
-                        str(script), "--beat", "0.2"),
+                        str(script), "--beat", "0.2", "--control", str(tmp_path / "first.sock")),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -138,7 +139,7 @@ def test_a_failed_start_is_reported_by_the_parent(
         assert err is not None
         wait_for("first daemon listening", lambda: "nflog-group 31" in err.readline())
         argv = [*prefix, *netns.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main",
-                "-n", "31", "-c", str(script), "-d")]
+                "-n", "31", "-c", str(script), "-d", "--control", str(tmp_path / "second.sock"))]
         second = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         assert second.returncode == 1
         lines = second.stderr.splitlines()

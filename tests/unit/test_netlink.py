@@ -194,7 +194,9 @@ packet_values = st.fixed_dictionaries(
         "indev": st.integers(0, 2**32 - 1),
         "hwaddr": st.tuples(st.integers(0, 0xFFFF), st.binary(min_size=8, max_size=8)),
         "payload": st.binary(max_size=300),
-        "prefix": st.text(st.characters(exclude_characters="\0"), max_size=64),
+        "prefix": st.text(
+            st.characters(exclude_characters="\0", exclude_categories=("Cs",)), max_size=64
+        ),
         "hwtype": st.integers(0, 0xFFFF),
         "hwheader": st.binary(max_size=20),
         "hwlen": st.integers(0, 0xFFFF),

@@ -1,0 +1,198 @@
+"""``--config FILE``: the command line's options as TOML keys.
+
+This module reads the file and checks each key's name and TOML type; the
+values themselves go through the same checks as the command line's (cli.py),
+which names the key and the line it is on when one is refused. ``render``
+prints an effective configuration back as TOML (``--check-config``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuninetd.supervisor.config import Config
+
+# key -> TOML type: "str", "int", "number" (int or float), "bool",
+# "strings" (list of strings), "ints" (list of integers), "argv" (non-empty
+# list of strings). The key is also the argparse dest of its option.
+KEYS: dict[str, str] = {
+    "interfaces": "strings",
+    "groups": "ints",
+    "filter": "str",
+    "command": "str",
+    "start_command": "argv",
+    "stop_command": "argv",
+    "ttl": "int",
+    "ack_only": "bool",
+    "daemon": "bool",
+    "pcap_file": "str",
+    "user": "str",
+    "exec_user": "str",
+    "command_timeout": "number",
+    "beat": "number",
+    "control": "str",
+    "pidfile": "str",
+    "metrics": "str",
+}
+
+_EXPECTED = {
+    "str": "a string",
+    "int": "an integer",
+    "number": "a number",
+    "bool": "true or false",
+    "strings": "a list of strings",
+    "ints": "a list of integers",
+    "argv": "a non-empty list of strings (program and arguments)",
+}
+
+
+class ConfigFileError(Exception):
+    """The file cannot be read, is not TOML, or has an unknown or mistyped key."""
+
+
+@dataclass
+class ConfigFile:
+    path: str
+    lines: dict[str, int] = field(default_factory=dict)  # key -> line number, when found
+    # dest -> value in the form the command line gives it: text, or a list of
+    # text, or a bool (flags), or a tuple of text (argv lists).
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def where(self, key: str) -> str:
+        line = self.lines.get(key)
+        return f"{self.path}, line {line}" if line else self.path
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date or time"
+
+
+def _convert(kind: str, value: Any) -> Any:
+    """The command-line form of a value of the right TOML type, or None."""
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if kind == "str" and isinstance(value, str):
+        return value
+    if kind == "int" and is_int(value):
+        return str(value)
+    if kind == "number" and (is_int(value) or isinstance(value, float)):
+        return str(value)
+    if kind == "bool" and isinstance(value, bool):
+        return value
+    if isinstance(value, list):
+        if kind == "strings" and all(isinstance(v, str) for v in value):
+            return list(value)
+        if kind == "ints" and all(is_int(v) for v in value):
+            return [str(v) for v in value]
+        if kind == "argv" and value and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    return None
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Where each top-level key is set (tomllib reports lines only for syntax errors)."""
+    found: dict[str, int] = {}
+    pattern = re.compile(r"""^\s*(?:\[\s*)?(?:"([^"]+)"|'([^']+)'|([A-Za-z0-9_-]+))\s*[.=\]]""")
+    for number, line in enumerate(text.splitlines(), 1):
+        m = pattern.match(line)
+        if m:
+            found.setdefault(m[1] or m[2] or m[3], number)
+    return found
+
+
+def load(path: str) -> ConfigFile:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigFileError(
+            f"--config {path!r}: {(exc.strerror or str(exc)).lower()}"
+        ) from None
+    try:
+        text = raw.decode()
+        data = tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise ConfigFileError(f"--config {path!r}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"{path}: not valid TOML: {exc}") from None
+    result = ConfigFile(path, _key_lines(text))
+    for key, value in data.items():
+        kind = KEYS.get(key)
+        if kind is None:
+            close = difflib.get_close_matches(key, KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigFileError(f"{result.where(key)}: unknown key {key!r}{hint}")
+        converted = _convert(kind, value)
+        if converted is None:
+            raise ConfigFileError(
+                f"{result.where(key)}: {key}: expected {_EXPECTED[kind]}, got {_type_name(value)}"
+            )
+        result.values[key] = converted
+    return result
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def effective(cfg: Config) -> dict[str, Any]:
+    """Every key with the value in force (None: not set)."""
+    return {
+        "interfaces": [s.name for s in cfg.sensors if s.kind == "pcap"],
+        "groups": [s.group for s in cfg.sensors if s.kind == "nflog"],
+        "filter": cfg.pcap_filter,
+        "command": cfg.command or None,
+        "start_command": list(cfg.start_command) or None,
+        "stop_command": list(cfg.stop_command) or None,
+        "ttl": cfg.ttl,
+        "ack_only": cfg.ack_only,
+        "daemon": cfg.daemon,
+        "pcap_file": cfg.pcap_file,
+        "user": cfg.sensor_user.name,
+        "exec_user": cfg.exec_user.name if cfg.exec_user else None,
+        "command_timeout": cfg.command_timeout,
+        "beat": cfg.beat,
+        "control": cfg.control,
+        "pidfile": cfg.pidfile,
+        "metrics": f"{_host(cfg.metrics[0])}:{cfg.metrics[1]}" if cfg.metrics else None,
+    }
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def render(cfg: Config) -> str:
+    """The effective configuration as a TOML file ``--config`` takes back."""
+    lines = ["# tuninetd: effective configuration"]
+    for key, value in effective(cfg).items():
+        if value is None:
+            lines.append(f"# {key} (not set)")
+        else:
+            lines.append(f"{key} = {_toml(value)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,151 @@
+"""The control socket: where ``tuninetd status`` asks the daemon how it is.
+
+A unix stream socket, mode 0600 and owned by the daemon's user (root): the
+file mode is the access control, and the peer's uid is checked once more on
+accept. The request is one line of JSON, ``{"cmd": "status"}``; the reply is
+one line of JSON, then the daemon closes the connection.
+
+A second daemon on the same path finds the first one answering and stops
+with an error (exit 1); a socket left behind by a daemon that died (nobody
+accepts: ECONNREFUSED) is replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import selectors
+import socket
+import stat
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from tuninetd.supervisor.serve import Server, SetupError
+
+MAX_REQUEST = 1024
+PROBE_TIMEOUT = 1.0
+
+
+def encode(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def _in_use(path: str) -> bool:
+    """True when a daemon answers on ``path``; False for a stale socket."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(PROBE_TIMEOUT)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:  # its backlog is full: it is alive and busy
+            return True
+        raise
+    finally:
+        probe.close()
+    return True
+
+
+def bind(path: str) -> tuple[socket.socket, tuple[int, int]]:
+    """Listen on ``path``; returns the socket and the file's identity (st_dev,
+    st_ino), so that only our own socket file is removed at exit."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # born 0600: no moment where others may connect
+    try:
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            st = os.lstat(path)
+            if not stat.S_ISSOCK(st.st_mode):
+                raise SetupError(f"control socket {path}: exists and is not a socket") from None
+            if _in_use(path):
+                raise SetupError(
+                    f"control socket {path} is in use: another tuninetd is running there "
+                    f"(tuninetd status --control {path}); give this one its own --control"
+                ) from None
+            os.unlink(path)  # left behind by a daemon that is gone
+            sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(16)
+        st = os.stat(path)
+    except OSError as exc:
+        sock.close()
+        raise SetupError(f"control socket {path}: {exc.strerror or exc}") from None
+    except SetupError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    return sock, (st.st_dev, st.st_ino)
+
+
+def unlink(path: str, ident: tuple[int, int]) -> None:
+    """Remove the socket file if it is still ours."""
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == ident:
+            os.unlink(path)
+
+
+class ControlServer:
+    def __init__(
+        self, path: str, selector: selectors.BaseSelector, status: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.path = path
+        self.status = status
+        sock, self.ident = bind(path)
+        self.server = Server(
+            sock,
+            selector,
+            self._answer,
+            max_request=MAX_REQUEST,
+            too_long=encode({"error": "request too long"}),
+            admit=self._admit,
+            timeout=2.0,
+        )
+
+    def _admit(self, conn: socket.socket) -> bytes | None:
+        try:
+            uid = peer_uid(conn)
+        except OSError:
+            uid = -1
+        if uid not in (0, os.geteuid()):
+            return encode({"error": "permission denied"})
+        return None
+
+    def _answer(self, request: bytes) -> bytes | None:
+        line, newline, _ = request.partition(b"\n")
+        if not newline:
+            return None
+        try:
+            msg = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            msg = None
+        if not isinstance(msg, dict) or msg.get("cmd") != "status":
+            return encode({"error": "unknown request: expected {\"cmd\": \"status\"}"})
+        try:
+            return encode(self.status())
+        except Exception as exc:  # a status bug must not take the daemon down
+            return encode({"error": f"status failed: {type(exc).__name__}: {exc}"})
+
+    def deadline(self) -> float | None:
+        return self.server.deadline()
+
+    def expire(self, now: float) -> None:
+        self.server.expire(now)
+
+    def close(self) -> None:
+        self.server.close()
+        unlink(self.path, self.ident)

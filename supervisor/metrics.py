@@ -1,0 +1,124 @@
+"""``--metrics HOST:PORT``: Prometheus metrics, served from the supervisor's loop.
+
+prometheus-client is the optional extra (``pip install tuninetd[metrics]``),
+imported only when --metrics is given. Its own HTTP server would be a thread;
+instead the text format is produced with ``generate_latest`` and served by the
+same non-blocking one-request server as the control socket, so the supervisor
+stays single-threaded and the metric objects are only ever touched from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import selectors
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tuninetd.supervisor.serve import Server, SetupError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+STATES = ("starting", "down", "up", "stopping")
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+MAX_REQUEST = 8192
+
+
+def listen(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise SetupError(f"--metrics {host}:{port}: {exc}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(16)
+    except OSError as exc:
+        sock.close()
+        raise SetupError(f"--metrics {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8") -> bytes:
+    head = (f"HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+class Metrics:
+    def __init__(self, host: str, port: int, selector: selectors.BaseSelector,
+                 idle: Callable[[], float | None]) -> None:
+        import prometheus_client as prom
+
+        prom.disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created noise
+        self.registry: CollectorRegistry = prom.CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        prom.ProcessCollector(registry=reg)
+        self.state = prom.Gauge("tuninetd_state", "1 for the state the daemon is in",
+                                ["state"], registry=reg)
+        for state in STATES:
+            self.state.labels(state).set(1 if state == "starting" else 0)
+        self.current_state = "starting"
+        self.starts = prom.Counter("tuninetd_starts", "start commands run", registry=reg)
+        self.stops = prom.Counter("tuninetd_stops", "stop commands run", registry=reg)
+        self.failures = prom.Counter(
+            "tuninetd_command_failures", "commands that did not exit with status 0",
+            ["event"], registry=reg)
+        self.packets = prom.Counter(
+            "tuninetd_matching_packets", "matching packets counted, per sensor "
+            "(triggers plus the counts of every beat)", ["sensor"], registry=reg)
+        self.idle = prom.Gauge(
+            "tuninetd_idle_seconds", "seconds since the last matching packet (NaN: none yet)",
+            registry=reg)
+        self.idle.set_function(lambda: _nan(idle()))
+        self.duration = prom.Histogram(
+            "tuninetd_command_duration_seconds", "how long start and stop commands ran",
+            ["event"], buckets=DURATION_BUCKETS, registry=reg)
+        self.restarts = prom.Counter(
+            "tuninetd_worker_restarts", "workers restarted, by role and reason",
+            ["role", "reason"], registry=reg)
+        self._generate = prom.generate_latest
+        self.content_type = prom.CONTENT_TYPE_LATEST
+        self.sock = listen(host, port)
+        self.address = self.sock.getsockname()
+        self.server = Server(self.sock, selector, self._answer, max_request=MAX_REQUEST,
+                             too_long=_response("431 Request Header Fields Too Large", b""))
+
+    def set_state(self, state: str) -> None:
+        if state != self.current_state:
+            self.state.labels(self.current_state).set(0)
+            self.state.labels(state).set(1)
+            self.current_state = state
+
+    def _answer(self, request: bytes) -> bytes | None:
+        if b"\r\n\r\n" not in request and b"\n\n" not in request:
+            return None
+        first = request.split(b"\n", 1)[0].decode("latin-1").split()
+        if len(first) < 2:
+            return _response("400 Bad Request", b"bad request\n")
+        method, target = first[0], first[1].split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return _response("405 Method Not Allowed", b"GET /metrics\n")
+        if target not in ("/metrics", "/"):
+            return _response("404 Not Found", b"try /metrics\n")
+        body = self._generate(self.registry)
+        reply = _response("200 OK", body, self.content_type)
+        return reply[: len(reply) - len(body)] if method == "HEAD" else reply
+
+    def deadline(self) -> float | None:
+        return self.server.deadline()
+
+    def expire(self, now: float) -> None:
+        self.server.expire(now)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.server.close()
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value

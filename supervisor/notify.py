@@ -1,0 +1,78 @@
+"""The systemd notify protocol (sd_notify(3)), spoken directly.
+
+With ``NOTIFY_SOCKET`` set: ``READY=1`` once every worker has said hello,
+``STATUS=`` when the state changes, ``WATCHDOG=1`` every beat while every
+worker is healthy (when ``WATCHDOG_USEC`` is set for us), ``STOPPING=1`` on
+shutdown. The variables are taken out of the environment so that neither the
+workers nor the user's commands inherit them. Datagrams are sent without
+blocking; one that cannot be sent is dropped (systemd is the one waiting).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+class Notifier:
+    def __init__(self, address: str | None, watchdog_usec: int | None) -> None:
+        self.address = address
+        self.watchdog_interval = watchdog_usec / 1e6 if watchdog_usec else None
+        self.sock: socket.socket | None = None
+        self.status = ""
+        self.failed = False
+        if address:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self.sock.setblocking(False)
+
+    @classmethod
+    def from_environment(cls) -> Notifier:
+        raw = os.environ.pop("NOTIFY_SOCKET", None)
+        usec_text = os.environ.pop("WATCHDOG_USEC", None)
+        pid_text = os.environ.pop("WATCHDOG_PID", None)
+        address = None
+        if raw and (raw.startswith("/") or raw.startswith("@")):
+            address = "\0" + raw[1:] if raw.startswith("@") else raw
+        usec = None
+        try:
+            if usec_text and (not pid_text or int(pid_text) == os.getpid()):
+                usec = int(usec_text)
+        except ValueError:
+            usec = None
+        return cls(address, usec if usec and usec > 0 else None)
+
+    @property
+    def enabled(self) -> bool:
+        return self.sock is not None
+
+    def send(self, *fields: str) -> bool:
+        if self.sock is None or self.address is None:
+            return False
+        try:
+            self.sock.sendto("\n".join(fields).encode(), self.address)
+        except OSError:
+            self.failed = True
+            return False
+        return True
+
+    def ready(self, status: str) -> None:
+        self.status = status
+        self.send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
+
+    def set_status(self, status: str) -> None:
+        if status != self.status:
+            self.status = status
+            self.send(f"STATUS={status}")
+
+    def watchdog(self) -> None:
+        if self.watchdog_interval is not None:
+            self.send("WATCHDOG=1")
+
+    def stopping(self, status: str) -> None:
+        self.status = status
+        self.send("STOPPING=1", f"STATUS={status}")
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None

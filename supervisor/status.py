@@ -1,0 +1,189 @@
+"""``tuninetd status [--json] [--control PATH]``: ask a running daemon how it is.
+
+Exit status: 0 answered, 2 bad usage, 3 no daemon running (no socket, or a
+stale one nobody listens on), 4 permission denied (the socket is root's,
+mode 0600), 1 anything else (no answer in time, a garbled one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import socket
+import sys
+import time
+from typing import Any, NoReturn
+
+from tuninetd.common import __version__
+from tuninetd.supervisor.config import DEFAULT_CONTROL
+
+TIMEOUT = 5.0
+MAX_REPLY = 1 << 20
+
+OK, FAILED, USAGE, NOT_RUNNING, DENIED = 0, 1, 2, 3, 4
+
+
+class StatusError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"tuninetd status: {message}", file=sys.stderr)
+        sys.exit(USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tuninetd status",
+                description="Show the state of a running tuninetd (needs root).",
+                epilog="exit status: 0 ok, 3 no daemon running, 4 permission denied")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--control", metavar="PATH", default=DEFAULT_CONTROL,
+                   help=f"the daemon's control socket (default {DEFAULT_CONTROL})")
+    p.add_argument("-v", "--version", action="version", version=f"tuninetd {__version__}")
+    return p
+
+
+def query(path: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise StatusError(f"no daemon running: control socket {path} does not exist",
+                              NOT_RUNNING) from None
+        except ConnectionRefusedError:
+            raise StatusError(f"no daemon running: nobody listens on {path} (stale socket)",
+                              NOT_RUNNING) from None
+        except PermissionError:
+            raise StatusError(f"permission denied: {path} (run as root)", DENIED) from None
+        except OSError as exc:
+            if exc.errno == errno.ENOTSOCK:
+                raise StatusError(f"no daemon running: {path} is not a socket",
+                                  NOT_RUNNING) from None
+            raise StatusError(f"cannot connect to {path}: {exc.strerror or exc}",
+                              FAILED) from None
+        data = b""
+        try:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(b'{"cmd":"status"}\n')  # a refusal may already be waiting
+            while b"\n" not in data and len(data) <= MAX_REPLY:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except TimeoutError:
+            raise StatusError(f"no answer from the daemon on {path} within {timeout:g} s",
+                              FAILED) from None
+        except OSError as exc:
+            raise StatusError(f"lost the connection to {path}: {exc.strerror or exc}",
+                              FAILED) from None
+    finally:
+        sock.close()
+    try:
+        record = json.loads(data.partition(b"\n")[0])
+    except (ValueError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict):
+        raise StatusError(f"the daemon on {path} gave no valid answer", FAILED)
+    if "error" in record:
+        error = str(record["error"])
+        code = DENIED if error == "permission denied" else FAILED
+        raise StatusError(f"{error}: {path}" if code == DENIED else error, code)
+    return record
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _when(seconds_ago: float | None, at: float | None) -> str:
+    if seconds_ago is None:
+        return ""
+    clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "?"
+    return f"{duration(seconds_ago)} ago ({clock})"
+
+
+def render(s: dict[str, Any]) -> str:
+    out = [f"tuninetd {s.get('version', '?')}, pid {s.get('pid', '?')}: {s.get('state')}"]
+
+    def field(name: str, value: str) -> None:
+        out.append(f"  {name + ':':<14}{value}")
+
+    field("ttl", f"{s.get('ttl')} s")
+    idle = s.get("idle_seconds")
+    field("idle", "no matching packet yet" if idle is None
+          else f"{duration(idle)} since the last matching packet")
+    trigger = s.get("last_trigger")
+    if trigger:
+        field("last trigger", f"{trigger.get('sensor')}, "
+              f"{_when(trigger.get('seconds_ago'), trigger.get('time'))}")
+        for line in trigger.get("lines") or []:
+            out.append(f"  {'':<14}{line}")
+    else:
+        field("last trigger", "none yet")
+    c = s.get("commands") or {}
+    starts, stops = c.get("starts", 0), c.get("stops", 0)
+    field("commands", f"{starts} start{'s' * (starts != 1)}, {stops} stop{'s' * (stops != 1)}"
+          f" run, {c.get('failed', 0)} failed")
+    last = c.get("last")
+    if last:
+        took = "" if last.get("duration") is None else f" after {last['duration']:.2f} s"
+        field("last command", f"{last.get('event')}: {last.get('result')}{took}, "
+              f"{_when(last.get('seconds_ago'), last.get('time'))}")
+    if c.get("running") or c.get("pending"):
+        field("queue", f"running: {c.get('running') or '-'}; "
+              f"waiting: {', '.join(c.get('pending') or []) or '-'}")
+    out.append("")
+    header = ("ROLE", "PID", "USER", "STATE", "UPTIME", "RESTARTS", "CPU%", "RSS")
+    rows = [header]
+    for p in s.get("processes") or []:
+        cpu = p.get("cpu_percent")
+        rows.append((
+            str(p.get("role")), str(p.get("pid") or "-"), str(p.get("user") or "-"),
+            str(p.get("state")), duration(p.get("uptime_seconds")), str(p.get("restarts", 0)),
+            "-" if cpu is None else f"{cpu:.1f}", size(p.get("rss_bytes")),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        out.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    ns = _parser().parse_args(argv)
+    try:
+        record = query(ns.control)
+    except StatusError as exc:
+        print(f"tuninetd status: {exc}", file=sys.stderr)
+        return exc.code
+    if ns.json:
+        print(json.dumps(record, indent=2, sort_keys=False))
+    else:
+        sys.stdout.write(render(record))
+    return OK

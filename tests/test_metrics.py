@@ -1,0 +1,134 @@
+"""``--metrics HOST:PORT``, scraped over the loopback of the daemon's
+namespace after a real start, stop and worker restart; and the clear exit 2
+when the optional extra (prometheus-client) is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from tests.netlab import Daemon, Netns, events, ready, recorder, wait_for
+
+BEAT = 0.2
+FRAME = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+              / IP(src="10.57.0.1", dst="10.57.0.2") / UDP(sport=4000, dport=5353))
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(ns: Netns, port: int, path: str = "/metrics") -> tuple[str, str]:
+    with ns.entered():
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return head, body
+
+
+def samples(body: str) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@pytest.mark.root
+def test_scrape_after_start_stop_and_restart(
+    veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    script, record = recorder(tmp_path)
+    d = start_daemon(veth, "-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1",
+                     "--beat", str(BEAT), "--metrics", "127.0.0.1:0")
+    ready(d)
+    line = d.wait_log("Metrics on http://127.0.0.1:")[0]
+    m = re.search(r":(\d+)/metrics", line)
+    assert m, line
+    port = int(m[1])
+
+    head, body = scrape(veth, port)
+    assert head.startswith("HTTP/1.0 200 OK"), head
+    assert "text/plain" in head
+    got = samples(body)
+    assert got[("tuninetd_state", (("state", "down"),))] == 1
+    assert got[("tuninetd_state", (("state", "up"),))] == 0
+    assert got[("tuninetd_starts_total", ())] == 0
+    assert got[("tuninetd_idle_seconds", ())] != got[("tuninetd_idle_seconds", ())]  # NaN
+
+    tx = veth.sender()
+    tx.send(FRAME)
+    wait_for("start", lambda: len(events(record)) >= 1)
+    for _ in range(3):
+        tx.send(FRAME)  # counted by the beats while up
+    wait_for("stop", lambda: [e[0] for e in events(record)] == ["start", "stop"])
+    sensor = d.children()["tuninetd-pcap"]
+    os.kill(sensor, signal.SIGKILL)
+    d.wait_log("is back")
+
+    def settled() -> Samples | None:
+        got = samples(scrape(veth, port)[1])
+        return got if got.get(("tuninetd_stops_total", ())) == 1 else None
+
+    got = wait_for("the stop counted", settled)
+    assert got[("tuninetd_state", (("state", "down"),))] == 1
+    assert got[("tuninetd_starts_total", ())] == 1
+    assert got[("tuninetd_matching_packets_total", (("sensor", "pcap:tap0"),))] >= 4
+    assert 0 <= got[("tuninetd_idle_seconds", ())] < 30
+    for event in ("start", "stop"):
+        key = ("tuninetd_command_duration_seconds_count", (("event", event),))
+        assert got[key] == 1, event
+        inf = ("tuninetd_command_duration_seconds_bucket", (("event", event), ("le", "+Inf")))
+        assert got[inf] == 1
+    restart = ("tuninetd_worker_restarts_total",
+               (("reason", "killed by signal 9 (SIGKILL)"), ("role", "pcap:tap0")))
+    assert got[restart] == 1, {k: v for k, v in got.items() if "restart" in k[0]}
+
+    assert scrape(veth, port, "/nothing")[0].startswith("HTTP/1.0 404")
+    # A client that connects and says nothing does not hold up the next one.
+    with veth.entered():
+        idle = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        assert scrape(veth, port)[0].startswith("HTTP/1.0 200 OK")
+    finally:
+        idle.close()
+
+
+def test_without_the_extra_exit_2(tmp_path: Path) -> None:
+    """prometheus-client missing: exit 2 and how to install it, before any privilege check."""
+    blocker = tmp_path / "block" / "prometheus_client"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('not installed (test)')\n")
+    script, _ = recorder(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
+    r = subprocess.run([sys.executable, "-m", "tuninetd.supervisor.main", "-i", "lo", "-c",
+                        str(script), "--metrics", "127.0.0.1:9101"],
+                       capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines() == [
+        "tuninetd: --metrics '127.0.0.1:9101': prometheus-client is not installed: "
+        "pip install tuninetd[metrics]"]
+
+
+@pytest.mark.parametrize("bad", ["9101", "127.0.0.1:", "127.0.0.1:99999", ":80"])
+def test_bad_address_exit_2(tmp_path: Path, bad: str) -> None:
+    script, _ = recorder(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "tuninetd.supervisor.main", "-i", "lo", "-c",
+                        str(script), "--metrics", bad],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"tuninetd: --metrics {bad!r}: expected HOST:PORT"), r.stderr
