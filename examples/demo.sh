@@ -42,7 +42,7 @@ EOF
 
 echo "# tuninetd -i tap0 -f 'udp port 5353' -c toggle.sh -t 2   (in namespace $ns)"
 ip netns exec "$ns" python3 -m tuninetd.supervisor.main \
-    -i tap0 -f "udp port 5353" -c "$work/toggle.sh" -t 2 --beat 0.5 &
+    -i tap0 -f "udp port 5353" -c "$work/toggle.sh" -t 2 --beat 0.5 --control "$work/ctl.sock" &
 daemon_pid=$!
 sleep 2
 ps -o pid,user,args --ppid "$daemon_pid" -p "$daemon_pid"
@@ -54,7 +54,10 @@ sleep 3.5
 echo "# traffic again: a new start"
 send 3
 kill -USR1 "$daemon_pid"
-sleep 3.5
+sleep 0.5
+echo "# tuninetd status"
+python3 -m tuninetd.supervisor.main status --control "$work/ctl.sock"
+sleep 3
 echo "# SIGTERM: clean exit"
 kill "$daemon_pid"
 wait "$daemon_pid" || true
