@@ -27,7 +27,10 @@ from typing import NamedTuple, Protocol
 
 from tuninetd.common import wire, worker
 
-FIRST_COUNT = 0.1  # seconds from a count order to the beat that reports it
+# Seconds from the switch to counting (after a trigger, or ordered) to the beat
+# that reports it: a sensor that just (re)started while the state is up shows
+# it is capturing without waiting a whole beat.
+FIRST_COUNT = 0.1
 
 
 class Trigger(NamedTuple):
@@ -116,6 +119,7 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) 
             pending = None
             armed = False
             cap.count()
+            next_beat = min(next_beat, time.monotonic() + min(beat, FIRST_COUNT))
         # While counting, the capture fd is polled for errors only (events 0).
         poller.register(cap.fileno(), select.POLLIN if armed and not trouble else 0)
         title.set(trouble or ("armed" if armed else "counting"))
@@ -132,8 +136,6 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) 
                 elif verb == "count" and armed:
                     armed = False
                     cap.count()
-                    # Report soon: a sensor that just (re)started while the
-                    # state is up shows it is capturing without a whole beat.
                     next_beat = min(next_beat, time.monotonic() + min(beat, FIRST_COUNT))
                 elif verb == "report":
                     report_now = True  # the supervisor is about to decide a stop
