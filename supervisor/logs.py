@@ -1,6 +1,7 @@
 """Where log lines go: stderr in the foreground, syslog as ``tuninetd`` with -d.
 
-Lines are the original's, plain; levels map to syslog priorities.
+Lines are the original's, plain; levels map to syslog priorities. tuntapd
+logs through the same handler and ``use``, as ``tuntapd``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ _PRIORITY = {
 
 
 class SyslogHandler(logging.Handler):
-    def __init__(self) -> None:
+    """Records to syslog as ``ident[pid]``, facility daemon (tuntapd uses it too)."""
+
+    def __init__(self, ident: str = "tuninetd") -> None:
         super().__init__()
-        syslog.openlog("tuninetd", syslog.LOG_PID, syslog.LOG_DAEMON)
+        syslog.openlog(ident, syslog.LOG_PID, syslog.LOG_DAEMON)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -33,17 +36,18 @@ class SyslogHandler(logging.Handler):
 
 
 def to_stderr() -> None:
-    _use(logging.StreamHandler(sys.stderr))
+    use(logging.StreamHandler(sys.stderr))
 
 
 def to_syslog() -> None:
-    _use(SyslogHandler())
+    use(SyslogHandler())
 
 
-def _use(handler: logging.Handler) -> None:
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    for old in list(log.handlers):
-        log.removeHandler(old)
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+def use(handler: logging.Handler, logger: logging.Logger = log, fmt: str = "%(message)s") -> None:
+    """Make ``handler`` the only place ``logger``'s INFO and above go, as ``fmt``."""
+    handler.setFormatter(logging.Formatter(fmt))
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -153,6 +154,16 @@ def events(record: Path) -> list[list[str]]:
     return [line.split(" ") for line in record.read_text().splitlines() if line]
 
 
+def kinds(record: Path) -> list[str]:
+    """The events of ``record``, ``start`` or ``stop`` each, in order."""
+    return [e[0] for e in events(record)]
+
+
+def epoch(event: list[str]) -> float:
+    """When the recorded event ran (the command's own clock, in seconds)."""
+    return float(event[1])
+
+
 class Daemon:
     """tuninetd running in a namespace, its stderr log in a file."""
 
@@ -266,6 +277,59 @@ def gone(pid: int) -> bool:
         return True
 
 
+def wait_gone(pids: list[int], timeout: float) -> float:
+    """Poll until every pid has exited; returns when that was seen."""
+    wait_for(f"pids {pids} to exit (left: {[p for p in pids if not gone(p)]})",
+             lambda: all(gone(p) for p in pids), timeout, every=0.01)
+    return time.monotonic()
+
+
+def wait_title(pid: int, pattern: str, timeout: float = 10.0,
+               every: float = 0.02) -> re.Match[str]:
+    """Poll until the whole title of ``pid`` matches ``pattern``; the match."""
+    return wait_for(f"title of {pid} matching {pattern!r} (is {title(pid)!r})",
+                    lambda: re.fullmatch(pattern, title(pid)), timeout, every)
+
+
+def live_workers(d: Daemon, prefixes: tuple[str, ...]) -> dict[str, int]:
+    """Title prefix -> pid of the daemon's live workers whose titles start with
+    one of ``prefixes`` (``"tuninetd: executor"``, ``"tuninetd: sensor pcap
+    tap0"``...) followed by a state."""
+    import psutil
+
+    out: dict[str, int] = {}
+    try:
+        kids = psutil.Process(d.pid).children()
+    except psutil.Error:
+        return out
+    for kid in kids:
+        if gone(kid.pid):
+            continue
+        t = title(kid.pid)
+        for prefix in prefixes:
+            if t.startswith(prefix + " "):
+                out[prefix] = kid.pid
+    return out
+
+
+def worker(d: Daemon, prefix: str, state: str = "", not_pid: int = 0,
+           timeout: float = 10.0) -> int:
+    """The pid of the worker whose title is ``prefix state...`` (and not ``not_pid``)."""
+
+    def probe() -> int | None:
+        if d.proc.poll() is not None:
+            raise AssertionError(f"daemon exited:\n{d.text()}")
+        pid = live_workers(d, (prefix,)).get(prefix)
+        if pid and pid != not_pid and title(pid).startswith(f"{prefix} {state}".strip()):
+            return pid
+        return None
+
+    try:
+        return wait_for(f"{prefix} {state}", probe, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- log ---\n{d.text()}") from None
+
+
 @dataclass
 class Run:
     """A daemon and the record of the commands it ran."""
@@ -278,7 +342,7 @@ class Run:
         return events(self.record)
 
     def kinds(self) -> list[str]:
-        return [e[0] for e in self.events()]
+        return kinds(self.record)
 
     def wait_events(self, n: int, timeout: float = 10.0) -> list[list[str]]:
         def probe() -> list[list[str]] | None:
@@ -299,3 +363,26 @@ class Run:
         log = self.daemon.lines()
         at = [i for i, line in enumerate(log) if needle in line][nth - 1]
         return log[at + 1 : at + 1 + lines]
+
+
+@dataclass
+class Sent:
+    """When a packet left: ``time.time()`` just before the send and just after."""
+
+    before: float
+    after: float
+
+
+def stop_delta(run: Run, stop_index: int, last: Sent, ttl: float, *, beat: float,
+               slack: float) -> tuple[float, float]:
+    """Seconds from the last packet to the recorded stop, checked against
+    [ttl, ttl + beat + slack]; the lower bound counts from before the send,
+    the upper from after it."""
+    ev = run.events()[stop_index]
+    assert ev[0] == "stop", ev
+    early, late = epoch(ev) - last.before, epoch(ev) - last.after
+    assert early >= ttl, f"stop {early:.3f} s after the last packet, before ttl {ttl}"
+    assert late <= ttl + beat + slack, (
+        f"stop {late:.3f} s after the last packet, later than ttl {ttl} + beat {beat} + {slack}"
+    )
+    return early, late

@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -24,7 +25,8 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.utils import rdpcap
 
-from tests.netlab import Daemon, Netns, Run, ready, recorder, wait_for
+from tests import netlab
+from tests.netlab import Daemon, Netns, Run, Sent, epoch, ready, recorder, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -71,12 +73,6 @@ def tcp6(flags: str) -> bytes:
 
 
 # -- sending ---------------------------------------------------------------------
-
-
-@dataclass
-class Sent:
-    before: float  # time.time() just before the packet left
-    after: float  # ... and just after
 
 
 def send(sock: socket.socket, frame: bytes) -> Sent:
@@ -129,22 +125,9 @@ def lab(veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Ite
     yield Lab(veth, tmp_path, start_daemon)
 
 
-def epoch(event: list[str]) -> float:
-    return float(event[1])
-
-
-def stop_delta(run: Run, stop_index: int, last: Sent, ttl: float) -> tuple[float, float]:
-    """Seconds from the last packet to the recorded stop, checked against
-    [ttl, ttl + beat + slack]; the lower bound counts from before the send,
-    the upper from after it."""
-    ev = run.events()[stop_index]
-    assert ev[0] == "stop", ev
-    early, late = epoch(ev) - last.before, epoch(ev) - last.after
-    assert early >= ttl, f"stop {early:.3f} s after the last packet, before ttl {ttl}"
-    assert late <= ttl + BEAT + SLACK, (
-        f"stop {late:.3f} s after the last packet, later than ttl {ttl} + beat {BEAT} + {SLACK}"
-    )
-    return early, late
+# (run, stop_index, last, ttl): the stop came [ttl, ttl + BEAT + SLACK] after the
+# last packet; returns the delays from just before and just after it.
+stop_delta = partial(netlab.stop_delta, beat=BEAT, slack=SLACK)
 
 
 # -- 1. start on a match, not on a non-match ---------------------------------------

@@ -1,17 +1,15 @@
 """-d: detach, log to syslog as ``tuninetd`` (facility daemon), and report a
 failed start with exit status 1 instead of dying silently in the background.
 
-The syslog side is a datagram socket this test binds at /dev/log, in a
-private mount namespace when the machine already has one: what the daemon's
+The syslog side is a datagram socket this test binds, seen as /dev/log by
+the daemon in a private mount namespace (tests/syslogd.py): what the daemon's
 libc sends there is read back byte for byte.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,64 +21,22 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.netlab import Netns, events, gone, recorder, wait_for
+from tests.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev_log
 
 pytestmark = pytest.mark.root
 
-LOG_DAEMON = 3 << 3
-LOG_INFO = 6
 FRAME = bytes(
     Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
     / IP(src="10.66.0.1", dst="10.66.0.2")
     / UDP(sport=4000, dport=5353)
 )
-# <PRI>Mmm dd hh:mm:ss tuninetd[pid]: message
-SYSLOG = re.compile(rb"<(\d+)>\w{3} [ \d]\d \d\d:\d\d:\d\d tuninetd\[(\d+)\]: (.*)")
-
-
-class Syslog:
-    """A /dev/log that keeps what it receives."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.records: list[tuple[int, int, str]] = []
-
-    def poll(self) -> list[tuple[int, int, str]]:
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except BlockingIOError:
-                return self.records
-            m = SYSLOG.match(data)
-            assert m, f"not a syslog record from tuninetd: {data!r}"
-            self.records.append((int(m[1]), int(m[2]), m[3].decode()))
-
-    def wait(self, needle: str) -> tuple[int, int, str]:
-        def probe() -> tuple[int, int, str] | None:
-            return next((r for r in self.poll() if needle in r[2]), None)
-
-        return wait_for(f"syslog line {needle!r}", probe)
 
 
 @pytest.fixture
 def syslog(tmp_path: Path) -> Iterator[tuple[Syslog, list[str]]]:
     """The receiver, and the argv prefix that runs a command seeing it as /dev/log."""
-    if not os.path.exists("/dev/log"):
-        log = Syslog(Path("/dev/log"))
-        try:
-            yield log, []
-        finally:
-            log.sock.close()
-            os.unlink("/dev/log")
-        return
-    sock_path = tmp_path / "log"
-    log = Syslog(sock_path)
-    try:
-        yield log, ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                    f'mount --bind {sock_path} /dev/log && exec "$@"', "sh"]
-    finally:
-        log.sock.close()
+    with private_dev_log(tmp_path, "tuninetd") as receiver_and_prefix:
+        yield receiver_and_prefix
 
 
 def daemon_pids(ns: Netns) -> list[int]:

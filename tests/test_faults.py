@@ -80,6 +80,8 @@ from tests.netlab import (
     Netns,
     events,
     gone,
+    kinds,
+    live_workers,
     need_root,
     proc_status,
     ready,
@@ -87,6 +89,9 @@ from tests.netlab import (
     sh,
     title,
     wait_for,
+    wait_gone,
+    wait_title,
+    worker,
 )
 from tuninetd.common import wire
 
@@ -107,6 +112,7 @@ EXECUTOR = "tuninetd: executor"
 PCAP = "tuninetd: sensor pcap tap0"
 NFLOG = f"tuninetd: sensor nflog {GROUP}"
 LABEL = {PCAP: "pcap:tap0", NFLOG: f"nflog:{GROUP}"}
+WORKERS = (EXECUTOR, PCAP, NFLOG)
 
 
 # -- the lab -----------------------------------------------------------------------
@@ -193,51 +199,6 @@ def lab(veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Ite
     lab.close()
 
 
-def live_workers(d: Daemon) -> dict[str, int]:
-    """Title prefix -> pid of the daemon's live workers."""
-    out: dict[str, int] = {}
-    try:
-        kids = psutil.Process(d.pid).children()
-    except psutil.Error:
-        return out
-    for kid in kids:
-        if gone(kid.pid):
-            continue
-        t = title(kid.pid)
-        for prefix in (EXECUTOR, PCAP, NFLOG):
-            if t.startswith(prefix + " "):
-                out[prefix] = kid.pid
-    return out
-
-
-def worker(d: Daemon, prefix: str, state: str = "", not_pid: int = 0,
-           timeout: float = 10.0) -> int:
-    """The pid of the worker whose title is ``prefix state...`` (and not ``not_pid``)."""
-
-    def probe() -> int | None:
-        if d.proc.poll() is not None:
-            raise AssertionError(f"daemon exited:\n{d.text()}")
-        pid = live_workers(d).get(prefix)
-        if pid and pid != not_pid and title(pid).startswith(f"{prefix} {state}".strip()):
-            return pid
-        return None
-
-    try:
-        return wait_for(f"{prefix} {state}", probe, timeout)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- log ---\n{d.text()}") from None
-
-
-def wait_title(pid: int, pattern: str, timeout: float = 10.0, every: float = 0.02) -> str:
-    wait_for(f"title of {pid} matching {pattern!r} (is {title(pid)!r})",
-             lambda: re.fullmatch(pattern, title(pid)), timeout, every)
-    return title(pid)
-
-
-def kinds(record: Path) -> list[str]:
-    return [e[0] for e in events(record)]
-
-
 def wait_kinds(d: Daemon, record: Path, want: list[str], timeout: float = 10.0) -> None:
     def probe() -> bool:
         if d.proc.poll() is not None:
@@ -248,12 +209,6 @@ def wait_kinds(d: Daemon, record: Path, want: list[str], timeout: float = 10.0) 
         wait_for(f"commands {want}", probe, timeout, every=0.01)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; have {kinds(record)}\n--- log ---\n{d.text()}") from None
-
-
-def wait_gone(pids: list[int], timeout: float) -> float:
-    wait_for(f"pids {pids} to exit (left: {[p for p in pids if not gone(p)]})",
-             lambda: all(gone(p) for p in pids), timeout, every=0.01)
-    return time.monotonic()
 
 
 def fd_count(pid: int) -> int:
@@ -374,7 +329,7 @@ def test_sensor_killed_while_its_interface_is_gone(lab: Lab) -> None:
     quiet_from = len(d.lines())
     time.sleep(20 * BEAT)  # twenty beats without the interface: nothing to log
     assert d.lines()[quiet_from:] == [], d.text()
-    assert live_workers(d)[PCAP] == new
+    assert live_workers(d, WORKERS)[PCAP] == new
 
     lab.ns.add_veth()
     lab.ns.ip("link", "set", "tap0", "address", MAC_LOCAL)
@@ -475,7 +430,7 @@ def test_nflog_rule_removed_and_added_again(lab: Lab, tool: str) -> None:
     lab.send_nflog(4)
     wait_kinds(d, record, ["start", "stop", "start"])
     assert events(record)[2][2:4] == [f"nflog:{GROUP}", seq_ip(4)]
-    assert live_workers(d)[NFLOG] == sensor
+    assert live_workers(d, WORKERS)[NFLOG] == sensor
     trouble = [line for line in d.lines()
                if "rror" in line or "arning" in line
                or line.startswith(f"CORE: sensor nflog {GROUP}")]
@@ -487,8 +442,8 @@ def test_nflog_rule_removed_and_added_again(lab: Lab, tool: str) -> None:
 
 def test_supervisor_killed_then_a_new_daemon_at_once(lab: Lab) -> None:
     old, old_record = lab.daemon(*PCAP_ARGS, *NFLOG_ARGS, sensors=2)
-    pids = list(live_workers(old).values())
-    assert len(pids) == 3, live_workers(old)
+    pids = list(live_workers(old, WORKERS).values())
+    assert len(pids) == 3, live_workers(old, WORKERS)
     os.kill(old.pid, signal.SIGKILL)
     killed = time.monotonic()
     new, record = lab.daemon(*PCAP_ARGS, *NFLOG_ARGS, name="second.sh", wait=False)

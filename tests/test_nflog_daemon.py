@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -26,7 +27,20 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
-from tests.netlab import Daemon, Netns, Run, gone, ready, recorder, sh, title, wait_for
+from tests import netlab
+from tests.netlab import (
+    Daemon,
+    Netns,
+    Run,
+    Sent,
+    epoch,
+    gone,
+    ready,
+    recorder,
+    sh,
+    title,
+    wait_for,
+)
 
 pytestmark = pytest.mark.root
 
@@ -57,12 +71,6 @@ def udp_socket(ns: Netns, dst: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in dst else socket.AF_INET
     with ns.entered():
         return socket.socket(family, socket.SOCK_DGRAM)
-
-
-@dataclass
-class Sent:
-    before: float  # time.time() just before the packet left
-    after: float  # ... and just after
 
 
 def send_udp(ns: Netns, dst: str = V4_PEER, port: int = PORT, data: bytes = b"x") -> Sent:
@@ -136,21 +144,9 @@ def lab(veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Ite
     yield Lab(veth, tmp_path, start_daemon)
 
 
-def epoch(event: list[str]) -> float:
-    return float(event[1])
-
-
-def stop_delta(run: Run, stop_index: int, last: Sent, ttl: float) -> tuple[float, float]:
-    """Seconds from the last packet to the recorded stop, checked against
-    [ttl, ttl + beat + slack]."""
-    ev = run.events()[stop_index]
-    assert ev[0] == "stop", ev
-    early, late = epoch(ev) - last.before, epoch(ev) - last.after
-    assert early >= ttl, f"stop {early:.3f} s after the last packet, before ttl {ttl}"
-    assert late <= ttl + BEAT + SLACK, (
-        f"stop {late:.3f} s after the last packet, later than ttl {ttl} + beat {BEAT} + {SLACK}"
-    )
-    return early, late
+# (run, stop_index, last, ttl): the stop came [ttl, ttl + BEAT + SLACK] after the
+# last packet; returns the delays from just before and just after it.
+stop_delta = partial(netlab.stop_delta, beat=BEAT, slack=SLACK)
 
 
 def v4_line(src: str = V4_LOCAL, dst: str = V4_PEER, proto: str = "0x11 (UDP)") -> str:

@@ -33,12 +33,16 @@ from tests.netlab import (
     Netns,
     events,
     gone,
+    kinds,
     proc_status,
     ready,
     recorder,
     sh,
     title,
     wait_for,
+    wait_gone,
+    wait_title,
+    worker,
 )
 
 pytestmark = pytest.mark.root
@@ -90,53 +94,6 @@ def lab(veth: Netns, start_daemon: Callable[..., Daemon], tmp_path: Path) -> Lab
     return Lab(veth, tmp_path, start_daemon)
 
 
-def workers(d: Daemon) -> dict[str, int]:
-    """Title prefix -> pid of the daemon's live workers."""
-    out: dict[str, int] = {}
-    try:
-        kids = psutil.Process(d.pid).children()
-    except psutil.Error:
-        return out
-    for kid in kids:
-        if gone(kid.pid):
-            continue
-        t = title(kid.pid)
-        for prefix in (EXECUTOR, SENSOR):
-            if t.startswith(prefix + " "):
-                out[prefix] = kid.pid
-    return out
-
-
-def worker(d: Daemon, prefix: str, state: str = "", not_pid: int = 0,
-           timeout: float = 10.0) -> int:
-    """The pid of the worker whose title is ``prefix state...`` (and not ``not_pid``)."""
-
-    def probe() -> int | None:
-        if d.proc.poll() is not None:
-            raise AssertionError(f"daemon exited:\n{d.text()}")
-        pid = workers(d).get(prefix)
-        if pid and pid != not_pid and title(pid).startswith(f"{prefix} {state}".strip()):
-            return pid
-        return None
-
-    try:
-        return wait_for(f"{prefix} {state}", probe, timeout)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- log ---\n{d.text()}") from None
-
-
-def wait_title(pid: int, pattern: str, timeout: float = 10.0) -> re.Match[str]:
-    return wait_for(f"title of {pid} matching {pattern!r} (is {title(pid)!r})",
-                    lambda: re.fullmatch(pattern, title(pid)), timeout)
-
-
-def wait_gone(pids: list[int], timeout: float) -> float:
-    """Poll until every pid has exited; returns when that was seen."""
-    wait_for(f"pids {pids} to exit (left: {[p for p in pids if not gone(p)]})",
-             lambda: all(gone(p) for p in pids), timeout, every=0.01)
-    return time.monotonic()
-
-
 def read_pid(path: Path) -> int | None:
     try:
         text = path.read_text().strip()
@@ -153,13 +110,9 @@ def wait_pids(*paths: Path) -> list[int]:
     return wait_for(f"pid files {[p.name for p in paths]}", probe)
 
 
-def commands(record: Path) -> list[str]:
-    return [e[0] for e in events(record)]
-
-
 def wait_commands(record: Path, want: list[str], timeout: float = 10.0) -> None:
-    wait_for(f"commands {want} (have {commands(record)})",
-             lambda: commands(record) == want, timeout)
+    wait_for(f"commands {want} (have {kinds(record)})",
+             lambda: kinds(record) == want, timeout)
 
 
 def pgrep(name: str) -> set[int]:
@@ -368,7 +321,7 @@ def test_hung_start_neither_stalls_capture_nor_the_ttl_clock(lab: Lab) -> None:
     wait_title(sen, rf"{SENSOR} armed", timeout=1)
     assert title(exe) == f"{EXECUTOR} running start pid {hung[0]}"
     assert "CORE: executing STOP command..." not in d.text()
-    assert commands(record) == ["start"]
+    assert kinds(record) == ["start"]
 
     # At the timeout the whole tree is killed (SIGTERM, then SIGKILL for the
     # part that ignores it); then the stop runs at once.
@@ -483,7 +436,7 @@ def test_sigterm_lets_the_running_command_finish_and_drops_the_queued_one(lab: L
     log = d.text()
     # The start ran to its end (its "done" line is logged); the stop never ran.
     assert log.index("dropping the queued stop") < log.index("PCAP: start command done")
-    assert commands(record) == ["start"]
+    assert kinds(record) == ["start"]
     assert "executing STOP" not in log
 
 

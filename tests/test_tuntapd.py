@@ -25,6 +25,7 @@ import psutil
 import pytest
 
 from tests.netlab import Daemon, Netns, events, gone, ready, recorder, wait_for
+from tests.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev_log
 
 TUNTAPD = [sys.executable, "-m", "tuninetd.tuntapd"]
 ROUTED = "10.99.0.0/24"
@@ -284,54 +285,11 @@ def test_help_and_version() -> None:
 # -- -d: detach, syslog ---------------------------------------------------------------
 
 
-LOG_DAEMON = 3 << 3
-LOG_INFO = 6
-SYSLOG = re.compile(rb"<(\d+)>\w{3} [ \d]\d \d\d:\d\d:\d\d tuntapd\[(\d+)\]: (.*)")
-
-
-class Syslog:
-    """A /dev/log that keeps what it receives."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.records: list[tuple[int, int, str]] = []
-
-    def poll(self) -> list[tuple[int, int, str]]:
-        while True:
-            try:
-                data = self.sock.recv(4096)
-            except BlockingIOError:
-                return self.records
-            m = SYSLOG.match(data)
-            assert m, f"not a syslog record from tuntapd: {data!r}"
-            self.records.append((int(m[1]), int(m[2]), m[3].decode()))
-
-    def wait(self, needle: str) -> tuple[int, int, str]:
-        def probe() -> tuple[int, int, str] | None:
-            return next((r for r in self.poll() if needle in r[2]), None)
-
-        return wait_for(f"syslog line {needle!r}", probe)
-
-
 @pytest.fixture
 def syslog(tmp_path: Path) -> Iterator[tuple[Syslog, list[str]]]:
-    """The receiver, and an argv prefix that runs a command in a private mount
-    namespace whose /dev is a directory of ours: the receiver as /dev/log, the
-    real null and net/tun bound in. Nothing outside that namespace changes,
-    whether or not the machine has a /dev/log of its own."""
-    dev = tmp_path / "dev"
-    (dev / "net").mkdir(parents=True)
-    (dev / "null").touch()
-    (dev / "net" / "tun").touch()
-    log = Syslog(dev / "log")
-    script = (f"mount --bind /dev/null {dev}/null && mount --bind /dev/net/tun {dev}/net/tun"
-              f' && mount --rbind {dev} /dev && exec "$@"')
-    try:
-        yield log, ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
-    finally:
-        log.sock.close()
+    """The receiver, and the argv prefix that runs a command seeing it as /dev/log."""
+    with private_dev_log(tmp_path, "tuntapd") as receiver_and_prefix:
+        yield receiver_and_prefix
 
 
 def console_script() -> str:

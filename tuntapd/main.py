@@ -28,13 +28,13 @@ import signal
 import socket
 import struct
 import sys
-import syslog
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn
 
 from tuninetd.common import __version__
+from tuninetd.supervisor import logs
 
 PROG = "tuntapd"
 CLONE_DEVICE = "/dev/net/tun"
@@ -262,36 +262,7 @@ def bring_up(ifname: str) -> bool:
         return True
 
 
-# -- logging and detaching -------------------------------------------------------
-
-_PRIORITY = {
-    logging.DEBUG: syslog.LOG_DEBUG,
-    logging.INFO: syslog.LOG_INFO,
-    logging.WARNING: syslog.LOG_WARNING,
-    logging.ERROR: syslog.LOG_ERR,
-    logging.CRITICAL: syslog.LOG_CRIT,
-}
-
-
-class _SyslogHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        syslog.openlog(PROG, syslog.LOG_PID, syslog.LOG_DAEMON)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            syslog.syslog(_PRIORITY.get(record.levelno, syslog.LOG_INFO), self.format(record))
-        except Exception:
-            self.handleError(record)
-
-
-def _log_to(handler: logging.Handler, fmt: str) -> None:
-    handler.setFormatter(logging.Formatter(fmt))
-    for old in list(log.handlers):
-        log.removeHandler(old)
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+# -- detaching ------------------------------------------------------------------
 
 
 def detach() -> None:
@@ -392,7 +363,7 @@ class Holder:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    _log_to(logging.StreamHandler(sys.stderr), f"{PROG}: %(message)s")
+    logs.use(logging.StreamHandler(sys.stderr), log, f"{PROG}: %(message)s")
     try:
         opts = parse(sys.argv[1:] if argv is None else argv)
     except UsageError as exc:
@@ -410,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         was_down = False
     if opts.daemon:
         detach()
-        _log_to(_SyslogHandler(), "%(message)s")
+        logs.use(logs.SyslogHandler(PROG), log)
     holder = Holder(fd, ifname, opts.mode)
     log.info("holding %s (mode %s)%s, pid %d", ifname, opts.mode,
              ", link set up" if was_down else "", os.getpid())

@@ -195,7 +195,7 @@ packet_values = st.fixed_dictionaries(
         "hwaddr": st.tuples(st.integers(0, 0xFFFF), st.binary(min_size=8, max_size=8)),
         "payload": st.binary(max_size=300),
         "prefix": st.text(
-            st.characters(exclude_characters="\0", exclude_categories=("Cs",)), max_size=64
+            st.characters(exclude_characters="\0", codec="utf-8"), max_size=64
         ),
         "hwtype": st.integers(0, 0xFFFF),
         "hwheader": st.binary(max_size=20),
