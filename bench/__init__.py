@@ -1,1 +1,1 @@
-"""The tuninetd benchmark (issue 6): ``python3 -m bench``. See bench/PERFORMANCE.md."""
+"""The tuninetd benchmark (issue 6): ``python3 -m bench``; README.md, Performance."""

@@ -11,12 +11,12 @@ supervisor would send, and calls ``take_count`` once a beat while the
 generator sends flat out: the work the sensor does while counting, and
 nothing else. It prints the CPU seconds that work took (per second and per
 million packets) and, under ``py-spy record -f raw -o FILE -- python3 -m
-bench.profile ...``, gives the profile. ``--shrink`` tries the fix proposed
-in PERFORMANCE.md for the nflog sensor: a minimal receive buffer while
-counting, so that the kernel drops the messages instead of the sensor
-walking them (take_count still reports activity, through the overrun).
-``nflog-flush`` measures the kernel's batching delay behind the nflog start
-latency, as configured now and as proposed.
+bench.profile ...``, gives the profile. ``--shrink`` forces the minimal receive
+buffer that the nflog sensor now uses while counting without -a (the kernel
+drops the messages instead of the sensor walking them; take_count reports
+activity through the overrun). ``nflog-flush`` measures the kernel's
+batching delay behind the nflog start latency, batched (as with -a) and
+flushed per message (as without).
 """
 
 from __future__ import annotations
