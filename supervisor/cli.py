@@ -256,17 +256,19 @@ def _with_filters(specs: list[SensorSpec], flt: str | None, ack_only: bool,
     if ack_only:
         wanted += [(bpf.ack_expression(flt), s.link) for s in specs]
     compiled = bpf.compile_filters(wanted)
-    out = []
-    for spec in specs:
-        prog = compiled[(flt or "", spec.link)]
-        ack = compiled[(bpf.ack_expression(flt), spec.link)] if ack_only else None
-        for result in (prog, ack):
-            if isinstance(result, bpf.FilterError):
-                raise UsageError(
-                    f"{option} {flt!r}: {result} (on {spec.name}, link type {spec.link})")
-        assert not isinstance(prog, bpf.FilterError) and not isinstance(ack, bpf.FilterError)
-        out.append(replace(spec, bpf=prog, bpf_ack=ack))
-    return out
+
+    def program(expression: str, spec: SensorSpec) -> bpf.Program:
+        result = compiled[(expression, spec.link)]
+        if isinstance(result, bpf.FilterError):
+            raise UsageError(
+                f"{option} {flt!r}: {result} (on {spec.name}, link type {spec.link})")
+        return result
+
+    return [
+        replace(spec, bpf=program(flt or "", spec),
+                bpf_ack=program(bpf.ack_expression(flt), spec) if ack_only else None)
+        for spec in specs
+    ]
 
 
 def _group(text: str, option: str = "-n") -> SensorSpec:

@@ -9,6 +9,7 @@ the terminal reaches the supervisor alone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import signal
@@ -37,9 +38,11 @@ BOOT = (
 LIB = "/run/tuninetd/lib"
 
 
+@functools.cache
 def import_path() -> list[str]:
     """A directory holding the ``tuninetd`` package as it is installed, and
-    those of the few third-party modules workers use."""
+    those of the few third-party modules workers use. Worked out once: every
+    spawn and respawn uses the same."""
     import psutil
     import setproctitle
 
