@@ -29,7 +29,7 @@ EOF
 chmod +x "$work/toggle.sh"
 
 send() {  # $1 packets, one every 0.2 s, from peer0 into tap0
-    ip netns exec "$ns" python3 - "$1" <<'EOF'
+    ip netns exec "$ns" .venv/bin/python - "$1" <<'EOF'
 import sys, time
 from scapy.all import Ether, IP, UDP, sendp
 for _ in range(int(sys.argv[1])):
@@ -41,7 +41,7 @@ EOF
 }
 
 echo "# tuninetd -i tap0 -f 'udp port 5353' -c toggle.sh -t 2   (in namespace $ns)"
-ip netns exec "$ns" python3 -m tuninetd.supervisor.main \
+ip netns exec "$ns" .venv/bin/tuninetd \
     -i tap0 -f "udp port 5353" -c "$work/toggle.sh" -t 2 --beat 0.5 --control "$work/ctl.sock" &
 daemon_pid=$!
 sleep 2
@@ -56,7 +56,7 @@ send 3
 kill -USR1 "$daemon_pid"
 sleep 0.5
 echo "# tuninetd status"
-python3 -m tuninetd.supervisor.main status --control "$work/ctl.sock"
+.venv/bin/tuninetd status --control "$work/ctl.sock"
 sleep 3
 echo "# SIGTERM: clean exit"
 kill "$daemon_pid"
