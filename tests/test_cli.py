@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -236,10 +237,26 @@ def privilege_prefix(drop: str) -> tuple[str, ...]:
     return ("setpriv", f"--bounding-set=-{drop}", f"--inh-caps=-{drop}")
 
 
+@pytest.fixture
+def public_cmd() -> Iterator[str]:
+    """A command that an unprivileged user can reach too (pytest's tmp_path
+    is root's 0700): the check under test is the privilege one, not -c's."""
+    folder = tempfile.mkdtemp(prefix="tnd-cli-")
+    os.chmod(folder, 0o755)
+    cmd = os.path.join(folder, "toggle.sh")
+    with open(cmd, "w") as f:
+        f.write("#!/bin/sh\nexit 0\n")
+    os.chmod(cmd, 0o755)
+    try:
+        yield cmd
+    finally:
+        shutil.rmtree(folder)
+
+
 @pytest.mark.parametrize("drop", ["net_raw", "all"])
-def test_missing_privilege_is_exit_1_and_named(paths: dict[str, str], drop: str) -> None:
+def test_missing_privilege_is_exit_1_and_named(public_cmd: str, drop: str) -> None:
     prefix = privilege_prefix(drop)
-    r = run_cli(["-i", "lo", "-c", paths["cmd"]], prefix)
+    r = run_cli(["-i", "lo", "-c", public_cmd], prefix)
     everything = r.out + r.err
     assert r.status == 1, everything
     assert "Traceback" not in everything
@@ -252,10 +269,10 @@ def test_missing_privilege_is_exit_1_and_named(paths: dict[str, str], drop: str)
     assert r.spawned == [], f"spawned {r.spawned}"
 
 
-def test_bad_value_beats_missing_privilege(paths: dict[str, str]) -> None:
+def test_bad_value_beats_missing_privilege(public_cmd: str) -> None:
     """Values are checked first: an unprivileged user still learns what is wrong."""
     prefix = () if os.geteuid() != 0 else privilege_prefix("all")
-    r = run_cli(["-i", "lo", "-c", paths["cmd"], "-t", "abc"], prefix)
+    r = run_cli(["-i", "lo", "-c", public_cmd, "-t", "abc"], prefix)
     assert r.status == 2, r.err
     assert r.err.splitlines() == ["tuninetd: -t 'abc': expected a positive whole number of "
                                   "seconds"]
