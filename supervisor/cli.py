@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     a("-c", dest="command", metavar="<path>",
       help="executable, run with 'start' and 'stop' as its argument")
     a("-d", dest="daemon", action="store_true", default=None,
-      help="daemonize; log to syslog as tuninetd")
+      help="daemonize; log to syslog as tuninetd (exit 1 if nothing listens on /dev/log)")
     a("-f", dest="filter", metavar="<filter>",
       help="packet filter for the pcap sensors, as tcpdump takes it")
     a("-i", dest="interfaces", metavar="<ifname>", action="append",
