@@ -583,7 +583,8 @@ class Arbiter:
         if self.starting and all(w.ready for w in self.workers):
             self.starting = False
             self.ops.ready()
-            if self.ready_fd is not None:
+            if self.ready_fd is not None:  # -d: only now, so a failed start never says it
+                log.info("Success! Tuninetd has been started with PID: %d", os.getpid())
                 os.write(self.ready_fd, b"ok")
                 os.close(self.ready_fd)
                 self.ready_fd = None

@@ -15,7 +15,13 @@ from typing import NoReturn
 
 from tuninetd.common import __version__
 from tuninetd.supervisor import bpf, configfile
-from tuninetd.supervisor.config import DEFAULT_CONTROL, Account, Config, SensorSpec
+from tuninetd.supervisor.config import (
+    DEFAULT_CONTROL,
+    Account,
+    Config,
+    SensorSpec,
+    default_sensor_user,
+)
 
 MAX_TTL = 10 * 365 * 86400
 # What an option is when neither the command line nor the config file sets it.
@@ -25,7 +31,6 @@ DEFAULTS: dict[str, object] = {
     "ttl": "600",
     "ack_only": False,
     "daemon": False,
-    "user": "nobody",
     "command_timeout": "300",
     "beat": "1",
     "control": DEFAULT_CONTROL,
@@ -100,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     a("-c", dest="command", metavar="<path>",
       help="executable, run with 'start' and 'stop' as its argument")
     a("-d", dest="daemon", action="store_true", default=None,
-      help="daemonize; log to syslog as tuninetd")
+      help="daemonize; log to syslog as tuninetd (exit 1 if nothing listens on /dev/log)")
     a("-f", dest="filter", metavar="<filter>",
       help="packet filter for the pcap sensors, as tcpdump takes it")
     a("-i", dest="interfaces", metavar="<ifname>", action="append",
@@ -112,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     a("-w", dest="pcap_file", metavar="<path>",
       help="append each start-event packet to this pcap savefile")
     a("--user", metavar="NAME",
-      help="account the sensors drop to after opening their capture (default nobody)")
+      help="account the sensors drop to after opening their capture "
+      "(default tuninetd if that account exists, else nobody)")
     a("--exec-user", metavar="NAME",
       help="account the commands run as (default: the daemon's own)")
     a("--command-timeout", metavar="SEC",
@@ -376,9 +382,10 @@ def parse(argv: list[str]) -> Config:
     timeout = _seconds(o("command_timeout", "--command-timeout"), ns.command_timeout, 0.1,
                        MAX_TIMEOUT, zero_ok=True)
     beat = _seconds(o("beat", "--beat"), ns.beat, 0.1, 60, zero_ok=False)
-    sensor_user = _account(o("user", "--user"), ns.user)
+    user = default_sensor_user() if ns.user is None else ns.user
+    sensor_user = _account(o("user", "--user"), user)
     if sensor_user.uid == 0:
-        raise UsageError(f"{o('user', '--user')} {ns.user!r}: sensors must drop to an "
+        raise UsageError(f"{o('user', '--user')} {user!r}: sensors must drop to an "
                          "unprivileged account")
     exec_user = (_account(o("exec_user", "--exec-user"), ns.exec_user)
                  if ns.exec_user is not None else None)

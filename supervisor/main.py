@@ -64,9 +64,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     ready_fd = None
     if cfg.daemon:
+        if problem := logs.syslog_unreachable():
+            print(f"tuninetd: -d logs to syslog, but {problem}: start a syslog daemon "
+                  "(e.g. rsyslog), or run in the foreground (under systemd the journal "
+                  "keeps the lines)", file=sys.stderr)
+            sys.exit(1)
         logs.to_syslog()
         ready_fd = daemonize()
-        log.info("Success! Tuninetd has been started with PID: %d", os.getpid())
     else:
         logs.to_stderr()
         log.info("Started with pid %d", os.getpid())

@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -43,6 +44,15 @@ def need_root() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true: {problem}")
         pytest.skip(problem)
+
+
+def default_sensor_account() -> pwd.struct_passwd:
+    """The account sensors drop to without --user: tuninetd where the Debian
+    package made it (it stays after a purge), else nobody."""
+    try:
+        return pwd.getpwnam("tuninetd")
+    except KeyError:
+        return pwd.getpwnam("nobody")
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 10.0,

@@ -21,7 +21,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.netlab import Netns, events, gone, recorder, wait_for
-from tests.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev_log
+from tests.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev, private_dev_log
 
 pytestmark = pytest.mark.root
 
@@ -101,7 +101,28 @@ def test_a_failed_start_is_reported_by_the_parent(
         lines = second.stderr.splitlines()
         assert len(lines) == 1 and "group 31" in lines[0] and "another process" in lines[0]
         log.wait("Abort")
+        assert not [r for r in log.poll() if "Success!" in r[2]], log.poll()
         assert daemon_pids(netns) == [holder.pid]
     finally:
         holder.terminate()
         holder.wait(10)
+
+
+def test_no_syslog_socket_is_said_on_stderr_before_detaching(netns: Netns,
+                                                             tmp_path: Path) -> None:
+    """Without /dev/log every line of a -d daemon would be dropped in silence
+    (libc's syslog says nothing): refuse with exit 1 and the reason, and
+    start nothing. /dev here is a private one with no log socket in it."""
+    script, _ = recorder(tmp_path)
+    argv = [*private_dev(tmp_path), *netns.exec_argv(
+        sys.executable, "-m", "tuninetd.supervisor.main", "-n", "32", "-c", str(script), "-d",
+        "--control", str(tmp_path / "c.sock"))]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1, r.stderr
+    assert r.stdout == ""
+    assert r.stderr.splitlines() == [
+        "tuninetd: -d logs to syslog, but nothing listens on /dev/log (no such file or "
+        "directory): start a syslog daemon (e.g. rsyslog), or run in the foreground (under "
+        "systemd the journal keeps the lines)"]
+    assert daemon_pids(netns) == []
+    assert not (tmp_path / "c.sock").exists()

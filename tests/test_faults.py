@@ -793,7 +793,8 @@ def ptrace_errno(pid: int) -> int:
 def test_sensors_run_in_an_empty_jail_and_are_not_dumpable(lab: Lab) -> None:
     if not Path("/usr/bin/python3").exists() or not Path("/usr/bin/setpriv").exists():
         pytest.skip("needs /usr/bin/python3 and setpriv to act as another nobody process")
-    d, record = lab.daemon(*PCAP_ARGS, *NFLOG_ARGS, sensors=2)
+    # As nobody explicitly: the control case below is another nobody process.
+    d, record = lab.daemon(*PCAP_ARGS, *NFLOG_ARGS, "--user", "nobody", sensors=2)
     nobody = pwd.getpwnam("nobody")
     # A dumpable process of the same uid: nobody can attach to it (unless
     # Yama forbids ptrace between non-relatives: then the sensors' EPERM

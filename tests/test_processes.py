@@ -31,6 +31,7 @@ from scapy.layers.l2 import Ether
 from tests.netlab import (
     Daemon,
     Netns,
+    default_sensor_account,
     events,
     gone,
     kinds,
@@ -182,7 +183,7 @@ def other_account() -> pwd.struct_passwd:
 @pytest.mark.parametrize("account", ["default", "other"])
 def test_sensor_drops_every_privilege(lab: Lab, account: str) -> None:
     if account == "default":
-        pw = pwd.getpwnam("nobody")
+        pw = default_sensor_account()
         d, _ = lab.daemon()
     else:
         pw = other_account()

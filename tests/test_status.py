@@ -28,7 +28,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.netlab import Daemon, Netns, events, ready, recorder, wait_for
+from tests.netlab import Daemon, Netns, default_sensor_account, events, ready, recorder, wait_for
 from tuninetd.supervisor import status
 
 pytestmark = pytest.mark.root
@@ -124,7 +124,8 @@ def test_status_of_a_real_daemon(veth: Netns, tmp_path: Path, sockdir: Path,
         assert p["rss_bytes"] == pytest.approx(psutil.Process(p["pid"]).memory_info().rss,
                                                 rel=0.5)
         assert 0 <= p["cpu_percent"] <= 400 and p["restarts"] == 0
-    assert procs["pcap:tap0"]["user"] == "nobody" and procs["pcap:tap0"]["state"] == "armed"
+    assert procs["pcap:tap0"]["user"] == default_sensor_account().pw_name
+    assert procs["pcap:tap0"]["state"] == "armed"
     assert procs["supervisor"]["user"] == procs["executor"]["user"] == "root"
 
     sent = time.monotonic()
@@ -154,7 +155,8 @@ def test_status_of_a_real_daemon(veth: Netns, tmp_path: Path, sockdir: Path,
                               "RSS"]
     rows = {line.split()[0]: line.split() for line in text.splitlines()
             if line.split() and line.split()[0] in procs}
-    assert rows["pcap:tap0"][1:4] == [str(kids["tuninetd-pcap"]), "nobody", "armed"]
+    assert rows["pcap:tap0"][1:4] == [str(kids["tuninetd-pcap"]),
+                                      default_sensor_account().pw_name, "armed"]
 
     # Unprivileged: the 0600 socket refuses the connection.
     code, out = as_nobody(str(control))
