@@ -1,4 +1,4 @@
-"""The fault matrix of issue 4 ("Faults survived"), and the sensors' sandbox.
+"""The fault matrix ("Faults survived" in docs/reliability.md), and the sensors' sandbox.
 
 Each row is proved by one test. Rows an earlier test already proves with the
 row's full wording are not repeated here; the map:
@@ -216,7 +216,7 @@ def fd_count(pid: int) -> int:
 
 
 def report(text: str) -> None:
-    """A measured figure, for the README's Reliability table (pytest -s shows it)."""
+    """A measured figure, for the table in docs/reliability.md (pytest -s shows it)."""
     print(f"\n[figure] {text}")
 
 
