@@ -74,7 +74,7 @@ from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
 from tests.fake_sensor import CONTROL_VAR
-from tests.garbage import HARMLESS, MALFORMED, obj
+from tests.garbage import AFTER_PARSE, BEFORE_HELLO, HARMLESS, HELLO_AGAIN, MALFORMED, obj
 from tests.netlab import (
     Daemon,
     Netns,
@@ -613,15 +613,9 @@ EXAMPLES = [
 @st.composite
 def plans(draw: st.DrawFn) -> Plan:
     hello = draw(st.booleans())
-    if hello:
-        prefix = draw(st.lists(HARMLESS, max_size=3))
-        out_of_order = st.just(obj("hello", pid=1))  # hello twice
-    else:
-        prefix = []
-        # Anything but hello (or error) before hello; even a valid trigger.
-        out_of_order = st.sampled_from([obj("beat", n=5, mode="armed"),
-                                        obj("trigger", lines=["|- early"], link="raw")])
-    bad = draw(st.one_of(MALFORMED, out_of_order))
+    prefix = draw(st.lists(HARMLESS, max_size=3)) if hello else []
+    out_of_order = st.just(HELLO_AGAIN) if hello else BEFORE_HELLO
+    bad = draw(st.one_of(MALFORMED, AFTER_PARSE, out_of_order))
     tail = draw(st.lists(st.one_of(MALFORMED, HARMLESS), max_size=2))
     return Plan(hello, [*prefix, bad, *tail], hangup=bad == b"")
 
