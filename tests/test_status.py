@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -255,13 +256,49 @@ def test_no_daemon_and_usage() -> None:
     assert r.returncode == 2 and r.stderr.startswith("tuninetd status: ")
 
 
-def test_json_and_text_renderings_agree_on_missing_values() -> None:
-    """The renderer copes with a daemon that has nothing to report yet."""
-    text = status.render({"state": "starting", "ttl": 5, "idle_seconds": None,
-                          "last_trigger": None, "commands": {}, "processes": [
-                              {"role": "executor", "pid": None, "user": None,
-                               "state": "restarting", "restarts": 2, "cpu_percent": None,
-                               "rss_bytes": None, "uptime_seconds": None}]})
-    assert "no matching packet yet" in text
-    row = next(line for line in text.splitlines() if line.startswith("executor"))
-    assert row.split() == ["executor", "-", "-", "restarting", "-", "2", "-", "-"]
+def answer(path: Path, record: dict[str, Any], times: int) -> threading.Thread:
+    """A stand-in daemon on ``path`` that answers ``times`` status requests with ``record``."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(times)
+
+    def serve() -> None:
+        with server:
+            for _ in range(times):
+                conn, _ = server.accept()
+                with conn:
+                    conn.makefile("rb").readline()
+                    conn.sendall(json.dumps(record).encode() + b"\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_json_and_text_renderings_agree_on_missing_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A daemon with nothing to report yet: what --json gives as null, the text
+    gives as "-" (or says is missing), field by field."""
+    executor = {"role": "executor", "pid": None, "user": None, "state": "restarting",
+                "restarts": 2, "cpu_percent": None, "rss_bytes": None, "uptime_seconds": None}
+    record = {"state": "starting", "ttl": 5, "idle_seconds": None, "last_trigger": None,
+              "commands": {}, "processes": [executor]}
+    path = tmp_path / "control.sock"
+    server = answer(path, record, times=2)
+    assert status.main(["--json", "--control", str(path)]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert status.main(["--control", str(path)]) == 0
+    text = capsys.readouterr().out
+    server.join(5)
+
+    assert as_json == record  # every null kept as null
+    assert "  idle:         no matching packet yet" in text.splitlines()
+    assert "  last trigger: none yet" in text.splitlines()
+    rows = [line.split() for line in text.splitlines()[-2:]]
+    assert rows[0] == ["ROLE", "PID", "USER", "STATE", "UPTIME", "RESTARTS", "CPU%", "RSS"]
+    columns = ["role", "pid", "user", "state", "uptime_seconds", "restarts", "cpu_percent",
+               "rss_bytes"]
+    for name, shown in zip(columns, rows[1], strict=True):
+        value = as_json["processes"][0][name]
+        assert shown == ("-" if value is None else str(value)), (name, value, shown)
