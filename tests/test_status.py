@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import signal
 import socket
 import stat
@@ -29,7 +28,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.netlab import Daemon, Netns, events, ready, recorder, wait_for
+from tests.netlab import Daemon, Netns, as_nobody, events, ready, recorder, wait_for
 from tuninetd.supervisor import status
 
 pytestmark = pytest.mark.root
@@ -59,30 +58,8 @@ def client(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=20)
 
 
-def as_nobody(path: str) -> tuple[int, str]:
-    """Run the status client in a fork of this process that became nobody
-    (the interpreter under /root is not executable by nobody, so no exec)."""
-    nobody = pwd.getpwnam("nobody")
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 99
-        try:
-            os.close(rfd)
-            stream = os.fdopen(wfd, "w")
-            sys.stdout = sys.stderr = stream  # pytest's capture objects stay with the parent
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            code = status.main(["--control", path])
-            stream.flush()
-        finally:
-            os._exit(code)
-    os.close(wfd)
-    with os.fdopen(rfd) as r:
-        out = r.read()
-    _, code = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(code), out
+def status_as_nobody(path: str) -> tuple[int, str]:
+    return as_nobody(lambda: status.main(["--control", path]))
 
 
 def query(path: Path) -> dict[str, Any]:
@@ -158,12 +135,12 @@ def test_status_of_a_real_daemon(veth: Netns, tmp_path: Path, sockdir: Path,
     assert rows["pcap:tap0"][1:4] == [str(kids["tuninetd-pcap"]), "nobody", "armed"]
 
     # Unprivileged: the 0600 socket refuses the connection.
-    code, out = as_nobody(str(control))
+    code, out = status_as_nobody(str(control))
     assert code == 4, out
     assert "permission denied" in out
     # Even when the mode lets it through, the daemon checks the caller's uid.
     control.chmod(0o666)
-    code, out = as_nobody(str(control))
+    code, out = status_as_nobody(str(control))
     assert code == 4, out
     assert "permission denied" in out
     control.chmod(0o600)
@@ -235,15 +212,16 @@ def test_misbehaving_clients_do_not_stall_the_daemon(
     assert "unknown request" in json.loads(garbage.recv(4096))["error"]
     # While the silent one hangs on, the daemon answers and works.
     t0 = time.monotonic()
-    assert query(control)["state"] == "down"
+    assert status.query(str(control))["state"] == "down"
+    # Correctness: a daemon stalled by the silent client would answer only at
+    # that client's 2 s deadline (the query runs in this process: no start-up).
     assert time.monotonic() - t0 < 2.0
     veth.sender().send(FRAME)
     wait_for("start", lambda: [e[0] for e in events(record)][:1] == ["start"])
-    # The silent client is dropped at its deadline.
+    # The silent client is dropped at its deadline (2 s); the 10 s here only
+    # tells that from never.
     silent.settimeout(10)
-    t0 = time.monotonic()
     assert silent.recv(10) == b""
-    assert time.monotonic() - t0 < 5.0
     for s in (silent, flood, garbage):
         s.close()
     assert d.proc.poll() is None
