@@ -332,7 +332,7 @@ def test_hung_start_neither_stalls_capture_nor_the_ttl_clock(lab: Lab) -> None:
     assert time.monotonic() - all_gone < 1.0
     log = d.text()
     assert re.search(r"Warning! Executable command timed out after 2 s and was killed "
-                     r"with its process tree \(.*record\.sh start\)", log), log
+                     r"with its process tree, through its cgroup \(.*record\.sh start\)", log), log
     lines = d.lines()
     timed_out = next(i for i, line in enumerate(lines) if "timed out" in line)
     stop = lines.index("CORE: executing STOP command...")
@@ -406,7 +406,8 @@ def test_executor_killed_while_a_command_runs(lab: Lab) -> None:
     # The supervisor (subreaper) finds the orphaned tree and kills it.
     lines = d.wait_log("CORE: executor died while running the start command")
     assert lines[0] == ("CORE: executor died while running the start command; "
-                        f"{len(tree)} process(es) of it killed; the command counts as failed")
+                        f"{len(tree)} process(es) of it killed through its cgroup; "
+                        "the command counts as failed")
     wait_gone(tree, 2)
     d.wait_log(f"CORE: executor (pid {old}) killed by signal 9 (SIGKILL); restarting it in")
     new = worker(d, EXECUTOR, "idle", not_pid=old, timeout=5)
