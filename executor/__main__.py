@@ -59,6 +59,9 @@ def start(sock: socket.socket, ppid: int) -> Executor:
         no_cgroup = ""
     except cgroup.Unavailable as exc:
         groups, no_cgroup = None, str(exc)
+        # The fallback's psutil, while the interpreter's files are surely
+        # readable: an --exec-user may not be able to load it later.
+        from tuninetd.executor import tree  # noqa: F401
     if config.uid is not None:
         switch_user(config)
         worker.die_with_parent(ppid, signal.SIGTERM)  # a uid change cleared it

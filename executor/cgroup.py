@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 
 GROUP_PREFIX = "tuninetd-"
 EXECUTOR_LEAF = "executor"
@@ -151,7 +152,10 @@ def enter(procs: str) -> None:
 
 
 class RunGroup:
-    """One run's cgroup: what is in it, and killing it."""
+    """One run's cgroup: the processes in it, which none of them can leave
+    (``treekill.Processes``)."""
+
+    whole = True
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -173,10 +177,21 @@ class RunGroup:
         except FileNotFoundError:
             return False
 
+    def root_reaped(self) -> None:
+        """Its pid does not matter here."""
+
+    def alive(self) -> list[int]:
+        return sorted(self.pids()) if self.populated() else []
+
+    def terminate(self) -> None:
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
     def kill(self) -> None:
         """SIGKILL to every process in it and below, new forks included."""
         _write(os.path.join(self.path, "cgroup.kill"), "1")
 
-    def remove(self) -> None:
+    def done(self) -> None:
         with contextlib.suppress(OSError):
             os.rmdir(self.path)

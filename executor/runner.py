@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from tuninetd.common import wire
 from tuninetd.executor import cgroup
 from tuninetd.executor.output import Output
 from tuninetd.executor.reap import RUN_ID_VAR
-
-if TYPE_CHECKING:
-    from tuninetd.executor.tree import Processes, TreeKill
+from tuninetd.executor.treekill import Processes, TreeKill, kill_now
 
 EVENTS = ("start", "stop")
 
@@ -135,21 +133,20 @@ class Run:
         )
 
     def _processes(self) -> Processes:
+        if self.group is not None:
+            return self.group
+        # psutil only for the fallback, and only when a run has to be killed.
         from tuninetd.executor import tree
 
-        return tree.of_run(self.id, self.unreaped_pid, self.group)
+        return tree.Marked(self.id, self.unreaped_pid)
 
     def kill(self, now: float, timed_out: bool) -> None:
         if self.killer is None:
-            from tuninetd.executor import tree
-
             self.timed_out = timed_out
-            self.killer = tree.TreeKill(self._processes(), now)
+            self.killer = TreeKill(self._processes(), now)
 
     def kill_now(self) -> None:
-        from tuninetd.executor import tree
-
-        tree.kill_now(self._processes())
+        kill_now(self._processes())
 
     @property
     def killed_by(self) -> str:

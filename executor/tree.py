@@ -23,12 +23,6 @@ import psutil
 from tuninetd.executor.cgroup import RunGroup, RunGroups, Unavailable, daemon_group
 from tuninetd.executor.reap import RUN_ID_VAR
 
-TERM_GRACE = 2.0
-STEP_INTERVAL = 0.05
-# SIGKILL rounds before giving up on a process that will not die (stuck in D
-# state, or out of reach because it changed uid).
-MAX_KILL_ROUNDS = 40
-
 
 def is_alive(proc: psutil.Process) -> bool:
     """Alive and still the same process; a zombie is dead already."""
@@ -84,8 +78,9 @@ def signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
 
 class Marked:
     """The fallback where no cgroup is to be had: the run's processes are
-    those ``collect`` finds. One that left the executor's descendants'
-    environment marker and ancestry behind (``setsid env -i``) is not found."""
+    those ``collect`` finds (``treekill.Processes``). One that is no
+    descendant of the command any more and dropped the marker (a double
+    fork under ``setsid env -i``) is not found."""
 
     whole = False
 
@@ -112,45 +107,6 @@ class Marked:
 
     def done(self) -> None:
         """Nothing to clean up."""
-
-
-class Grouped:
-    """The run's processes are those in its cgroup: none can leave it."""
-
-    whole = True
-
-    def __init__(self, group: RunGroup) -> None:
-        self.group = group
-
-    def root_reaped(self) -> None:
-        """The cgroup does not need the pid."""
-
-    def alive(self) -> list[int]:
-        return sorted(self.group.pids()) if self.group.populated() else []
-
-    def terminate(self) -> None:
-        for pid in self.group.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.group.kill()
-
-    def done(self) -> None:
-        self.group.remove()
-
-
-Processes = Marked | Grouped
-
-
-def of_run(run_id: int, root_pid: int | None, group: RunGroup | None) -> Processes:
-    return Marked(run_id, root_pid) if group is None else Grouped(group)
-
-
-def kill_now(procs: Processes) -> None:
-    """Last resort when the executor itself fails: no grace, no waiting."""
-    procs.alive()
-    procs.kill()
 
 
 class Killed(NamedTuple):
@@ -185,40 +141,3 @@ def kill_run(run_id: int, supervisor_pid: int | None = None) -> Killed:
     procs = Marked(run_id, None)
     procs.kill()
     return Killed(len(procs.procs), whole=False)
-
-
-class TreeKill:
-    """Kills a run's processes in steps, so the event loop (and the beat) never
-    waits on it: SIGTERM to all, up to TERM_GRACE for them to go, then
-    SIGKILL to whatever is left, looking again every step so that nothing
-    forked in between escapes."""
-
-    def __init__(self, procs: Processes, now: float) -> None:
-        self.procs = procs
-        procs.alive()
-        procs.terminate()
-        self.term_until = now + TERM_GRACE
-        self.next_step = now + STEP_INTERVAL
-        self.rounds = 0
-        self.finished = False
-        self.survivors: list[int] = []
-
-    def root_reaped(self) -> None:
-        self.procs.root_reaped()
-
-    def step(self, now: float) -> None:
-        if self.finished or now < self.next_step:
-            return
-        self.next_step = now + STEP_INTERVAL
-        alive = self.procs.alive()
-        if not alive:
-            self.finished = True
-            self.procs.done()
-        elif now < self.term_until:
-            return
-        elif self.rounds >= MAX_KILL_ROUNDS:
-            self.finished = True
-            self.survivors = alive
-        else:
-            self.rounds += 1
-            self.procs.kill()

@@ -167,7 +167,11 @@ def epoch(event: list[str]) -> float:
 class Daemon:
     """tuninetd running in a namespace, its stderr log in a file."""
 
-    def __init__(self, ns: Netns, args: list[str], log: Path) -> None:
+    def __init__(self, ns: Netns, args: list[str], log: Path, cgroup2: bool = True) -> None:
+        """``ip netns exec`` mounts a fresh /sys without the cgroup
+        hierarchies; with ``cgroup2`` the daemon gets the cgroup v2 one back
+        at /sys/fs/cgroup, as on a systemd host (without, its executor runs
+        on the fallback)."""
         self.log = log
         # Each daemon its own control socket: the default /run/tuninetd.sock
         # admits one daemon per host, and tests run several at once.
@@ -175,8 +179,12 @@ class Daemon:
         if "--control" not in args and "--config" not in args:
             args = [*args, "--control", self.control]
         self.logf = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        argv = [sys.executable, "-m", "tuninetd.supervisor.main", *args]
+        if cgroup2:  # the same pid: sh execs the daemon
+            argv = ["sh", "-c", 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@"', "sh",
+                    *argv]
         self.proc = subprocess.Popen(
-            ns.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main", *args),
+            ns.exec_argv(*argv),
             stdin=subprocess.DEVNULL,
             stdout=self.logf,
             stderr=subprocess.STDOUT,

@@ -72,13 +72,14 @@ class Lab:
     start_daemon: Callable[..., Daemon]
     sender: socket.socket | None = None
 
-    def daemon(self, *extra: str, ttl: int = 5, body: str = "") -> tuple[Daemon, Path]:
+    def daemon(self, *extra: str, ttl: int = 5, body: str = "",
+               cgroup2: bool = True) -> tuple[Daemon, Path]:
         """The daemon on tap0 with a recording command; returns once every
         worker has said hello."""
         script, record = recorder(self.folder, body=body)
         d = self.start_daemon(
             self.ns, "-i", "tap0", "-f", f"udp port {PORT}", "-c", str(script),
-            "-t", str(ttl), "--beat", str(BEAT), *extra,
+            "-t", str(ttl), "--beat", str(BEAT), *extra, cgroup2=cgroup2,
         )
         ready(d)
         return d, record
@@ -272,14 +273,29 @@ wait
 """
 
 
-def test_hung_start_neither_stalls_capture_nor_the_ttl_clock(lab: Lab) -> None:
+# How the timeout and the executor's loss are logged, with the run's cgroup
+# and on the fallback (no cgroup2 mounted where the daemon runs).
+KILLED_TREE = {
+    True: "killed with its process tree, through its cgroup",
+    False: "killed with the processes that kept its TUNINETD_RUN_ID; any that dropped it "
+           "may survive",
+}
+KILLED_RUN = {
+    True: "process(es) of it killed through its cgroup",
+    False: "process(es) of it that kept its TUNINETD_RUN_ID killed; any that dropped it "
+           "may survive",
+}
+
+
+@pytest.mark.parametrize("cgroup2", [True, False], ids=["cgroup", "fallback"])
+def test_hung_start_neither_stalls_capture_nor_the_ttl_clock(lab: Lab, cgroup2: bool) -> None:
     f = lab.folder
     for name, text in (("child.sh", HUNG_CHILD), ("grand.sh", HUNG_GRAND)):
         (f / name).write_text(text.format(d=f))
         (f / name).chmod(0o755)
     timeout = 2
     d, record = lab.daemon("--command-timeout", str(timeout), ttl=1,
-                           body=HUNG_START.format(d=f))
+                           body=HUNG_START.format(d=f), cgroup2=cgroup2)
     sup = d.pid
     sen = worker(d, SENSOR, "armed")
     exe = worker(d, EXECUTOR, "idle")
@@ -331,8 +347,8 @@ def test_hung_start_neither_stalls_capture_nor_the_ttl_clock(lab: Lab) -> None:
     wait_commands(record, ["start", "stop"])
     assert time.monotonic() - all_gone < 1.0
     log = d.text()
-    assert re.search(r"Warning! Executable command timed out after 2 s and was killed "
-                     r"with its process tree, through its cgroup \(.*record\.sh start\)", log), log
+    assert re.search(r"Warning! Executable command timed out after 2 s and was "
+                     + re.escape(KILLED_TREE[cgroup2]) + r" \(.*record\.sh start\)", log), log
     lines = d.lines()
     timed_out = next(i for i, line in enumerate(lines) if "timed out" in line)
     stop = lines.index("CORE: executing STOP command...")
@@ -393,8 +409,9 @@ fi
 """
 
 
-def test_executor_killed_while_a_command_runs(lab: Lab) -> None:
-    d, record = lab.daemon(ttl=1, body=HANG_ONCE.format(d=lab.folder))
+@pytest.mark.parametrize("cgroup2", [True, False], ids=["cgroup", "fallback"])
+def test_executor_killed_while_a_command_runs(lab: Lab, cgroup2: bool) -> None:
+    d, record = lab.daemon(ttl=1, body=HANG_ONCE.format(d=lab.folder), cgroup2=cgroup2)
     old = worker(d, EXECUTOR, "idle")
     lab.send()
     tree = wait_pids(*(lab.folder / f"{n}.pid" for n in ("start", "bg", "orphan")))
@@ -406,8 +423,7 @@ def test_executor_killed_while_a_command_runs(lab: Lab) -> None:
     # The supervisor (subreaper) finds the orphaned tree and kills it.
     lines = d.wait_log("CORE: executor died while running the start command")
     assert lines[0] == ("CORE: executor died while running the start command; "
-                        f"{len(tree)} process(es) of it killed through its cgroup; "
-                        "the command counts as failed")
+                        f"{len(tree)} {KILLED_RUN[cgroup2]}; the command counts as failed")
     wait_gone(tree, 2)
     d.wait_log(f"CORE: executor (pid {old}) killed by signal 9 (SIGKILL); restarting it in")
     new = worker(d, EXECUTOR, "idle", not_pid=old, timeout=5)
