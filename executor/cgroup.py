@@ -60,7 +60,7 @@ def cgroup_of(pid: int) -> str:
         for line in f:
             if line.startswith("0::"):
                 return line[3:].rstrip("\n")
-    raise Unavailable("no cgroup v2 membership in /proc/PID/cgroup")
+    raise Unavailable(f"no cgroup v2 membership in /proc/{pid}/cgroup")
 
 
 def directory_of(cgroup: str) -> str:
