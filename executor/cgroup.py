@@ -98,6 +98,7 @@ class RunGroups:
         directory over. Raises Unavailable with the reason."""
         try:
             directory = daemon_group(supervisor_pid)
+            remove_stale(os.path.dirname(directory))
             leaf = os.path.join(directory, EXECUTOR_LEAF)
             for path in (directory, leaf):
                 with contextlib.suppress(FileExistsError):
@@ -143,6 +144,17 @@ def remove_daemon_group(supervisor_pid: int) -> None:
     """What the supervisor calls at exit."""
     with contextlib.suppress(Unavailable, OSError):
         RunGroups(daemon_group(supervisor_pid)).remove()
+
+
+def remove_stale(parent: str) -> None:
+    """The empty cgroups of daemons that died without removing theirs
+    (SIGKILL): their supervisor's pid is gone. A cgroup something still runs
+    in stays."""
+    with contextlib.suppress(OSError), os.scandir(parent) as entries:
+        for entry in entries:
+            pid = entry.name.removeprefix(GROUP_PREFIX)
+            if pid != entry.name and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                RunGroups(entry.path).remove()
 
 
 def enter(procs: str) -> None:
