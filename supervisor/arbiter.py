@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import os
 import selectors
 import signal
@@ -20,9 +19,9 @@ import socket
 import time
 from typing import Any
 
-import psutil
-
 from tuninetd.common import wire, worker
+from tuninetd.executor.reap import RUN_ID_VAR
+from tuninetd.executor.tree import kill_run
 from tuninetd.supervisor import pcapfile
 from tuninetd.supervisor.config import Config, SensorSpec
 from tuninetd.supervisor.jail import empty_dir
@@ -376,9 +375,14 @@ class Arbiter:
         if msg.get("error"):
             log.warning("Warning! Executable command could not be run (%s): %s",
                         argv, wire.clean_text(msg["error"]))
+        elif msg["timeout"] and msg.get("killed") == "cgroup":
+            log.warning("Warning! Executable command timed out after %g s and was killed "
+                        "with its process tree, through its cgroup (%s)",
+                        self.cfg.command_timeout, argv)
         elif msg["timeout"]:
             log.warning("Warning! Executable command timed out after %g s and was killed "
-                        "with its process tree (%s)", self.cfg.command_timeout, argv)
+                        "with the processes that kept its %s; any that dropped it may "
+                        "survive (%s)", self.cfg.command_timeout, RUN_ID_VAR, argv)
         elif msg["sig"] is not None:
             log.warning("Warning! Executable command was killed by signal %d (%s)",
                         msg["sig"], argv)
@@ -501,8 +505,8 @@ class Arbiter:
         self.queue.finish(job.id)
         self.ops.command_lost(job.event)
         killed = kill_run(job.id)
-        log.error("CORE: executor died while running the %s command; %d process(es) of it "
-                  "killed; the command counts as failed", job.event, killed)
+        log.error("CORE: executor died while running the %s command; %s; the command "
+                  "counts as failed", job.event, killed.describe())
         self.command_pid = 0
 
     def manage(self, now: float) -> None:
@@ -588,32 +592,3 @@ class Arbiter:
                 os.write(self.ready_fd, b"ok")
                 os.close(self.ready_fd)
                 self.ready_fd = None
-
-
-def kill_run(run_id: int) -> int:
-    """SIGKILL every process of one command run, found by the marker the
-    executor puts in its environment (a tree can escape with setsid, not
-    the environment it inherited). Only our own descendants: as a subreaper
-    we adopt whatever the run left behind, and another tuninetd on the same
-    host numbers its runs from 1 too. Returns how many were killed."""
-    marker = f"TUNINETD_RUN_ID={run_id}"
-    victims = []
-    try:
-        ours = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return 0
-    for proc in ours:
-        try:
-            if marker in _environ_lines(proc.pid):
-                victims.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    for proc in victims:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    return len(victims)
-
-
-def _environ_lines(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        return f.read().decode(errors="replace").split("\0")

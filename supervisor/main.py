@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from tuninetd.executor import cgroup
 from tuninetd.supervisor import cli, configfile, logs, pidfile
 from tuninetd.supervisor.arbiter import Arbiter, StartupError
 from tuninetd.supervisor.logs import log
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if arbiter is not None:
             arbiter.ops.close()
+            cgroup.remove_daemon_group(os.getpid())
         if cfg.pidfile is not None:
             pidfile.remove(cfg.pidfile)
     sys.exit(code)

@@ -177,7 +177,11 @@ def epoch(event: list[str]) -> float:
 class Daemon:
     """tuninetd running in a namespace, its stderr log in a file."""
 
-    def __init__(self, ns: Netns, args: list[str], log: Path) -> None:
+    def __init__(self, ns: Netns, args: list[str], log: Path, cgroup2: bool = True) -> None:
+        """``ip netns exec`` mounts a fresh /sys without the cgroup
+        hierarchies; with ``cgroup2`` the daemon gets the cgroup v2 one back
+        at /sys/fs/cgroup, as on a systemd host (without, its executor runs
+        on the fallback)."""
         self.log = log
         # Each daemon its own control socket: the default /run/tuninetd.sock
         # admits one daemon per host, and tests run several at once.
@@ -185,8 +189,12 @@ class Daemon:
         if "--control" not in args and "--config" not in args:
             args = [*args, "--control", self.control]
         self.logf = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        argv = [sys.executable, "-m", "tuninetd.supervisor.main", *args]
+        if cgroup2:  # the same pid: sh execs the daemon
+            argv = ["sh", "-c", 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@"', "sh",
+                    *argv]
         self.proc = subprocess.Popen(
-            ns.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main", *args),
+            ns.exec_argv(*argv),
             stdin=subprocess.DEVNULL,
             stdout=self.logf,
             stderr=subprocess.STDOUT,
@@ -408,7 +416,7 @@ class Lab:
     _raw: socket.socket | None = None
 
     def run(self, *args: str, body: str = "", name: str = "record.sh", sensors: int = 1,
-            ttl: int | None = 1, wait: bool = True) -> Run:
+            ttl: int | None = 1, wait: bool = True, cgroup2: bool = True) -> Run:
         """The daemon with ``args``, recording its commands in a script of
         ``name`` that also runs ``body``; returns once every worker has said
         hello (unless ``wait`` is false)."""
@@ -416,7 +424,7 @@ class Lab:
         argv = ["-c", str(script), "--beat", str(self.beat), *self.args, *args]
         if ttl is not None:
             argv += ["-t", str(ttl)]
-        daemon = self.start_daemon(self.ns, *argv)
+        daemon = self.start_daemon(self.ns, *argv, cgroup2=cgroup2)
         if wait:
             ready(daemon, sensors=sensors)
         return Run(daemon, script, record)

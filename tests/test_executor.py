@@ -9,6 +9,8 @@ import os
 import pwd
 import re
 import select
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +25,7 @@ import pytest
 
 from tests.netlab import gone, wait_gone
 from tuninetd.common import wire
+from tuninetd.executor import cgroup
 
 BEAT = 0.2
 SILENT_BEATS = 5  # the supervisor kills a worker silent for this many beats
@@ -89,7 +92,7 @@ class Executor:
         while True:
             msg = self.recv(deadline)
             if msg is None:
-                pytest.fail("executor closed the socket before done")
+                pytest.fail(f"executor closed the socket before done: {self.log[-3:]}")
             if msg["t"] == "beat" or msg.get("id") != run_id:
                 continue
             messages.append(msg)
@@ -120,11 +123,16 @@ def executor() -> Iterator[StartExecutor]:
         uid: int | None = None,
         gid: int | None = None,
         user: str | None = None,
+        wrapper: tuple[str, ...] = (),
+        stray_fds: tuple[int, ...] = (),
     ) -> Executor:
+        """``wrapper`` execs the executor's command line (same pid); the
+        executor inherits ``stray_fds`` as a careless parent would leave them."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = [sys.executable, "-m", "tuninetd.executor", str(theirs.fileno()), str(os.getpid())]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tuninetd.executor", str(theirs.fileno()), str(os.getpid())],
-            pass_fds=[theirs.fileno()],
+            [*wrapper, *argv],
+            pass_fds=[theirs.fileno(), *stray_fds],
             env={**os.environ, "EXECUTOR_ONLY": "1"},
         )
         theirs.close()
@@ -137,6 +145,8 @@ def executor() -> Iterator[StartExecutor]:
     yield start
     for ex in started:
         ex.close()
+    # The executors' cgroups, as the supervisor removes them at exit.
+    cgroup.remove_daemon_group(os.getpid())
 
 
 @pytest.fixture
@@ -303,6 +313,107 @@ def test_daemon_of_an_earlier_command_survives_a_timeout_kill(
     assert not gone(daemon)
 
 
+# Children that leave everything behind: a new session and a clean
+# environment (no TUNINETD_RUN_ID), one of them double-forked so that it is
+# not even a descendant of the command any more. Each prints its pid.
+ESCAPE = """
+setsid env -i sh -c 'echo clean $$; exec sleep 1000' &
+setsid env -i sh -c 'sh -c "echo double \\$\\$; exec sleep 1000" &' &
+exec sleep 1000
+"""
+
+
+def escapees(ex: Executor) -> dict[str, int]:
+    """Run ESCAPE as run 1 and wait until both escapees are in place."""
+    ex.send("run", id=1, event="start", argv=["sh", "-c", ESCAPE], env=PATH_ENV)
+    pids = {"start": ex.expect("started")["pid"]}
+    while len(pids) < 3:
+        name, pid = ex.expect("out")["line"].split()
+        pids[name] = int(pid)
+    double = psutil.Process(pids["double"])
+    wait_for_true(lambda: double.ppid() == ex.proc.pid)  # the orphan adopted by the executor
+    for pid in pids.values():
+        assert not is_gone(pid)
+    for name in ("clean", "double"):
+        assert "TUNINETD_RUN_ID" not in psutil.Process(pids[name]).environ()
+    return pids
+
+
+def wait_for_true(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met in time")
+        time.sleep(0.02)
+
+
+def test_timeout_kills_what_left_session_and_environment_through_the_cgroup(
+    executor: StartExecutor,
+) -> None:
+    ex = executor(timeout=1)
+    pids = escapees(ex)
+    _, done = ex.until_done(1)
+    assert done["timeout"] is True and done["killed"] == "cgroup"
+    assert wait_gone(list(pids.values()), timeout=1) == []
+
+
+def read_only_cgroups() -> tuple[str, ...]:
+    """A wrapper that runs the executor with every cgroup2 mount read-only, in
+    a mount namespace of its own (the rest of the host keeps them writable)."""
+    if shutil.which("unshare") is None:
+        pytest.fail("needs unshare (util-linux)")
+    mounts = [mount for _, mount in cgroup.cgroup2_mounts()]
+    if not mounts:
+        pytest.skip("no cgroup2 mounted here: every executor runs on the fallback")
+    remounts = " && ".join(f"mount -o remount,bind,ro {shlex.quote(m)}" for m in mounts)
+    return ("unshare", "-m", "--propagation", "private", "sh", "-c",
+            f'{remounts} && exec "$@"', "sh")
+
+
+def test_without_a_writable_cgroup_the_fallback_says_what_it_cannot_kill(
+    executor: StartExecutor, doomed: list[psutil.Process]
+) -> None:
+    ex = executor(timeout=1, wrapper=read_only_cgroups())
+    reason = ex.expect("error")["reason"]
+    assert re.fullmatch(
+        r"no cgroup for the commands \(.*Read-only file system\): a timed-out command is "
+        r"killed through its TUNINETD_RUN_ID marker, and processes that drop it may survive",
+        reason,
+    ), reason
+    pids = escapees(ex)
+    doomed.append(psutil.Process(pids["double"]))
+    _, done = ex.until_done(1)
+    assert done["timeout"] is True and done["killed"] == "marker"
+    assert wait_gone([pids["start"], pids["clean"]], timeout=1) == []
+    # What the message warns of: the double-forked one without the marker is
+    # out of the fallback's sight.
+    assert not is_gone(pids["double"])
+
+
+def test_a_command_gets_only_0_1_2_whatever_the_executor_inherited(
+    executor: StartExecutor, tmp_path: Path
+) -> None:
+    secret = os.open("/etc/shadow", os.O_RDONLY)
+    left, right = socket.socketpair()
+    try:
+        stray = (secret, left.fileno())
+        ex = executor(timeout=1, stray_fds=stray)
+        held = {os.readlink(f"/proc/{ex.proc.pid}/fd/{fd}") for fd in stray}
+        assert "/etc/shadow" in held  # the executor really holds them
+        ex.send("run", id=1, event="start", argv=["sh", "-c", "exec sleep 1000"], env=PATH_ENV)
+        pid = ex.expect("started")["pid"]
+        wait_for_true(lambda: psutil.Process(pid).name() == "sleep")
+        fds = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        _, done = ex.until_done(1)
+    finally:
+        os.close(secret)
+        left.close()
+        right.close()
+    assert sorted(fds) == [0, 1, 2], fds
+    assert fds[0] == "/dev/null" and fds[1] == fds[2] and fds[1].startswith("pipe:")
+    assert done["timeout"] is True
+
+
 def test_chatty_command_is_rate_limited(executor: StartExecutor) -> None:
     chatty = [sys.executable, "-c", "for i in range(10000): print(i)"]
     messages, done = executor().run(1, chatty, {})
@@ -370,10 +481,14 @@ def test_exec_user(executor: StartExecutor) -> None:
             pytest.fail("switching the executor's user needs root")
         pytest.skip("switching the executor's user needs root")
     nobody = pwd.getpwnam("nobody")
-    ex = executor(uid=nobody.pw_uid, gid=nobody.pw_gid, user="nobody")
+    ex = executor(timeout=1, uid=nobody.pw_uid, gid=nobody.pw_gid, user="nobody")
     assert psutil.Process(ex.proc.pid).uids().real == nobody.pw_uid
-    messages, done = ex.run(1, ["id", "-u"])
-    assert lines(messages) == [str(nobody.pw_uid)] and done["rc"] == 0
+    messages, done = ex.run(1, ["sh", "-c", "id -u; grep ^0:: /proc/self/cgroup"])
+    assert lines(messages)[0] == str(nobody.pw_uid) and done["rc"] == 0
+    # Though unprivileged, the executor put it into its run's cgroup.
+    assert lines(messages)[1].endswith(f"/tuninetd-{os.getpid()}/run-1"), lines(messages)
+    _, done = ex.run(2, ["sleep", "1000"])
+    assert done["timeout"] is True and done["killed"] == "cgroup"
 
 
 def test_command_starts_with_default_signal_dispositions(executor: StartExecutor) -> None:

@@ -257,14 +257,29 @@ wait
 """
 
 
-def test_hung_start_neither_stalls_capture_nor_the_ttl_clock(lab: Lab) -> None:
+# How the timeout and the executor's loss are logged, with the run's cgroup
+# and on the fallback (no cgroup2 mounted where the daemon runs).
+KILLED_TREE = {
+    True: "killed with its process tree, through its cgroup",
+    False: "killed with the processes that kept its TUNINETD_RUN_ID; any that dropped it "
+           "may survive",
+}
+KILLED_RUN = {
+    True: "process(es) of it killed through its cgroup",
+    False: "process(es) of it that kept its TUNINETD_RUN_ID killed; any that dropped it "
+           "may survive",
+}
+
+
+@pytest.mark.parametrize("cgroup2", [True, False], ids=["cgroup", "fallback"])
+def test_hung_start_neither_stalls_capture_nor_the_ttl_clock(lab: Lab, cgroup2: bool) -> None:
     f = lab.folder
     for name, text in (("child.sh", HUNG_CHILD), ("grand.sh", HUNG_GRAND)):
         (f / name).write_text(text.format(d=f))
         (f / name).chmod(0o755)
     timeout = 2
     run = lab.run("--command-timeout", str(timeout), ttl=1,
-                  body=HUNG_START.format(d=f))
+                  body=HUNG_START.format(d=f), cgroup2=cgroup2)
     d, record = run.daemon, run.record
     sup = d.pid
     sen = worker(d, SENSOR, "armed")
@@ -320,8 +335,8 @@ def test_hung_start_neither_stalls_capture_nor_the_ttl_clock(lab: Lab) -> None:
     assert all_gone - started <= timeout + TERM_GRACE + 1 + SLACK
     wait_commands(record, ["start", "stop"])
     log = d.text()
-    assert re.search(r"Warning! Executable command timed out after 2 s and was killed "
-                     r"with its process tree \(.*record\.sh start\)", log), log
+    assert re.search(r"Warning! Executable command timed out after 2 s and was "
+                     + re.escape(KILLED_TREE[cgroup2]) + r" \(.*record\.sh start\)", log), log
     lines = d.lines()
     timed_out = next(i for i, line in enumerate(lines) if "timed out" in line)
     stop = lines.index("CORE: executing STOP command...")
@@ -384,8 +399,9 @@ fi
 """
 
 
-def test_executor_killed_while_a_command_runs(lab: Lab) -> None:
-    run = lab.run(ttl=1, body=HANG_ONCE.format(d=lab.folder))
+@pytest.mark.parametrize("cgroup2", [True, False], ids=["cgroup", "fallback"])
+def test_executor_killed_while_a_command_runs(lab: Lab, cgroup2: bool) -> None:
+    run = lab.run(ttl=1, body=HANG_ONCE.format(d=lab.folder), cgroup2=cgroup2)
     d, record = run.daemon, run.record
     old = worker(d, EXECUTOR, "idle")
     lab.send_frame(FRAME)
@@ -398,7 +414,7 @@ def test_executor_killed_while_a_command_runs(lab: Lab) -> None:
     # The supervisor (subreaper) finds the orphaned tree and kills it.
     lines = d.wait_log("CORE: executor died while running the start command")
     assert lines[0] == ("CORE: executor died while running the start command; "
-                        f"{len(tree)} process(es) of it killed; the command counts as failed")
+                        f"{len(tree)} {KILLED_RUN[cgroup2]}; the command counts as failed")
     wait_gone(tree, 2)
     d.wait_log(f"CORE: executor (pid {old}) killed by signal 9 (SIGKILL); restarting it in")
     new = worker(d, EXECUTOR, "idle", not_pid=old, timeout=5)

@@ -110,6 +110,9 @@ def test_unit_settings(unit: str) -> None:
     assert d["ProtectSystem"] in ("full", "strict")
     assert d["ProtectHome"] in ("yes", "read-only")
     assert d["PrivateTmp"] == "yes"
+    # The commands' cgroups live below the unit's: delegated and writable.
+    assert d["Delegate"] == "yes"
+    assert "ProtectControlGroups" not in d
     if "@" in unit:
         assert d["ExecStart"] == (f"{SHIPPED} --config /etc/tuninetd/%i.toml "
                                   "--control /run/tuninetd-%i.sock")
