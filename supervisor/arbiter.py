@@ -103,6 +103,7 @@ class Arbiter:
             },
             schema=wire.EXECUTOR_MESSAGES,
             title="executor",
+            trusted=True,
         )
         self.workers = [self.executor, *self.sensors]
         self.signals: list[int] = []

@@ -54,7 +54,7 @@ def sensor() -> None:
     worker.die_with_parent(ppid)
     worker.ignore_terminal_signals()
     cfg = wire.decode(wire.recv(sock))
-    plan = _plan(os.environ[CONTROL_VAR])
+    plan = _plan(cfg[CONTROL_VAR])
     sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF)
     worker.drop_privileges(cfg["uid"], cfg["gid"], ppid, cfg.get("jail"))
     # OSError: the supervisor hung up on us (it does, after a bad record).
@@ -104,6 +104,9 @@ def supervise(settings: dict[str, Any]) -> None:
     arb = arbiter.Arbiter(cfg)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for w in arb.sensors:
+        # Workers start with an empty environment: the socket's path goes in
+        # the config record instead.
+        w.config[CONTROL_VAR] = os.environ[CONTROL_VAR]
         w.module = "tests.fake_sensor"
         w.path = [*workers.import_path(), repo]
     try:
