@@ -55,6 +55,7 @@ def import_path() -> list[str]:
     import setproctitle
 
     from tuninetd import common, executor, sensors
+    from tuninetd.sensors.sandbox import seccomp
 
     roles = {"common": common, "executor": executor, "sensors": sensors}
     dirs = {name: os.path.dirname(str(mod.__file__)) for name, mod in roles.items()}
@@ -63,7 +64,7 @@ def import_path() -> list[str]:
         root = os.path.dirname(next(iter(parents)))  # a regular install
     else:
         root = _link_tree(dirs)  # an editable one: roles live in other folders
-    deps = {_site_of(m.__file__) for m in (psutil, setproctitle)}
+    deps = {_site_of(m.__file__) for m in (psutil, setproctitle, seccomp)}
     return [root, *sorted(deps - {root})]
 
 

@@ -10,9 +10,9 @@ Each fake sensor process (``python -m tests.fake_sensor <fd> <ppid>``, the way
 the supervisor starts every worker) connects to the test's control socket,
 reports its pid, and receives its plan: say hello or not, send a trigger or
 not, then a list of raw records, sent on the socketpair exactly as given.
-Then it drops privileges the way real sensors do (chroot into the jail, not
-dumpable, unprivileged: it runs as root, like the tests that use it) and
-runs the plan, and beats (``n`` = 0) until the
+Then it drops privileges and enters the seccomp sandbox the way real sensors
+do (chroot into the jail, not dumpable, unprivileged: the tests that use it
+run as root) and runs the plan, and beats (``n`` = 0) until the
 supervisor kills it or hangs up.
 """
 
@@ -28,6 +28,7 @@ import sys
 from typing import Any
 
 from tuninetd.common import wire, worker
+from tuninetd.sensors import sandbox
 
 CONTROL_VAR = "TUNINETD_TEST_FAKE_SENSOR_CONTROL"
 # Room for an oversized record (MAX_MESSAGE is 128 KiB) in one datagram.
@@ -57,6 +58,7 @@ def sensor() -> None:
     plan = _plan(cfg[CONTROL_VAR])
     sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF)
     worker.drop_privileges(cfg["uid"], cfg["gid"], ppid, cfg.get("jail"))
+    sandbox.confine(sock.fileno())
     # OSError: the supervisor hung up on us (it does, after a bad record).
     with contextlib.suppress(OSError):
         _follow(sock, plan, float(cfg["beat"]))
@@ -71,9 +73,10 @@ def _follow(sock: socket.socket, plan: dict[str, Any], beat: float) -> None:
                   dst="192.0.2.2", proto="UDP")
     for record in plan["records"]:
         sock.send(base64.b64decode(record))
+    poller = select.poll()  # select(2) is not in the sandbox's allow-list
+    poller.register(sock, select.POLLIN)
     while True:
-        ready, _, _ = select.select([sock], [], [], beat)
-        if ready and not sock.recv(wire.MAX_MESSAGE):
+        if poller.poll(beat * 1000) and not sock.recv(wire.MAX_MESSAGE):
             return
         wire.send(sock, "beat", n=0, mode="counting")
 
