@@ -18,8 +18,8 @@ attack code works where nothing stops it.
 
 ``python -m tests.compromised_sensor supervise MARKER ARGV...`` runs the
 real supervisor (the command line ARGV) with its pcap sensor pointed here:
-the first sensor breaks the allow-list right after its hello, each
-replacement (MARKER exists by then) runs the real loop.
+the first sensor breaks the allow-list on its first packet, each
+replacement (MARKER exists by then) is the real sensor.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from tests.fake_sensor import run_with_sensor
 from tuninetd.common import wire, worker
 from tuninetd.sensors import loop, nflog, pcap, sandbox
 
@@ -87,6 +88,15 @@ def attacks(cap: Any, cfg: wire.Message) -> dict[str, Callable[[], object]]:
     }
 
 
+class Rogue(pcap.PcapCapture):
+    """Taken over by its first packet: it opens a socket instead of decoding."""
+
+    def read_trigger(self) -> loop.Trigger | None:
+        with contextlib.suppress(OSError):
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        return loop.Trigger(lines=["the seccomp filter let a socket through"], link="raw")
+
+
 def _no_confine(channel: int) -> None:
     """``sandbox.confine`` for an unconfined run: the allow-list left out."""
 
@@ -102,10 +112,11 @@ def main() -> None:
         if cfg.get("unconfined"):
             sandbox.confine = _no_confine
         if "marker" in cfg:  # under supervise(): rogue once, then real
+            loop._serve = real_serve
             first = not os.path.exists(str(cfg["marker"]))
             with open(str(cfg["marker"]), "a"):
                 pass
-            loop._serve = rogue if first else real_serve
+            return Rogue(cfg) if first else pcap.PcapCapture(cfg)
         return pcap.PcapCapture(cfg) if cfg["kind"] == "pcap" else nflog.NflogCapture(cfg)
 
     def attack(sock: socket.socket, cap: loop.Capture, title: worker.Title, beat: float) -> None:
@@ -115,11 +126,6 @@ def main() -> None:
         result = _outcome(attacks(cap, cfg)[name])
         wire.send(sock, "error", reason=f"{name}: {result}")
 
-    def rogue(sock: socket.socket, cap: loop.Capture, title: worker.Title, beat: float) -> None:
-        with contextlib.suppress(OSError):
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        wire.send(sock, "error", reason="the seccomp filter let a socket through")
-
     loop._serve = attack
     loop.run("attacked", opener)
 
@@ -127,22 +133,9 @@ def main() -> None:
 def supervise(marker: str, argv: list[str]) -> None:
     """The real supervisor; its pcap sensor is this module, which breaks
     the allow-list once (no MARKER yet) and then behaves."""
-    from tuninetd.supervisor import arbiter, cli, logs, workers
+    from tuninetd.supervisor import cli
 
-    logs.to_stderr()
-    cfg = cli.parse(argv)
-    arb = arbiter.Arbiter(cfg)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for w in arb.sensors:
-        w.module = "tests.compromised_sensor"
-        w.path = [*workers.import_path(), repo]
-        w.config["marker"] = marker
-    try:
-        code = arb.run()
-    except arbiter.StartupError as exc:
-        logs.log.error("Error: %s. Abort", exc)
-        code = 1
-    sys.exit(code)
+    run_with_sensor(cli.parse(argv), "tests.compromised_sensor", {"marker": marker})
 
 
 if __name__ == "__main__":

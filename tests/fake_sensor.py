@@ -25,7 +25,7 @@ import os
 import select
 import socket
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from tuninetd.common import wire, worker
 from tuninetd.sensors import sandbox
@@ -88,11 +88,10 @@ def supervise(settings: dict[str, Any]) -> None:
     tests/unit/test_backoff.py and the daemon tests): a fake killed dozens of
     times in a row must come back in a tenth of a second, not in 30.
     """
-    from tuninetd.supervisor import arbiter, logs, workers
+    from tuninetd.supervisor import workers
     from tuninetd.supervisor.config import Account, Config, SensorSpec
 
     workers.BACKOFF_MAX = 0.1
-    logs.to_stderr()
     extra: dict[str, Any] = {}
     if "control" in Config.__dataclass_fields__:  # a status socket of its own, not /run's
         extra["control"] = settings["control"]
@@ -104,13 +103,22 @@ def supervise(settings: dict[str, Any]) -> None:
         beat=settings["beat"],
         **extra,
     )
+    # Sensors start with a minimal environment: the socket's path goes in
+    # the config record instead.
+    run_with_sensor(cfg, "tests.fake_sensor", {CONTROL_VAR: os.environ[CONTROL_VAR]})
+
+
+def run_with_sensor(cfg: Any, module: str, config: dict[str, Any]) -> NoReturn:
+    """The real arbiter for ``cfg``, its sensors started from ``module`` (of
+    this repository) with ``config`` added to their config records."""
+    from tuninetd.supervisor import arbiter, logs, workers
+
+    logs.to_stderr()
     arb = arbiter.Arbiter(cfg)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for w in arb.sensors:
-        # Workers start with an empty environment: the socket's path goes in
-        # the config record instead.
-        w.config[CONTROL_VAR] = os.environ[CONTROL_VAR]
-        w.module = "tests.fake_sensor"
+        w.config.update(config)
+        w.module = module
         w.path = [*workers.import_path(), repo]
     try:
         code = arb.run()

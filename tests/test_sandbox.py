@@ -291,8 +291,8 @@ def _child(pid: int, prefix: str, state: str) -> int | None:
 
 
 def test_a_sensor_killed_by_seccomp_is_logged_and_replaced(veth: Netns, tmp_path: Path) -> None:
-    """The real supervisor; its first pcap sensor breaks the allow-list right
-    after its hello (tests/compromised_sensor.py), its replacement is sound."""
+    """The real supervisor; its first pcap sensor breaks the allow-list on its
+    first packet (tests/compromised_sensor.py), its replacement is sound."""
     script, record = recorder(tmp_path)
     log = tmp_path / "daemon.log"
     argv = ["-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", "0.2",
@@ -309,13 +309,16 @@ def test_a_sensor_killed_by_seccomp_is_logged_and_replaced(veth: Netns, tmp_path
         def text() -> str:
             return log.read_text(errors="replace")
 
+        wait_for("the sensor armed", lambda: _child(proc.pid, "tuninetd: sensor", "armed"))
+        wait_for("the executor idle", lambda: _child(proc.pid, "tuninetd: executor", "idle"))
+        veth.sender().send(FRAME)
         line = wait_for("the kill logged", lambda: [x for x in text().splitlines()
                                                    if "killed by seccomp" in x], 20)[0]
         assert "CORE: sensor pcap tap0 (pid " in line, line
         assert "killed by seccomp (signal 31, SIGSYS); restarting it in" in line, line
-        assert "let a socket through" not in text()
         wait_for("the replacement", lambda: "CORE: sensor pcap tap0 is back" in text(), 20)
         wait_for("the replacement armed", lambda: _child(proc.pid, "tuninetd: sensor", "armed"))
+        assert events(record) == [], "the rogue's trigger got through"
         veth.sender().send(FRAME)
         wait_for("the start", lambda: [e[0] for e in events(record)][:1] == ["start"])
     finally:
