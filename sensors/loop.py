@@ -149,7 +149,7 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) 
                     cap.adopt(fds)
                     trouble = cap.check()
                     if armed:
-                        pending = cap.arm()
+                        pending = pending or cap.arm()
                     else:
                         cap.count()
                 elif verb == "arm" and not armed:
