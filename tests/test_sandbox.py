@@ -267,8 +267,7 @@ def test_workers_inherit_no_stray_descriptor_and_no_environment(
         assert secret.encode() not in environ and b"SECRET_TOKEN" not in environ, environ
         assert proc_status(pid)["Seccomp"] == "2"
         assert int(proc_status(pid).get("Seccomp_filters", "1")) >= 1
-        executor = _child(supervisor, "tuninetd: executor", "")
-        assert executor is not None
+        executor = wait_for("the executor", lambda: _child(supervisor, "tuninetd: executor", ""))
         assert not {n for n in fds_of(executor) if n > 2} & {7, 8}, fds_of(executor)
     finally:
         proc.send_signal(signal.SIGTERM)
