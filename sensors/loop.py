@@ -10,9 +10,13 @@ the supervisor goes away:
   matching packets went by and send that as ``beat``.
 
 The supervisor sends ``count`` (another sensor fired, stop waiting),
-``arm`` (the state went down) and ``report`` (beat now: the ttl ran out and
-the supervisor wants to know of every packet up to now before it stops).
-The capture decides what a mode costs.
+``arm`` (the state went down), ``report`` (beat now: the ttl ran out and
+the supervisor wants to know of every packet up to now before it stops) and
+``sockets`` (fresh capture handles, passed along with it, for a capture in
+trouble). The capture decides what a mode costs.
+
+From the drop on, the process runs under the seccomp allow-list of
+sandbox.py: what this loop and the captures do at run time must stay in it.
 """
 
 from __future__ import annotations
@@ -26,11 +30,14 @@ from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from tuninetd.common import wire, worker
+from tuninetd.sensors import sandbox
 
 # Seconds from the switch to counting (after a trigger, or ordered) to the beat
 # that reports it: a sensor that just (re)started while the state is up shows
 # it is capturing without waiting a whole beat.
 FIRST_COUNT = 0.1
+# Capture handles that come with one ``sockets`` record (pcap with -a: two).
+MAX_HANDLES = 2
 
 
 class Trigger(NamedTuple):
@@ -71,6 +78,10 @@ class Capture(Protocol):
         (e.g. the interface is gone), None when all is well."""
         ...
 
+    def adopt(self, fds: list[int]) -> None:
+        """Replace the capture handles with these, which the supervisor opened."""
+        ...
+
 
 def _send_trigger(sock: socket.socket, trig: Trigger) -> None:
     fields: dict[str, object] = {"lines": trig.lines, "link": trig.link}
@@ -93,6 +104,7 @@ def run(kind: str, open_capture: Callable[[wire.Message], Capture]) -> None:
     try:
         cap = open_capture(cfg)
         worker.drop_privileges(cfg["uid"], cfg["gid"], ppid, cfg.get("jail"))
+        sandbox.confine(sock.fileno())
     except OSError as exc:
         worker.fatal(sock, f"{kind} {cfg['name']}: {exc.strerror or exc}")
     except Exception as exc:
@@ -126,11 +138,21 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) 
         timeout = max(0.0, next_beat - time.monotonic())
         for fd, events in poller.poll(timeout * 1000):
             if fd == sock.fileno():
-                data = wire.recv(sock)
+                data, fds, _flags, _addr = socket.recv_fds(
+                    sock, wire.MAX_MESSAGE + 1, MAX_HANDLES, socket.MSG_CMSG_CLOEXEC
+                )
                 if not data:
                     return
                 verb = wire.decode(data)["t"]
-                if verb == "arm" and not armed:
+                if verb == "sockets":
+                    poller.unregister(cap.fileno())
+                    cap.adopt(fds)
+                    trouble = cap.check()
+                    if armed:
+                        pending = pending or cap.arm()
+                    else:
+                        cap.count()
+                elif verb == "arm" and not armed:
                     armed = True
                     pending = cap.arm()
                 elif verb == "count" and armed:

@@ -239,6 +239,11 @@ class NflogCapture:
                 n += 1
         return n
 
+    def adopt(self, fds: list[int]) -> None:
+        # The group stays bound whatever the interfaces do: never asked for.
+        for fd in fds:
+            os.close(fd)
+
     def check(self) -> str | None:
         # Reading SO_ERROR clears it: an overflow wakes the loop once (POLLERR),
         # not on every poll until the next drain.

@@ -1,16 +1,28 @@
 """The pcap sensor: an AF_PACKET socket with a kernel BPF filter on one interface.
 
 The supervisor compiles the filter with libpcap and sends the bytecode; this
-process only attaches it. Armed, the first packet through the filter is read
-and decoded. Counting, no packet is read at all: a receive buffer of the
-kernel's minimum size makes the kernel drop what the filter accepted, and
-PACKET_STATISTICS counts those drops along with the rest, once a beat.
+process only attaches it, and locks it (SO_LOCK_FILTER): once it runs
+unprivileged, not even this process can widen what it sees. Armed, the first
+packet through the filter is read and decoded. Counting, no packet is read at
+all: a receive buffer of the kernel's minimum size makes the kernel drop what
+the filter accepted, and PACKET_STATISTICS counts those drops along with the
+rest, once a beat.
+
+A locked filter cannot be swapped, so with -a (count only ACKs) there are two
+sockets: the trigger one, whose buffer is at the minimum while counting, and
+the counting one. The kernel drops a packet for a full buffer before copying
+it, so the idle socket costs one filter run per packet.
+
+Binding needs no privilege, so the seccomp allow-list (sandbox.py) forbids it:
+when the interface is deleted, the socket stays tied to the old one, and the
+sensor asks the supervisor (its trouble mode, LOST, in a beat) for fresh
+sockets, which it hands over the socketpair.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import errno
 import socket
 import struct
 
@@ -22,10 +34,12 @@ SOL_PACKET = 263
 PACKET_AUXDATA = 8
 PACKET_STATISTICS = 6
 SO_ATTACH_FILTER = 26  # not exported by the socket module
+SO_LOCK_FILTER = 44
 TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 AUXDATA = struct.Struct("IIIHHHH")
 ARMED_RCVBUF = 256 * 1024
+LOST = "waiting for interface"
 
 
 class Filter:
@@ -37,76 +51,100 @@ class Filter:
         self.fprog = struct.pack("HL", len(insns), ctypes.addressof(self._buf))
 
 
+def open_sockets(cfg: wire.Message) -> list[socket.socket]:
+    """As root: the trigger socket, then the counting one with -a, each with
+    its filter attached and locked, bound to the interface if it exists
+    (``bound_to`` tells). Nonblocking, with the armed buffer size."""
+    programs = [cfg["bpf"]] + ([cfg["bpf_ack"]] if cfg.get("bpf_ack") else [])
+    socks = []
+    try:
+        for insns in programs:
+            # Protocol 0 receives nothing until bind: the filter is in place
+            # before the first packet can be queued.
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            socks.append(sock)
+            sock.setblocking(False)
+            prog = Filter(insns)  # its buffer must live through the call
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog.fprog)
+            sock.setsockopt(socket.SOL_SOCKET, SO_LOCK_FILTER, 1)
+            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ARMED_RCVBUF)
+            # No such interface (yet): bound_to says "".
+            with contextlib.suppress(OSError):
+                sock.bind((cfg["name"], ETH_P_ALL))
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def bound_to(sock: socket.socket) -> str:
+    """The name of the interface ``sock`` is bound to; "" when none (never
+    bound, or the interface was deleted: the kernel forgets its index)."""
+    try:
+        name: str = sock.getsockname()[0]
+    except OSError:
+        return ""
+    return name
+
+
+def _take_stats(sock: socket.socket) -> int:
+    # tp_packets already includes tp_drops; reading resets both.
+    raw = sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+    packets, _drops = struct.unpack("II", raw)
+    return int(packets)
+
+
+def _drain(sock: socket.socket) -> bytes | None:
+    """Empty the queue (only a handful of packets fit in the counting
+    buffer) and return the newest packet in it."""
+    last = None
+    while True:
+        try:
+            last = sock.recv(wire.SNAPLEN)
+        except OSError:
+            return last
+
+
 class PcapCapture:
     def __init__(self, cfg: wire.Message) -> None:
         self.ifname: str = cfg["name"]
         self.link: str = cfg["link"]
         self.want_packet = bool(cfg["want_packet"])
-        self.trigger_filter = Filter(cfg["bpf"])
-        self.count_filter = Filter(cfg["bpf_ack"]) if cfg.get("bpf_ack") else self.trigger_filter
-        # Protocol 0 receives nothing until bind: the filter is in place before
-        # the first packet can be queued.
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        self.sock.setblocking(False)
-        self._attach(self.trigger_filter)
-        self.sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ARMED_RCVBUF)
-        self.ifindex = 0
-        self._bind()
+        self._use(open_sockets(cfg))
+
+    def _use(self, socks: list[socket.socket]) -> None:
+        self.socks = socks
+        self.trigger_sock, self.count_sock = socks[0], socks[-1]
+        for sock in socks:
+            _take_stats(sock)
+
+    def adopt(self, fds: list[int]) -> None:
+        """Sockets the supervisor opened (``open_sockets``, so nonblocking
+        already) replace ours."""
+        for sock in self.socks:
+            sock.close()
+        self._use([socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0, fileno=fd) for fd in fds])
 
     def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def _attach(self, prog: Filter) -> None:
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog.fprog)
-
-    def _bind(self) -> bool:
-        """Bind to the interface by name; binding needs no privilege, so an
-        interface that comes back after we dropped root is bound again."""
-        try:
-            index = socket.if_nametoindex(self.ifname)
-            self.sock.bind((self.ifname, ETH_P_ALL))
-        except OSError:
-            self.ifindex = 0
-            return False
-        self.ifindex = index
-        self._take_stats()
-        return True
-
-    def _take_stats(self) -> int:
-        # tp_packets already includes tp_drops; reading resets both.
-        raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
-        packets, _drops = struct.unpack("II", raw)
-        return int(packets)
-
-    def _drain(self) -> bytes | None:
-        """Empty the queue (only a handful of packets fit in the counting
-        buffer) and return the newest packet in it."""
-        last = None
-        while True:
-            try:
-                last = self.sock.recv(wire.SNAPLEN)
-            except OSError:
-                return last
+        return self.trigger_sock.fileno()
 
     def arm(self) -> loop.Trigger | None:
-        self._attach(self.trigger_filter)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ARMED_RCVBUF)
-        latest = self._drain()
-        if self._take_stats() and latest is not None:
+        sock = self.trigger_sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ARMED_RCVBUF)
+        latest = _drain(sock)
+        if _take_stats(sock) and latest is not None:
             return self._trigger(latest, None)
         return None
 
     def read_trigger(self) -> loop.Trigger | None:
         try:
-            data, anc, _flags, _addr = self.sock.recvmsg(
+            data, anc, _flags, _addr = self.trigger_sock.recvmsg(
                 wire.SNAPLEN, socket.CMSG_SPACE(AUXDATA.size)
             )
-        except (BlockingIOError, InterruptedError):
-            return None
         except OSError:
-            self.check()
-            return None
+            return None  # nothing after all, or an error: check() looks at it
         aux = None
         for level, kind, payload in anc:
             if level == SOL_PACKET and kind == PACKET_AUXDATA and len(payload) >= AUXDATA.size:
@@ -133,29 +171,30 @@ class PcapCapture:
         )
 
     def count(self) -> None:
-        self._attach(self.count_filter)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)
-        self._drain()
-        self._take_stats()
+        for sock in self.socks:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)
+            _drain(sock)
+            _take_stats(sock)
 
     def take_count(self) -> int:
         # Drain first: a packet that arrives between the two calls is counted
         # now and left queued, where ``arm`` knows it was already counted.
-        self._drain()
-        return self._take_stats()
+        # The trigger socket is reset too, so that ``arm`` fires only on
+        # packets that came after this report.
+        counts = []
+        for sock in self.socks:
+            _drain(sock)
+            counts.append(_take_stats(sock))
+        return counts[-1]
 
     def check(self) -> str | None:
-        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        try:
-            index = socket.if_nametoindex(self.ifname)
-        except OSError:
-            index = 0
-        if index and index == self.ifindex and err != errno.ENODEV:
+        for sock in self.socks:
+            # Reading SO_ERROR clears it (ENETDOWN while the interface is down:
+            # the kernel hooks the socket in again when it comes up).
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if all(bound_to(sock) == self.ifname for sock in self.socks):
             return None
-        if index and self._bind():
-            return None
-        self.ifindex = 0
-        return "waiting for interface"
+        return LOST
 
 
 def main() -> None:

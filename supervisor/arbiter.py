@@ -22,7 +22,7 @@ from typing import Any
 from tuninetd.common import wire, worker
 from tuninetd.executor.reap import RUN_ID_VAR
 from tuninetd.executor.tree import kill_run
-from tuninetd.supervisor import pcapfile
+from tuninetd.supervisor import handover, pcapfile
 from tuninetd.supervisor.config import Config, SensorSpec
 from tuninetd.supervisor.jail import empty_dir
 from tuninetd.supervisor.logs import log
@@ -45,6 +45,8 @@ class StartupError(Exception):
 def describe_status(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
+        if sig == signal.SIGSYS:  # what a sensor's seccomp filter kills with
+            return f"killed by seccomp (signal {sig}, SIGSYS)"
         return f"killed by signal {sig} ({signal.Signals(sig).name})"
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
@@ -102,6 +104,7 @@ class Arbiter:
             },
             schema=wire.EXECUTOR_MESSAGES,
             title="executor",
+            trusted=True,
         )
         self.workers = [self.executor, *self.sensors]
         self.signals: list[int] = []
@@ -235,6 +238,7 @@ class Arbiter:
             self._misbehaved(w, f"{kind} before hello")
         elif kind == "beat":
             self._sensor_mode(w, wire.clean_text(msg.get("mode", ""), 40))
+            handover.offer(w)
             self.machine.activity(now, msg["n"])
             self.ops.beat(w.role, msg["n"], now)
         elif kind == "trigger":

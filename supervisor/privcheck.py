@@ -34,4 +34,6 @@ def privileges_left(pid: int, uid: int, gid: int) -> list[str]:
             wrong.append(f"{cap} {st.get(cap)}")
     if st.get("NoNewPrivs") != "1":
         wrong.append("NoNewPrivs not set")
+    if st.get("Seccomp") != "2":  # 2: a filter, the allow-list
+        wrong.append(f"Seccomp {st.get('Seccomp')}")
     return wrong

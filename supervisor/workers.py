@@ -4,6 +4,11 @@ A worker is a fresh interpreter (``python -m tuninetd.<role>``) holding one end
 of a SOCK_SEQPACKET socketpair, not a fork of the supervisor: nothing of the
 supervisor's memory goes with it. It runs in its own session so a Ctrl-C on
 the terminal reaches the supervisor alone.
+
+Nor does anything of whoever started the daemon go with it: a descriptor
+inherited from the starting shell (``exec 7</``) would let a chrooted sensor
+``fchdir`` out of its jail. A worker starts with its socket and 0/1/2 only;
+a sensor's 0/1/2 are /dev/null and its environment is SENSOR_ENV alone.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ BOOT = (
     "__import__(sys.argv.pop(1),fromlist=['main']).main()"
 )
 LIB = "/run/tuninetd/lib"
+# Not empty: setproctitle finds the memory it rewrites through the
+# environment block. A locale is all a sensor needs.
+SENSOR_ENV = {"LC_ALL": "C.UTF-8"}
 
 
 @functools.cache
@@ -47,6 +55,7 @@ def import_path() -> list[str]:
     import setproctitle
 
     from tuninetd import common, executor, sensors
+    from tuninetd.sensors.sandbox import seccomp
 
     roles = {"common": common, "executor": executor, "sensors": sensors}
     dirs = {name: os.path.dirname(str(mod.__file__)) for name, mod in roles.items()}
@@ -55,7 +64,7 @@ def import_path() -> list[str]:
         root = os.path.dirname(next(iter(parents)))  # a regular install
     else:
         root = _link_tree(dirs)  # an editable one: roles live in other folders
-    deps = {_site_of(m.__file__) for m in (psutil, setproctitle)}
+    deps = {_site_of(m.__file__) for m in (psutil, setproctitle, seccomp)}
     return [root, *sorted(deps - {root})]
 
 
@@ -82,6 +91,30 @@ def _link_tree(dirs: dict[str, str]) -> str:
     return root
 
 
+def spawn_fds(keep: int, trusted: bool) -> list[tuple[Any, ...]]:
+    """posix_spawn file actions: 0 (and 1, 2 unless ``trusted``) from
+    /dev/null, and every other inheritable descriptor but ``keep`` closed.
+
+    Ours are close-on-exec (PEP 446); what is inheritable came from outside.
+    The loop is single-threaded, so the list is still right at the spawn.
+    """
+    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+    if not trusted:
+        actions += [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0) for fd in (1, 2)]
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != keep and _inheritable(fd):
+            actions.append((os.POSIX_SPAWN_CLOSE, fd))
+    return actions
+
+
+def _inheritable(fd: int) -> bool:
+    try:
+        return os.get_inheritable(fd)
+    except OSError:  # the directory listing's own descriptor, closed by now
+        return False
+
+
 @dataclass(slots=True)
 class Worker:
     role: str  # "executor" or the sensor label, e.g. "pcap:eth0"
@@ -101,6 +134,9 @@ class Worker:
     exit_reason: str = ""
     hung_up_at: float | None = None  # closed its channel; killed if it lingers
     path: list[str] | None = None  # where the worker imports from; import_path() if None
+    # The executor: root's own, it keeps the daemon's environment (its
+    # commands run in it) and stderr (a crash's traceback reaches the log).
+    trusted: bool = False
 
     @property
     def alive(self) -> bool:
@@ -118,9 +154,9 @@ class Worker:
             self.pid = os.posix_spawn(
                 sys.executable,
                 argv,
-                os.environ,
+                os.environ if self.trusted else SENSOR_ENV,
                 setsid=True,
-                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
+                file_actions=spawn_fds(child.fileno(), self.trusted),
             )
         except OSError:
             parent.close()

@@ -10,9 +10,9 @@ Each fake sensor process (``python -m tests.fake_sensor <fd> <ppid>``, the way
 the supervisor starts every worker) connects to the test's control socket,
 reports its pid, and receives its plan: say hello or not, send a trigger or
 not, then a list of raw records, sent on the socketpair exactly as given.
-Then it drops privileges the way real sensors do (chroot into the jail, not
-dumpable, unprivileged: it runs as root, like the tests that use it) and
-runs the plan, and beats (``n`` = 0) until the
+Then it drops privileges and enters the seccomp sandbox the way real sensors
+do (chroot into the jail, not dumpable, unprivileged: the tests that use it
+run as root) and runs the plan, and beats (``n`` = 0) until the
 supervisor kills it or hangs up.
 """
 
@@ -25,9 +25,10 @@ import os
 import select
 import socket
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from tuninetd.common import wire, worker
+from tuninetd.sensors import sandbox
 
 CONTROL_VAR = "TUNINETD_TEST_FAKE_SENSOR_CONTROL"
 # Room for an oversized record (MAX_MESSAGE is 128 KiB) in one datagram.
@@ -54,9 +55,10 @@ def sensor() -> None:
     worker.die_with_parent(ppid)
     worker.ignore_terminal_signals()
     cfg = wire.decode(wire.recv(sock))
-    plan = _plan(os.environ[CONTROL_VAR])
+    plan = _plan(cfg[CONTROL_VAR])
     sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF)
     worker.drop_privileges(cfg["uid"], cfg["gid"], ppid, cfg.get("jail"))
+    sandbox.confine(sock.fileno())
     # OSError: the supervisor hung up on us (it does, after a bad record).
     with contextlib.suppress(OSError):
         _follow(sock, plan, float(cfg["beat"]))
@@ -71,9 +73,10 @@ def _follow(sock: socket.socket, plan: dict[str, Any], beat: float) -> None:
                   dst="192.0.2.2", proto="UDP")
     for record in plan["records"]:
         sock.send(base64.b64decode(record))
+    poller = select.poll()  # select(2) is not in the sandbox's allow-list
+    poller.register(sock, select.POLLIN)
     while True:
-        ready, _, _ = select.select([sock], [], [], beat)
-        if ready and not sock.recv(wire.MAX_MESSAGE):
+        if poller.poll(beat * 1000) and not sock.recv(wire.MAX_MESSAGE):
             return
         wire.send(sock, "beat", n=0, mode="counting")
 
@@ -85,11 +88,10 @@ def supervise(settings: dict[str, Any]) -> None:
     tests/unit/test_backoff.py and the daemon tests): a fake killed dozens of
     times in a row must come back in a tenth of a second, not in 30.
     """
-    from tuninetd.supervisor import arbiter, logs, workers
+    from tuninetd.supervisor import workers
     from tuninetd.supervisor.config import Account, Config, SensorSpec
 
     workers.BACKOFF_MAX = 0.1
-    logs.to_stderr()
     extra: dict[str, Any] = {}
     if "control" in Config.__dataclass_fields__:  # a status socket of its own, not /run's
         extra["control"] = settings["control"]
@@ -101,10 +103,22 @@ def supervise(settings: dict[str, Any]) -> None:
         beat=settings["beat"],
         **extra,
     )
+    # Sensors start with a minimal environment: the socket's path goes in
+    # the config record instead.
+    run_with_sensor(cfg, "tests.fake_sensor", {CONTROL_VAR: os.environ[CONTROL_VAR]})
+
+
+def run_with_sensor(cfg: Any, module: str, config: dict[str, Any]) -> NoReturn:
+    """The real arbiter for ``cfg``, its sensors started from ``module`` (of
+    this repository) with ``config`` added to their config records."""
+    from tuninetd.supervisor import arbiter, logs, workers
+
+    logs.to_stderr()
     arb = arbiter.Arbiter(cfg)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for w in arb.sensors:
-        w.module = "tests.fake_sensor"
+        w.config.update(config)
+        w.module = module
         w.path = [*workers.import_path(), repo]
     try:
         code = arb.run()

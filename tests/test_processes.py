@@ -454,7 +454,9 @@ def test_sigterm_lets_the_running_command_finish_and_drops_the_queued_one(lab: L
 
 def test_privilege_check_tells_a_dropped_process_from_a_privileged_one() -> None:
     """What the supervisor runs on each sensor's hello, on real processes: a
-    root process is refused, one dropped like a sensor passes."""
+    root process is refused; one dropped like a sensor but without a seccomp
+    filter (setpriv installs none) is refused for that alone. A real sensor
+    passing it is in tests/test_sandbox.py."""
     from tuninetd.supervisor.privcheck import privileges_left
 
     nobody = pwd.getpwnam("nobody")
@@ -466,7 +468,7 @@ def test_privilege_check_tells_a_dropped_process_from_a_privileged_one() -> None
     try:
         wait_for("setpriv to exec sleep", lambda: psutil.Process(dropped.pid).name() == "sleep")
         assert privileges_left(root_proc.pid, nobody.pw_uid, nobody.pw_gid)
-        assert privileges_left(dropped.pid, nobody.pw_uid, nobody.pw_gid) == []
+        assert privileges_left(dropped.pid, nobody.pw_uid, nobody.pw_gid) == ["Seccomp 0"]
         # Right account but a different one than configured: refused as well.
         assert privileges_left(dropped.pid, nobody.pw_uid + 1, nobody.pw_gid)
     finally:
@@ -476,7 +478,8 @@ def test_privilege_check_tells_a_dropped_process_from_a_privileged_one() -> None
 
 
 def test_sensors_import_nothing_beyond_the_stdlib() -> None:
-    """Sensors start fast and small: no scapy, nothing heavy, at run time."""
+    """Sensors start fast and small: no scapy, nothing heavy, at run time;
+    a seccomp binding is the one addition."""
     import sys
 
     code = (
@@ -489,5 +492,5 @@ def test_sensors_import_nothing_beyond_the_stdlib() -> None:
                          check=True).stdout.split()
     assert "tuninetd.sensors.pcap" in out
     foreign = {m.split(".")[0] for m in out} - set(sys.stdlib_module_names) - {
-        "tuninetd", "setproctitle", "_setproctitle"}
+        "tuninetd", "setproctitle", "_setproctitle", "seccomp", "pyseccomp"}
     assert foreign == set()
