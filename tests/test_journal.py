@@ -137,7 +137,11 @@ def test_journalctl_priority_filter_shows_the_warnings(veth: Netns, tmp_path: Pa
         daemon.terminate()
         daemon.wait(30)
     warnings = journalctl("warning")
-    assert all(line.startswith(WARNING) for line in warnings), warnings
+    # Info lines stay out (another warning, e.g. the executor's note that it
+    # has no cgroup where none is mounted, may be there).
+    info = ("Started with pid", "Binding to interface", "PCAP: start command done",
+            "CORE: executing STOP command")
+    assert not [line for line in warnings if line.startswith(info)], warnings
     everything = journalctl("info")
     assert any(line.startswith("Started with pid") for line in everything), everything
     assert not [line for line in everything if re.match(r"<\d>", line)], everything

@@ -82,7 +82,7 @@ def test_ready_status_watchdog_stopping(
     monkeypatch.setenv("NOTIFY_SOCKET", str(path))
     monkeypatch.setenv("WATCHDOG_USEC", "3000000")
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
-    script, record = recorder(tmp_path, body="env | grep -c ^NOTIFY_SOCKET= > $0.env || true")
+    script, record = recorder(tmp_path, body="env | grep -c ^NOTIFY_SOCKET= > $0.$1.env || true")
     d = start_daemon(veth, "-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1",
                      "--beat", str(BEAT))
 
@@ -113,7 +113,9 @@ def test_ready_status_watchdog_stopping(
     wait_for("status back to down", lambda: notify.statuses()[-1:] == [
         "down (standby, waiting for traffic)"])
     assert "up (started by pcap:tap0)" in notify.statuses()
-    assert Path(f"{script}.env").read_text().strip() == "0", "the command saw NOTIFY_SOCKET"
+    # Commands run one at a time: the start had finished (its file written)
+    # before the stop was recorded.
+    assert Path(f"{script}.start.env").read_text().strip() == "0", "start saw NOTIFY_SOCKET"
 
     # A worker being replaced is not healthy: no ping until it is back.
     os.kill(sensor, signal.SIGKILL)
