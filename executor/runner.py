@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tuninetd.common import wire
 from tuninetd.executor.output import Output
-from tuninetd.executor.reap import RUN_ID_VAR
 
 if TYPE_CHECKING:
     from tuninetd.executor.tree import TreeKill
 
 EVENTS = ("start", "stop")
+# In every command's environment: tells the processes of one run, wherever
+# they went (setsid, daemons), from everything else (tree.py).
+RUN_ID_VAR = "TUNINETD_RUN_ID"
 
 
 class Request(NamedTuple):

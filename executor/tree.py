@@ -4,7 +4,8 @@ The executor is a child subreaper, so whatever a command leaves behind after
 setsid and fork is re-parented to the executor instead of init. Each command
 gets ``TUNINETD_RUN_ID`` in its environment: among the executor's adopted
 processes, that tells the ones of the run being killed from daemons that
-earlier commands left running on purpose.
+earlier commands left running on purpose. The supervisor, a subreaper too,
+uses the same scan when the executor died in the middle of a run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterable
 
 import psutil
 
-from tuninetd.executor.reap import RUN_ID_VAR
+from tuninetd.executor.runner import RUN_ID_VAR
 
 TERM_GRACE = 2.0
 STEP_INTERVAL = 0.05
@@ -76,11 +77,15 @@ def signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
             proc.send_signal(sig)
 
 
-def kill_now(run_id: int, root_pid: int | None) -> None:
-    """Last resort when the executor itself fails: no grace, no waiting."""
+def kill_now(run_id: int, root_pid: int | None = None) -> int:
+    """Last resort when the executor itself fails, or died (then the caller
+    is the supervisor, which adopted the run's processes): no grace, no
+    waiting. Only our own descendants: another tuninetd on the same host
+    numbers its runs from 1 too. Returns how many were killed."""
     procs = collect(run_id, root_pid, ()).values()
     signal_all(procs, signal.SIGSTOP)
     signal_all(procs, signal.SIGKILL)
+    return len(procs)
 
 
 class TreeKill:

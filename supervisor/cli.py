@@ -13,9 +13,10 @@ import sys
 from dataclasses import replace
 from typing import NoReturn
 
-from tuninetd.common import __version__
+from tuninetd.common import __version__, ifname
 from tuninetd.supervisor import bpf, configfile
-from tuninetd.supervisor.config import DEFAULT_CONTROL, Account, Config, SensorSpec
+from tuninetd.supervisor.config import DEFAULT_CONTROL, Account, SensorSpec, Settings
+from tuninetd.supervisor.errors import UsageError
 
 MAX_TTL = 10 * 365 * 86400
 # What an option is when neither the command line nor the config file sets it.
@@ -32,7 +33,6 @@ DEFAULTS: dict[str, object] = {
 }
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the NUL
 MAX_TIMEOUT = 7 * 86400
-IFNAMSIZ = 16
 
 USAGE = (
     "tuninetd -i <ifname> -c <path> [-a] [-d] [-f <filter>] [-n <nflog-group>] [-t <ttl>]"
@@ -73,10 +73,6 @@ examples:
   tuninetd --config /etc/tuninetd/tuninetd.toml --metrics 127.0.0.1:9101
   tuninetd status --json
 """
-
-
-class UsageError(Exception):
-    """A bad value on the command line: the message names the option and the value."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -241,8 +237,9 @@ def _metrics(option: str, text: str) -> tuple[str, int]:
 
 
 def _interface(name: str, option: str = "-i") -> SensorSpec:
-    if not name or len(name.encode()) >= IFNAMSIZ or "/" in name or name in (".", ".."):
-        raise UsageError(f"{option} {name!r}: not a valid interface name (1 to 15 bytes)")
+    if ifname.problem(name) is not None:
+        raise UsageError(f"{option} {name!r}: not a valid interface name "
+                         f"(1 to {ifname.IFNAMSIZ - 1} bytes, no '/', ':' or spaces)")
     link = bpf.link_of(name)
     if link is None:
         raise UsageError(f"{option} {name!r}: no such network interface (see: ip link)")
@@ -314,10 +311,7 @@ def _apply_file(ns: argparse.Namespace) -> _Origin:
     """Fill in from --config what the command line left out, then the defaults."""
     origin = _Origin()
     if ns.config is not None:
-        try:
-            origin.file = configfile.load(ns.config)
-        except configfile.ConfigFileError as exc:
-            raise UsageError(str(exc)) from None
+        origin.file = configfile.load(ns.config)
         values = dict(origin.file.values)
         if ns.command is not None:  # -c replaces the file's commands, all of them
             values.pop("start_command", None)
@@ -355,7 +349,7 @@ def wants_check(argv: list[str]) -> bool:
     return bool(_parser().parse_args(argv).check_config)
 
 
-def parse(argv: list[str]) -> Config:
+def parse(argv: list[str]) -> Settings:
     ns = _parser().parse_args(argv)
     origin = _apply_file(ns)
     o = origin.label
@@ -390,7 +384,7 @@ def parse(argv: list[str]) -> Config:
     groups = [_group(g, o("groups", "-n")) for g in ns.groups]
     sensors = _with_filters(interfaces, ns.filter, ns.ack_only, o("filter", "-f"))
     sensors += groups
-    return Config(
+    return Settings(
         command=command,
         sensors=tuple(sensors),
         sensor_user=sensor_user,
@@ -410,7 +404,7 @@ def parse(argv: list[str]) -> Config:
     )
 
 
-def parse_or_exit(argv: list[str]) -> Config:
+def parse_or_exit(argv: list[str]) -> Settings:
     try:
         return parse(argv)
     except UsageError as exc:

@@ -30,7 +30,7 @@ class Account:
 
 
 @dataclass(frozen=True, slots=True)
-class Config:
+class Settings:
     command: str
     sensors: tuple[SensorSpec, ...]
     sensor_user: Account

@@ -15,7 +15,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuninetd.supervisor.config import Config
+from tuninetd.supervisor.config import Settings
+from tuninetd.supervisor.errors import UsageError
 
 # key -> TOML type: "str", "int", "number" (int or float), "bool",
 # "strings" (list of strings), "ints" (list of integers), "argv" (non-empty
@@ -49,10 +50,6 @@ _EXPECTED = {
     "ints": "a list of integers",
     "argv": "a non-empty list of strings (program and arguments)",
 }
-
-
-class ConfigFileError(Exception):
-    """The file cannot be read, is not TOML, or has an unknown or mistyped key."""
 
 
 @dataclass
@@ -124,26 +121,26 @@ def load(path: str) -> ConfigFile:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as exc:
-        raise ConfigFileError(
+        raise UsageError(
             f"--config {path!r}: {(exc.strerror or str(exc)).lower()}"
         ) from None
     try:
         text = raw.decode()
         data = tomllib.loads(text)
     except UnicodeDecodeError:
-        raise ConfigFileError(f"--config {path!r}: not UTF-8 text") from None
+        raise UsageError(f"--config {path!r}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigFileError(f"{path}: not valid TOML: {exc}") from None
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
     result = ConfigFile(path, _key_lines(text))
     for key, value in data.items():
         kind = KEYS.get(key)
         if kind is None:
             close = difflib.get_close_matches(key, KEYS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigFileError(f"{result.where(key)}: unknown key {key!r}{hint}")
+            raise UsageError(f"{result.where(key)}: unknown key {key!r}{hint}")
         converted = _convert(kind, value)
         if converted is None:
-            raise ConfigFileError(
+            raise UsageError(
                 f"{result.where(key)}: {key}: expected {_EXPECTED[kind]}, got {_type_name(value)}"
             )
         result.values[key] = converted
@@ -160,7 +157,7 @@ def _toml(value: Any) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-def effective(cfg: Config) -> dict[str, Any]:
+def effective(cfg: Settings) -> dict[str, Any]:
     """Every key with the value in force (None: not set)."""
     return {
         "interfaces": [s.name for s in cfg.sensors if s.kind == "pcap"],
@@ -187,7 +184,7 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def render(cfg: Config) -> str:
+def render(cfg: Settings) -> str:
     """The effective configuration as a TOML file ``--config`` takes back."""
     lines = ["# tuninetd: effective configuration"]
     for key, value in effective(cfg).items():
