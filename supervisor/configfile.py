@@ -1,8 +1,9 @@
 """``--config FILE``: the command line's options as TOML keys.
 
 This module reads the file and checks each key's name and TOML type; the
-values themselves go through the same checks as the command line's (cli.py),
-which names the key and the line it is on when one is refused. ``render``
+values themselves, as TOML typed them, go through the same checks as the
+command line's (configure.py), which names the key and the line it is on
+when one is refused. ``render``
 prints an effective configuration back as TOML (``--check-config``).
 """
 
@@ -56,8 +57,7 @@ _EXPECTED = {
 class ConfigFile:
     path: str
     lines: dict[str, int] = field(default_factory=dict)  # key -> line number, when found
-    # dest -> value in the form the command line gives it: text, or a list of
-    # text, or a bool (flags), or a tuple of text (argv lists).
+    # key -> value, of the key's TOML type (argv lists as tuples)
     values: dict[str, Any] = field(default_factory=dict)
 
     def where(self, key: str) -> str:
@@ -82,7 +82,7 @@ def _type_name(value: Any) -> str:
 
 
 def _convert(kind: str, value: Any) -> Any:
-    """The command-line form of a value of the right TOML type, or None."""
+    """The value, when it is of the key's TOML type; None when it is not."""
 
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
@@ -90,16 +90,16 @@ def _convert(kind: str, value: Any) -> Any:
     if kind == "str" and isinstance(value, str):
         return value
     if kind == "int" and is_int(value):
-        return str(value)
+        return value
     if kind == "number" and (is_int(value) or isinstance(value, float)):
-        return str(value)
+        return value
     if kind == "bool" and isinstance(value, bool):
         return value
     if isinstance(value, list):
         if kind == "strings" and all(isinstance(v, str) for v in value):
             return list(value)
         if kind == "ints" and all(is_int(v) for v in value):
-            return [str(v) for v in value]
+            return list(value)
         if kind == "argv" and value and all(isinstance(v, str) for v in value):
             return tuple(value)
     return None

@@ -7,7 +7,7 @@ import sys
 from typing import NoReturn
 
 from tuninetd.common import daemon, logs, procstatus
-from tuninetd.supervisor import cli, configfile, pidfile, wording
+from tuninetd.supervisor import configfile, configure, pidfile, wording
 from tuninetd.supervisor.arbiter import Arbiter
 from tuninetd.supervisor.errors import StartupError
 
@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> None:
         from tuninetd.supervisor import status
 
         sys.exit(status.main(args[1:]))
-    cfg = cli.parse_or_exit(args)
-    if cli.wants_check(args):
+    cfg, check_only = configure.parse_or_exit(args)
+    if check_only:
         print(configfile.render(cfg), end="")
         sys.exit(0)
     missing = missing_privileges()
