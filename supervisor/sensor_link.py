@@ -43,7 +43,7 @@ class Beat:
 class Trigger:
     worker: Worker
     lines: tuple[str, ...]  # the summary, as logged
-    fields: dict[str, str]  # TUNINETD_SRC, _DST, _PROTO
+    fields: dict[str, str]  # src, dst, proto, as far as the sensor gave them
     packet: bytes | None
     link: str  # "ether" or "raw"
 
@@ -111,8 +111,8 @@ class SensorLink:
         w.mode = "counting"
         lines = wording.summary([wire.clean_text(x) for x in msg["lines"]],
                                 wire.clean_text(msg["prefix"], 64) if "prefix" in msg else None)
-        fields = {f"TUNINETD_{name.upper()}": wire.clean_text(msg[name], 64)
-                  for name in ("src", "dst", "proto") if name in msg}
+        fields: dict[str, str] = {name: wire.clean_text(msg[name], 64)
+                                  for name in ("src", "dst", "proto") if name in msg}
         return Trigger(w, lines, fields, packet, link)
 
     # -- orders ------------------------------------------------------------------

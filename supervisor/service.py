@@ -49,19 +49,12 @@ class Service:
             return  # another sensor fired first: this is only activity
         self.trigger_sensor = role
         self.observers.publish(Triggered(role, t.lines, True, now))
-        self.executor.start({**self.env("start"), **t.fields}, role.partition(":")[0], t.lines)
+        env = wording.command_env("start", role, self.cfg.ttl, t.fields)
+        self.executor.start(env, role.partition(":")[0], t.lines)
         self.executor.dispatch()  # first: the start latency is what users wait on
         self.sensors.order_all("count", but=t.worker)
         if t.packet is not None and self.dump is not None:
             self.dump.append(t.packet, t.link)
-
-    def env(self, event: str) -> dict[str, str]:
-        """What every command gets in its environment."""
-        return {
-            "TUNINETD_EVENT": event,
-            "TUNINETD_SENSOR": self.trigger_sensor,
-            "TUNINETD_TTL": str(self.cfg.ttl),
-        }
 
     def force_down(self) -> None:
         if not self.machine.force_down():
@@ -71,7 +64,7 @@ class Service:
         self._go_down()
 
     def _go_down(self) -> None:
-        self.executor.stop(self.env("stop"))
+        self.executor.stop(wording.command_env("stop", self.trigger_sensor, self.cfg.ttl))
         self.sensors.order_all("arm")
         self.executor.dispatch()
 

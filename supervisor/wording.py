@@ -1,8 +1,9 @@
-"""The log lines users' scripts and filters depend on, and the words for a
-command's outcome: the original daemon's text, byte for byte, in one place.
+"""The text users' scripts and filters depend on, in one place: the original
+daemon's log lines byte for byte, the words for a command's outcome, and the
+``TUNINETD_*`` values a command gets.
 
 Every function takes typed values and writes (or returns) the text; no other
-module of the supervisor words these lines.
+module of the supervisor words these.
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ def summary(lines: Sequence[str], nflog_prefix: str | None) -> tuple[str, ...]:
     if nflog_prefix is None:
         return tuple(lines)
     return (*lines, f'|- NFLOG prefix: "{nflog_prefix}"')
+
+
+def command_env(event: str, sensor: str, ttl: int,
+                trigger: dict[str, str] | None = None) -> dict[str, str]:
+    """``TUNINETD_*`` for a command: the event, the sensor that brought the
+    state up, the ttl, and for start the trigger's ``src``, ``dst``, ``proto``."""
+    env = {"TUNINETD_EVENT": event, "TUNINETD_SENSOR": sensor, "TUNINETD_TTL": str(ttl)}
+    for name, value in (trigger or {}).items():
+        env[f"TUNINETD_{name.upper()}"] = value
+    return env
 
 
 def start_done(sensor_kind: str, lines: Sequence[str]) -> None:
