@@ -1,11 +1,11 @@
-"""The two ways the daemon refuses to run."""
+"""The two ways the daemon refuses to run: bad input (``UsageError``, exit
+status 2, shared with tuntapd) and a start that failed (exit status 1)."""
 
 from __future__ import annotations
 
+from tuninetd.common.usage import UsageError
 
-class UsageError(Exception):
-    """Bad input (command line or config file): the message names the option
-    or key and the value. One line, exit status 2, nothing spawned."""
+__all__ = ["StartupError", "UsageError"]
 
 
 class StartupError(Exception):

@@ -5,11 +5,9 @@ them is configure.py's job."""
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
 
-from tuninetd.common import __version__
+from tuninetd.common import __version__, usage
 from tuninetd.supervisor.config import DEFAULT_CONTROL
-from tuninetd.supervisor.errors import UsageError
 
 USAGE = (
     "tuninetd -i <ifname> -c <path> [-a] [-d] [-f <filter>] [-n <nflog-group>] [-t <ttl>]"
@@ -52,21 +50,9 @@ examples:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="tuninetd",
-        usage=USAGE,
-        description="Network event emitter: runs <path> start when matching traffic "
-        "appears and <path> stop after <ttl> idle seconds.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        add_help=False,
-    )
+    p = usage.parser("tuninetd", USAGE, "Network event emitter: runs <path> start when "
+                     "matching traffic appears and <path> stop after <ttl> idle seconds.", EPILOG)
     a = p.add_argument
     a("-a", dest="ack_only", action="store_true", default=None,
       help="use only tcp[ack] packets to zero TTL timer (see -t)")

@@ -32,8 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from tuninetd.common import __version__, daemon, ifname, logs, signals
+from tuninetd.common import __version__, daemon, ifname, logs, signals, usage
 from tuninetd.common.ifname import IFNAMSIZ
+from tuninetd.common.usage import UsageError
 
 PROG = "tuntapd"
 CLONE_DEVICE = "/dev/net/tun"
@@ -76,17 +77,8 @@ down, and its start command stops that tuntapd before bringing the tunnel up.
 """
 
 
-class UsageError(Exception):
-    """Bad command line: one line on stderr, exit status 2."""
-
-
 class DeviceError(Exception):
     """The device cannot be held: one line on stderr, exit status 1."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
 
 
 @dataclass(frozen=True)
@@ -110,14 +102,7 @@ def _mode(text: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog=PROG,
-        usage=USAGE,
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        add_help=False,
-    )
+    p = usage.parser(PROG, USAGE, DESCRIPTION, EPILOG)
     a = p.add_argument
     a("-i", dest="ifname", metavar="<ifname>", type=_ifname,
       help="the tun/tap device to hold (created if it does not exist)")
