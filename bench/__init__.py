@@ -1,1 +1,1 @@
-"""The tuninetd benchmark (issue 6): ``python3 -m bench``; README.md, Performance."""
+"""The tuninetd benchmark: ``python3 -m bench``; docs/performance.md."""

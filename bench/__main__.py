@@ -2,8 +2,8 @@
 
 Runs the daemon on real traffic in a network namespace it creates, measures
 cost per packet (against tcpdump in the same run), start latency, stop
-precision, memory and restart time, prints a table with the targets of
-issue 6 marked pass or MISS, and writes every figure as JSON. Needs root,
+precision, memory and restart time, prints a table with each target
+marked pass or MISS, and writes every figure as JSON. Needs root,
 iproute2, nftables and tcpdump (strace for one restart figure).
 """
 
@@ -39,7 +39,7 @@ SECTIONS: dict[str, Section] = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python3 -m bench",
-        description="Benchmark tuninetd on real traffic in a network namespace (issue 6).",
+        description="Benchmark tuninetd on real traffic in a network namespace.",
     )
     parser.add_argument("--quick", action="store_true",
                         help="fewer packets and cycles, same code paths (under a minute)")

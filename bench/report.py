@@ -1,4 +1,4 @@
-"""The targets of issue 6 checked against the figures, and the printed table."""
+"""The targets checked against the figures, and the printed table."""
 
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def table(results: dict[str, Any], checked: list[Target]) -> str:
             for s in ("pcap", "nflog")
         ])
     lines.append("")
-    lines.append("Targets (issue 6)")
+    lines.append("Targets")
     for t in checked:
         value = _num(t.value, 4 if t.unit == "CPU-s/M" else 2)
         sign = ">=" if t.name.endswith("(min late)") else "<="

@@ -1,16 +1,24 @@
 """Where log lines go: stderr in the foreground, syslog as ``tuninetd`` with -d.
 
-Lines are the original's, plain; levels map to syslog priorities. tuntapd
-logs through the same handler and ``use``, as ``tuntapd``.
+Lines are the original's, plain; levels map to syslog priorities. On stderr
+that is the journal (systemd's JOURNAL_STREAM names it), each line starts
+with its sd-daemon ``<N>`` priority prefix, which journald strips and keeps
+as the priority. tuntapd logs through the same handlers and ``use``, as
+``tuntapd``.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import socket
 import sys
 import syslog
 
 log = logging.getLogger("tuninetd")
+
+SYSLOG_SOCKET = "/dev/log"
 
 _PRIORITY = {
     logging.DEBUG: syslog.LOG_DEBUG,
@@ -35,8 +43,47 @@ class SyslogHandler(logging.Handler):
             self.handleError(record)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Lines on stderr; ``<N>``-prefixed when stderr is the journal."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.journal = is_journal(sys.stderr.fileno())
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if not self.journal:
+            return text
+        prefix = f"<{_PRIORITY.get(record.levelno, syslog.LOG_INFO)}>"
+        return "\n".join(prefix + line for line in text.split("\n"))
+
+
+def is_journal(fd: int) -> bool:
+    """systemd sets JOURNAL_STREAM to ``device:inode`` of the stream it
+    connects stdout/stderr to; a redirected fd no longer matches it."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{st.st_dev}:{st.st_ino}"
+
+
+def syslog_unreachable(path: str = SYSLOG_SOCKET) -> str | None:
+    """Why nothing would receive syslog lines (libc drops them silently), or None."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):  # as libc tries them
+        with socket.socket(socket.AF_UNIX, kind) as s:
+            try:
+                s.connect(path)
+            except OSError as exc:
+                if exc.errno == errno.EPROTOTYPE:
+                    continue
+                return f"nothing listens on {path} ({(exc.strerror or str(exc)).lower()})"
+            return None
+    return f"nothing listens on {path}"
+
+
 def to_stderr() -> None:
-    use(logging.StreamHandler(sys.stderr))
+    use(StderrHandler())
 
 
 def to_syslog() -> None:

@@ -55,6 +55,7 @@ EXECUTOR_MESSAGES: dict[str, dict[str, tuple[type, ...]]] = {
         "dur": _NUM,
         "timeout": (bool,),
         "error": (str, type(None)),
+        "killed": (str, type(None)),  # "cgroup" or "marker": how a kill found the processes
     },
     "error": {"reason": (str,), "fatal": (bool,)},
 }

@@ -11,8 +11,10 @@ import socket
 import sys
 
 from tuninetd.common import signals, wire, worker
+from tuninetd.executor import cgroup
 from tuninetd.executor.config import Config, parse_config, switch_user
 from tuninetd.executor.loop import Executor
+from tuninetd.executor.reap import RUN_ID_VAR
 
 WATCHED_SIGNALS = (signal.SIGTERM, signal.SIGCHLD, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
@@ -33,11 +35,30 @@ def start(sock: socket.socket, ppid: int) -> Executor:
     # us, not to init: it can be reaped, and killed when its run times out.
     worker.prctl(worker.PR_SET_CHILD_SUBREAPER, 1)
     config = receive_config(sock)
+    # Made while still root: an --exec-user could not.
+    try:
+        groups: cgroup.RunGroups | None = cgroup.RunGroups.setup(ppid, config.uid)
+        no_cgroup = ""
+    except cgroup.Unavailable as exc:
+        groups, no_cgroup = None, str(exc)
+        # The fallback's psutil, while the interpreter's files are surely
+        # readable: an --exec-user may not be able to load it later.
+        from tuninetd.executor import tree  # noqa: F401
     if config.uid is not None:
         switch_user(config)
         worker.die_with_parent(ppid, signal.SIGTERM)  # a uid change cleared it
-    executor = Executor(sock, config, title, signals.wakeup_fd(WATCHED_SIGNALS))
+    executor = Executor(sock, config, title, signals.wakeup_fd(WATCHED_SIGNALS), groups)
     wire.send(sock, "hello", pid=os.getpid())
+    if no_cgroup:
+        wire.send(
+            sock,
+            "error",
+            reason=wire.clean_text(
+                f"no cgroup for the commands ({no_cgroup}): a timed-out command is killed "
+                f"through its {RUN_ID_VAR} marker, and processes that drop it may survive"
+            ),
+            fatal=False,
+        )
     title.set("idle")
     return executor
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from tuninetd.common import wire
 from tuninetd.common.worker import Title
+from tuninetd.executor.cgroup import RunGroups
 from tuninetd.executor.config import Config
 from tuninetd.executor.output import Output
 from tuninetd.executor.reap import reap_orphans
@@ -32,9 +33,17 @@ Handler = Callable[[], None]
 
 
 class Executor:
-    def __init__(self, sock: socket.socket, config: Config, title: Title, wakeup: int) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        config: Config,
+        title: Title,
+        wakeup: int,
+        groups: RunGroups | None,
+    ) -> None:
         self.sock = sock
         self.config = config
+        self.groups = groups
         self.title = title
         self.wakeup = wakeup
         self.selector = selectors.DefaultSelector()
@@ -128,7 +137,7 @@ class Executor:
             return
         now = time.monotonic()
         try:
-            run = Run(request, self.config.timeout, now)
+            run = Run(request, self.config.timeout, now, self.groups)
         except SpawnError as exc:
             self._send(
                 "done",

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import TYPE_CHECKING, Any, NamedTuple
+from functools import partial
+from typing import Any, NamedTuple
 
 from tuninetd.common import wire
+from tuninetd.executor import cgroup
 from tuninetd.executor.output import Output
-
-if TYPE_CHECKING:
-    from tuninetd.executor.tree import TreeKill
+from tuninetd.executor.reap import RUN_ID_VAR
+from tuninetd.executor.treekill import Processes, TreeKill, kill_now
 
 EVENTS = ("start", "stop")
-# In every command's environment: tells the processes of one run, wherever
-# they went (setsid, daemons), from everything else (tree.py).
-RUN_ID_VAR = "TUNINETD_RUN_ID"
 
 
 class Request(NamedTuple):
@@ -44,10 +42,16 @@ class SpawnError(Exception):
     """The command could not be started at all; the message says why."""
 
 
-def spawn(request: Request) -> subprocess.Popen[bytes]:
+def spawn(request: Request, procs: str | None) -> subprocess.Popen[bytes]:
+    """Start the command, in the cgroup whose ``cgroup.procs`` is ``procs``
+    if there is one. It gets only fds 0, 1 and 2 (``close_fds``): nothing
+    the executor holds, its socket to the supervisor included."""
     # The daemon's own environment (inherited from the supervisor) plus the
     # event's variables: the run message carries only the latter.
     env = {**os.environ, **request.env, RUN_ID_VAR: str(request.id)}
+    # The executor is single-threaded, so code between fork and exec is safe;
+    # the command is in its cgroup before it runs a single instruction.
+    enter = None if procs is None else partial(cgroup.enter, procs)
     try:
         return subprocess.Popen(
             request.argv,
@@ -57,21 +61,27 @@ def spawn(request: Request) -> subprocess.Popen[bytes]:
             env=env,
             start_new_session=True,
             close_fds=True,
+            preexec_fn=enter,
         )
     except OSError as exc:
         raise SpawnError(f"{request.argv[0]}: {exc.strerror or exc}") from None
     except ValueError as exc:  # an embedded NUL byte in argv or env
         raise SpawnError(str(exc)) from None
+    except subprocess.SubprocessError:  # the child could not join its cgroup
+        raise SpawnError(f"{request.argv[0]}: could not join the cgroup {procs}") from None
 
 
 class Run:
     """A spawned command until its process has exited and, if it had to be
     killed, until nothing of it is left."""
 
-    def __init__(self, request: Request, timeout: float, now: float) -> None:
+    def __init__(
+        self, request: Request, timeout: float, now: float, groups: cgroup.RunGroups | None
+    ) -> None:
         self.id = request.id
         self.event = request.event
-        self.popen = spawn(request)
+        self.group = self._group(groups)
+        self.popen = spawn(request, None if self.group is None else self.group.procs)
         self.pid = self.popen.pid
         # Completion is the process exit, seen on a pidfd: the output pipe may
         # stay open for as long as a daemon started by the command lives.
@@ -83,6 +93,15 @@ class Run:
         self.duration: float | None = None
         self.killer: TreeKill | None = None
         self.timed_out = False
+
+    def _group(self, groups: cgroup.RunGroups | None) -> cgroup.RunGroup | None:
+        """A new cgroup for this run; None (the fallback) if it cannot be made."""
+        if groups is None:
+            return None
+        try:
+            return groups.create(self.id)
+        except OSError:
+            return None
 
     @property
     def exited(self) -> bool:
@@ -113,17 +132,25 @@ class Run:
             and self.killer is None
         )
 
-    def kill(self, now: float, timed_out: bool) -> None:
-        if self.killer is None:
-            from tuninetd.executor import tree
-
-            self.timed_out = timed_out
-            self.killer = tree.TreeKill(self.id, self.unreaped_pid, now)
-
-    def kill_now(self) -> None:
+    def _processes(self) -> Processes:
+        if self.group is not None:
+            return self.group
+        # psutil only for the fallback, and only when a run has to be killed.
         from tuninetd.executor import tree
 
-        tree.kill_now(self.id, self.unreaped_pid)
+        return tree.Marked(self.id, self.unreaped_pid)
+
+    def kill(self, now: float, timed_out: bool) -> None:
+        if self.killer is None:
+            self.timed_out = timed_out
+            self.killer = TreeKill(self._processes(), now)
+
+    def kill_now(self) -> None:
+        kill_now(self._processes())
+
+    @property
+    def killed_by(self) -> str:
+        return "marker" if self.group is None else "cgroup"
 
     def next_deadline(self) -> float | None:
         times = [self.output.deadline()]
@@ -142,4 +169,7 @@ class Run:
             "dur": round(self.duration or 0.0, 3),
             "timeout": self.timed_out,
             "error": None,
+            # How a kill found the run's processes: all of them, or only
+            # those that kept the marker.
+            "killed": None if self.killer is None else self.killed_by,
         }

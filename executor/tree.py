@@ -1,28 +1,27 @@
-"""The processes of one run: finding them, killing them, reaping orphans.
+"""The processes of one run: finding them and killing them.
 
-The executor is a child subreaper, so whatever a command leaves behind after
-setsid and fork is re-parented to the executor instead of init. Each command
-gets ``TUNINETD_RUN_ID`` in its environment: among the executor's adopted
+Where the host allows it, a run is its cgroup (``cgroup``): killing that
+leaves nothing behind. Elsewhere the executor falls back to what it can see:
+it is a child subreaper, so whatever a command leaves behind after setsid and
+fork is re-parented to the executor instead of init, and each command gets
+``TUNINETD_RUN_ID`` in its environment; among the executor's adopted
 processes, that tells the ones of the run being killed from daemons that
-earlier commands left running on purpose. The supervisor, a subreaper too,
-uses the same scan when the executor died in the middle of a run.
+earlier commands left running on purpose. A process that drops both (``setsid
+env -i ...``) escapes the fallback, and the executor says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import psutil
 
-from tuninetd.executor.runner import RUN_ID_VAR
-
-TERM_GRACE = 2.0
-STEP_INTERVAL = 0.05
-# SIGKILL rounds before giving up on a process that will not die (stuck in D
-# state, or out of reach because it changed uid).
-MAX_KILL_ROUNDS = 40
+from tuninetd.executor.cgroup import RunGroup, RunGroups, Unavailable, daemon_group
+from tuninetd.executor.reap import RUN_ID_VAR
 
 
 def is_alive(proc: psutil.Process) -> bool:
@@ -77,52 +76,68 @@ def signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
             proc.send_signal(sig)
 
 
-def kill_now(run_id: int, root_pid: int | None = None) -> int:
-    """Last resort when the executor itself fails, or died (then the caller
-    is the supervisor, which adopted the run's processes): no grace, no
-    waiting. Only our own descendants: another tuninetd on the same host
-    numbers its runs from 1 too. Returns how many were killed."""
-    procs = collect(run_id, root_pid, ()).values()
-    signal_all(procs, signal.SIGSTOP)
-    signal_all(procs, signal.SIGKILL)
-    return len(procs)
+class Marked:
+    """The fallback where no cgroup is to be had: the run's processes are
+    those ``collect`` finds (``treekill.Processes``). One that is no
+    descendant of the command any more and dropped the marker (a double
+    fork under ``setsid env -i``) is not found."""
 
+    whole = False
 
-class TreeKill:
-    """Kills a run's processes in steps, so the event loop (and the beat) never
-    waits on it: SIGTERM to all, up to TERM_GRACE for them to go, then
-    SIGSTOP and SIGKILL to whatever is left, re-scanning every step so that
-    nothing forked in between escapes."""
-
-    def __init__(self, run_id: int, root_pid: int | None, now: float) -> None:
+    def __init__(self, run_id: int, root_pid: int | None) -> None:
         self.run_id = run_id
         self.root_pid = root_pid
         self.procs = collect(run_id, root_pid, ())
-        signal_all(self.procs.values(), signal.SIGTERM)
-        self.term_until = now + TERM_GRACE
-        self.next_step = now + STEP_INTERVAL
-        self.rounds = 0
-        self.finished = False
-        self.survivors: list[int] = []
 
     def root_reaped(self) -> None:
         self.root_pid = None
 
-    def step(self, now: float) -> None:
-        if self.finished or now < self.next_step:
-            return
-        self.next_step = now + STEP_INTERVAL
+    def alive(self) -> list[int]:
         self.procs = collect(self.run_id, self.root_pid, self.procs.values())
-        if not self.procs:
-            self.finished = True
-        elif now < self.term_until:
-            return
-        elif self.rounds >= MAX_KILL_ROUNDS:
-            self.finished = True
-            self.survivors = sorted(self.procs)
-        else:
-            self.rounds += 1
-            # Stopped first, so none of them can fork or restart another
-            # while the others are being killed.
-            signal_all(self.procs.values(), signal.SIGSTOP)
-            signal_all(self.procs.values(), signal.SIGKILL)
+        return sorted(self.procs)
+
+    def terminate(self) -> None:
+        signal_all(self.procs.values(), signal.SIGTERM)
+
+    def kill(self) -> None:
+        # Stopped first, so none of them can fork or restart another while
+        # the others are being killed.
+        signal_all(self.procs.values(), signal.SIGSTOP)
+        signal_all(self.procs.values(), signal.SIGKILL)
+
+    def done(self) -> None:
+        """Nothing to clean up."""
+
+
+class Killed(NamedTuple):
+    processes: int
+    whole: bool  # through the run's cgroup: nothing of it is left
+
+    def describe(self) -> str:
+        if self.whole:
+            return f"{self.processes} process(es) of it killed through its cgroup"
+        return (f"{self.processes} process(es) of it that kept its {RUN_ID_VAR} killed; "
+                "any that dropped it may survive")
+
+
+def kill_run(run_id: int, supervisor_pid: int | None = None) -> Killed:
+    """SIGKILL every process of one run of a daemon's executor (the caller's,
+    by default) from outside the executor: the supervisor calls this when
+    the executor died while running the command.
+
+    Through the run's cgroup when there is one. Otherwise by the marker, and
+    only among the caller's own descendants: as a subreaper it adopts what
+    the run left behind, and another tuninetd on the same host numbers its
+    runs from 1 too."""
+    daemon = os.getpid() if supervisor_pid is None else supervisor_pid
+    try:
+        group = RunGroup(RunGroups(daemon_group(daemon)).path(run_id))
+        pids = group.pids()
+        group.kill()
+    except (OSError, Unavailable):
+        pass
+    else:
+        return Killed(len(pids), whole=True)
+    procs = Marked(run_id, None)
+    procs.kill()
+    return Killed(len(procs.procs), whole=False)

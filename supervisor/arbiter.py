@@ -228,6 +228,7 @@ class Arbiter:
             self.starting = False
             self.observers.publish(Ready())
             if self.ready_fd is not None:
+                wording.started(os.getpid(), daemon=True)
                 os.write(self.ready_fd, b"ok")
                 os.close(self.ready_fd)
                 self.ready_fd = None

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import pwd
 from dataclasses import dataclass
 
 DEFAULT_CONTROL = "/run/tuninetd.sock"
+# Sensors drop to the account the Debian package makes, where there is one:
+# nothing else runs as it, unlike nobody.
+SENSOR_ACCOUNTS = ("tuninetd", "nobody")
+
+
+def default_sensor_user() -> str:
+    """The first of SENSOR_ACCOUNTS that exists here (nobody if none does)."""
+    for name in SENSOR_ACCOUNTS:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    return SENSOR_ACCOUNTS[-1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ import sys
 from typing import Any, NamedTuple
 
 from tuninetd.supervisor import configfile, options, probes, values
-from tuninetd.supervisor.config import DEFAULT_CONTROL, Settings
+from tuninetd.supervisor.config import DEFAULT_CONTROL, Settings, default_sensor_user
 from tuninetd.supervisor.errors import UsageError
 
 # What an option is when neither the command line nor the config file sets it.
@@ -18,7 +18,6 @@ DEFAULTS: dict[str, Any] = {
     "ttl": 600,
     "ack_only": False,
     "daemon": False,
-    "user": "nobody",
     "command_timeout": 300.0,
     "beat": 1.0,
     "control": DEFAULT_CONTROL,
@@ -107,9 +106,10 @@ def _settings(given: _Given) -> Settings:
     timeout = values.seconds(o("command_timeout", "--command-timeout"),
                              given["command_timeout"], 0.1, values.MAX_TIMEOUT, zero_ok=True)
     beat = values.seconds(o("beat", "--beat"), given["beat"], 0.1, 60, zero_ok=False)
-    sensor_user = probes.account(o("user", "--user"), given["user"])
+    user = default_sensor_user() if given["user"] is None else given["user"]
+    sensor_user = probes.account(o("user", "--user"), user)
     if sensor_user.uid == 0:
-        raise UsageError(f"{o('user', '--user')} {given['user']!r}: sensors must drop to an "
+        raise UsageError(f"{o('user', '--user')} {user!r}: sensors must drop to an "
                          "unprivileged account")
     exec_user = (probes.account(o("exec_user", "--exec-user"), given["exec_user"])
                  if given["exec_user"] is not None else None)

@@ -21,6 +21,7 @@ class Outcome:
     exit_code: int | None = None
     duration: float | None = None
     lost: bool = False  # the executor died while it ran
+    cgroup: bool = False  # killed (timeout) through its cgroup: nothing of it is left
 
     @property
     def ok(self) -> bool:

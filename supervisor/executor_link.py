@@ -66,7 +66,7 @@ class ExecutorLink:
                 outcome = Outcome(
                     error=wire.clean_text(msg["error"]) if msg.get("error") else None,
                     timeout=bool(msg["timeout"]), signal=msg["sig"], exit_code=msg["rc"],
-                    duration=float(msg.get("dur") or 0.0))
+                    duration=float(msg.get("dur") or 0.0), cgroup=msg.get("killed") == "cgroup")
                 wording.command_warning(outcome, self.cfg.argv(finished.event),
                                         self.cfg.command_timeout)
                 if finished.event == "start":
@@ -86,9 +86,7 @@ class ExecutorLink:
             return
         self.queue.finish(job.id)
         self.observers.publish(CommandEnded(job.event, Outcome(lost=True)))
-        killed = tree.kill_now(job.id)
-        log.error("CORE: executor died while running the %s command; %d process(es) of it "
-                  "killed; the command counts as failed", job.event, killed)
+        wording.executor_lost(job.event, tree.kill_run(job.id).describe())
         self.command_pid = 0
 
     def close(self) -> float:
@@ -103,4 +101,4 @@ class ExecutorLink:
 
     def kill_running(self) -> None:
         if self.queue.running is not None:
-            tree.kill_now(self.queue.running.id)
+            tree.kill_run(self.queue.running.id)

@@ -7,6 +7,7 @@ import sys
 from typing import NoReturn
 
 from tuninetd.common import daemon, logs, procstatus
+from tuninetd.executor import cgroup
 from tuninetd.supervisor import configfile, configure, pidfile, wording
 from tuninetd.supervisor.arbiter import Arbiter
 from tuninetd.supervisor.errors import StartupError
@@ -52,11 +53,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     ready_fd = None
     if cfg.daemon:
+        if problem := logs.syslog_unreachable():
+            print(f"tuninetd: -d logs to syslog, but {problem}: start a syslog daemon "
+                  "(e.g. rsyslog), or run in the foreground (under systemd the journal "
+                  "keeps the lines)", file=sys.stderr)
+            sys.exit(1)
         logs.to_syslog()
         ready_fd = daemonize()
     else:
         logs.to_stderr()
-    wording.started(os.getpid(), cfg.daemon)
+        wording.started(os.getpid(), daemon=False)
     arbiter = None
     try:
         if cfg.pidfile is not None:
@@ -75,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if arbiter is not None:
             arbiter.observers.close()
+            cgroup.remove_daemon_group(os.getpid())
         if cfg.pidfile is not None:
             pidfile.remove(cfg.pidfile)
     sys.exit(code)

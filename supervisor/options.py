@@ -59,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     a("-c", dest="command", metavar="<path>",
       help="executable, run with 'start' and 'stop' as its argument")
     a("-d", dest="daemon", action="store_true", default=None,
-      help="daemonize; log to syslog as tuninetd")
+      help="daemonize; log to syslog as tuninetd (exit 1 if nothing listens on /dev/log)")
     a("-f", dest="filter", metavar="<filter>",
       help="packet filter for the pcap sensors, as tcpdump takes it")
     a("-i", dest="interfaces", metavar="<ifname>", action="append",
@@ -71,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
     a("-w", dest="pcap_file", metavar="<path>",
       help="append each start-event packet to this pcap savefile")
     a("--user", metavar="NAME",
-      help="account the sensors drop to after opening their capture (default nobody)")
+      help="account the sensors drop to after opening their capture "
+      "(default tuninetd if that account exists, else nobody)")
     a("--exec-user", metavar="NAME",
       help="account the commands run as (default: the daemon's own)")
     a("--command-timeout", metavar="SEC",

@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tuninetd.common.logs import log
+from tuninetd.executor.reap import RUN_ID_VAR
 from tuninetd.supervisor.config import SensorSpec, Settings
 from tuninetd.supervisor.events import Outcome
 
 
 def started(pid: int, daemon: bool) -> None:
+    """In the foreground at once; with -d once every worker said hello, so
+    that a failed start never says it."""
     if daemon:
         log.info("Success! Tuninetd has been started with PID: %d", pid)
     else:
@@ -68,6 +71,11 @@ def start_cancelled() -> None:
     log.info("CORE: idle again before the start command could run: start cancelled")
 
 
+def executor_lost(event: str, killed: str) -> None:
+    log.error("CORE: executor died while running the %s command; %s; the command "
+              "counts as failed", event, killed)
+
+
 def executing_stop() -> None:
     log.info("CORE: executing STOP command...")
 
@@ -81,9 +89,13 @@ def command_warning(outcome: Outcome, argv: Sequence[str], timeout: float) -> No
     shown = " ".join(argv)
     if outcome.error:
         log.warning("Warning! Executable command could not be run (%s): %s", shown, outcome.error)
+    elif outcome.timeout and outcome.cgroup:
+        log.warning("Warning! Executable command timed out after %g s and was killed "
+                    "with its process tree, through its cgroup (%s)", timeout, shown)
     elif outcome.timeout:
         log.warning("Warning! Executable command timed out after %g s and was killed "
-                    "with its process tree (%s)", timeout, shown)
+                    "with the processes that kept its %s; any that dropped it may "
+                    "survive (%s)", timeout, RUN_ID_VAR, shown)
     elif outcome.signal is not None:
         log.warning("Warning! Executable command was killed by signal %d (%s)",
                     outcome.signal, shown)

@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -43,6 +44,15 @@ def need_root() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true: {problem}")
         pytest.skip(problem)
+
+
+def default_sensor_account() -> pwd.struct_passwd:
+    """The account sensors drop to without --user: tuninetd where the Debian
+    package made it (it stays after a purge), else nobody."""
+    try:
+        return pwd.getpwnam("tuninetd")
+    except KeyError:
+        return pwd.getpwnam("nobody")
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 10.0,
@@ -167,7 +177,11 @@ def epoch(event: list[str]) -> float:
 class Daemon:
     """tuninetd running in a namespace, its stderr log in a file."""
 
-    def __init__(self, ns: Netns, args: list[str], log: Path) -> None:
+    def __init__(self, ns: Netns, args: list[str], log: Path, cgroup2: bool = True) -> None:
+        """``ip netns exec`` mounts a fresh /sys without the cgroup
+        hierarchies; with ``cgroup2`` the daemon gets the cgroup v2 one back
+        at /sys/fs/cgroup, as on a systemd host (without, its executor runs
+        on the fallback)."""
         self.log = log
         # Each daemon its own control socket: the default /run/tuninetd.sock
         # admits one daemon per host, and tests run several at once.
@@ -175,8 +189,12 @@ class Daemon:
         if "--control" not in args and "--config" not in args:
             args = [*args, "--control", self.control]
         self.logf = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        argv = [sys.executable, "-m", "tuninetd.supervisor.main", *args]
+        if cgroup2:  # the same pid: sh execs the daemon
+            argv = ["sh", "-c", 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@"', "sh",
+                    *argv]
         self.proc = subprocess.Popen(
-            ns.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main", *args),
+            ns.exec_argv(*argv),
             stdin=subprocess.DEVNULL,
             stdout=self.logf,
             stderr=subprocess.STDOUT,
@@ -358,6 +376,17 @@ class Run:
                 f"{exc}\nrecorded: {self.events()}\n--- log ---\n{self.daemon.text()}"
             ) from None
 
+    def sensors(self) -> dict[str, int]:
+        """Sensor title without its state ("tuninetd: sensor nflog 5") -> pid."""
+        import psutil
+
+        out = {}
+        for kid in psutil.Process(self.daemon.pid).children():
+            with_state = title(kid.pid)
+            if with_state.startswith("tuninetd: sensor"):
+                out[with_state.rsplit(" ", 1)[0]] = kid.pid
+        return out
+
     def after(self, needle: str, nth: int = 1, lines: int = 2) -> list[str]:
         """The ``lines`` log lines that follow the nth line containing ``needle``."""
         log = self.daemon.lines()
@@ -371,6 +400,105 @@ class Sent:
 
     before: float
     after: float
+
+
+@dataclass
+class Lab:
+    """A namespace (veth tap0/peer0), a folder, and the daemon started there
+    with a recording command; frames and packets sent into the namespace."""
+
+    ns: Netns
+    folder: Path
+    start_daemon: Callable[..., Daemon]
+    beat: float
+    args: tuple[str, ...] = ()  # options every daemon of this lab gets
+    _frames: socket.socket | None = None
+    _raw: socket.socket | None = None
+
+    def run(self, *args: str, body: str = "", name: str = "record.sh", sensors: int = 1,
+            ttl: int | None = 1, wait: bool = True, cgroup2: bool = True) -> Run:
+        """The daemon with ``args``, recording its commands in a script of
+        ``name`` that also runs ``body``; returns once every worker has said
+        hello (unless ``wait`` is false)."""
+        script, record = recorder(self.folder, name=name, body=body)
+        argv = ["-c", str(script), "--beat", str(self.beat), *self.args, *args]
+        if ttl is not None:
+            argv += ["-t", str(ttl)]
+        daemon = self.start_daemon(self.ns, *argv, cgroup2=cgroup2)
+        if wait:
+            ready(daemon, sensors=sensors)
+        return Run(daemon, script, record)
+
+    def send_frame(self, frame: bytes) -> Sent:
+        """A whole frame into peer0: it arrives on tap0."""
+        if self._frames is None:
+            self._frames = self.ns.sender()
+        before = time.time()
+        self._frames.send(frame)
+        return Sent(before, time.time())
+
+    def send_ip(self, packet: bytes, dst: str) -> Sent:
+        """An IPv4 packet as it is, sent by the namespace itself (a raw socket:
+        through output, where NFLOG rules see it)."""
+        if self._raw is None:
+            with self.ns.entered():
+                self._raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        before = time.time()
+        self._raw.sendto(packet, (dst, 0))
+        return Sent(before, time.time())
+
+    def close(self) -> None:
+        for s in (self._frames, self._raw):
+            if s is not None:
+                s.close()
+
+
+def send_udp(ns: Netns, dst: str, port: int, count: int = 1, data: bytes = b"x") -> Sent:
+    """``count`` datagrams sent by the namespace itself to ``dst``; from just
+    before the first to just after the last."""
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    with ns.entered():
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    with sock:
+        before = time.time()
+        for _ in range(count):
+            sock.sendto(data, (dst, port))
+        return Sent(before, time.time())
+
+
+def as_nobody(body: Callable[[], int] | list[str]) -> tuple[int, str]:
+    """Run ``body`` (a function, or an argv to exec) in a fork of this process
+    that became nobody, with no supplementary groups, in /: its exit status
+    and what it wrote on stdout and stderr. A fork, not a new interpreter: the
+    test's interpreter may sit where nobody cannot execute it."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 99
+        try:
+            os.close(rfd)
+            os.dup2(wfd, 1)
+            os.dup2(wfd, 2)
+            # pytest's capture objects stay with the parent.
+            sys.stdout = sys.stderr = os.fdopen(1, "w", closefd=False)
+            os.chdir("/")
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            if isinstance(body, list):
+                os.execv(body[0], body)
+            code = body()
+            sys.stdout.flush()
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, errors="replace") as r:
+        out = r.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out
 
 
 def stop_delta(run: Run, stop_index: int, last: Sent, ttl: float, *, beat: float,

@@ -49,19 +49,26 @@ class Syslog:
         return wait_for(f"syslog line {needle!r}", probe)
 
 
-@contextlib.contextmanager
-def private_dev_log(folder: Path, ident: str) -> Iterator[tuple[Syslog, list[str]]]:
-    """The receiver, and an argv prefix that runs a command in a private mount
-    namespace whose /dev is ``folder``/dev: the receiver as /dev/log, the real
-    null and net/tun bound in."""
+def private_dev(folder: Path) -> list[str]:
+    """An argv prefix that runs a command in a private mount namespace whose
+    /dev is ``folder``/dev: the real null and net/tun bound in, nothing else
+    (no /dev/log unless the caller binds a socket there)."""
     dev = folder / "dev"
-    (dev / "net").mkdir(parents=True)
+    (dev / "net").mkdir(parents=True, exist_ok=True)
     (dev / "null").touch()
     (dev / "net" / "tun").touch()
-    log = Syslog(dev / "log", ident)
     script = (f"mount --bind /dev/null {dev}/null && mount --bind /dev/net/tun {dev}/net/tun"
               f' && mount --rbind {dev} /dev && exec "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+
+
+@contextlib.contextmanager
+def private_dev_log(folder: Path, ident: str) -> Iterator[tuple[Syslog, list[str]]]:
+    """The receiver, and an argv prefix that runs a command seeing it as /dev/log
+    (see private_dev)."""
+    prefix = private_dev(folder)
+    log = Syslog(folder / "dev" / "log", ident)
     try:
-        yield log, ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+        yield log, prefix
     finally:
         log.sock.close()

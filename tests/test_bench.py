@@ -28,13 +28,13 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
-        # Under a minute on a quiet machine (the issue's bound; the run prints
+        # Under a minute on a quiet machine (the documented bound; the run prints
         # its own duration); the limit here only catches a hang, since a
         # shared 2-core machine can be much slower.
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
-    assert "Targets (issue 6)" in run.stdout
+    assert "\nTargets\n" in run.stdout
     results = json.loads(out.read_text())
     assert results["meta"]["quick"] is True
     for section in SECTIONS:
@@ -48,8 +48,6 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
         for key in ("pps", "packets", "cpu_s", "per_million", "idle_cpu_per_s"):
             assert _number(w[key]), (key, w)
         assert w["packets"] > 0, w
-    flat_out = [w["pps"] for w in windows if w["rate"] == 0]
-    assert min(flat_out) > 100_000, f"the generator is too slow: {flat_out}"
 
     for section, kinds in (("start_latency", ("pcap", "nflog", "command_alone")),
                            ("stop", ("pcap", "nflog"))):

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -236,10 +237,26 @@ def privilege_prefix(drop: str) -> tuple[str, ...]:
     return ("setpriv", f"--bounding-set=-{drop}", f"--inh-caps=-{drop}")
 
 
+@pytest.fixture
+def public_cmd() -> Iterator[str]:
+    """A command that an unprivileged user can reach too (pytest's tmp_path
+    is root's 0700): the check under test is the privilege one, not -c's."""
+    folder = tempfile.mkdtemp(prefix="tnd-cli-")
+    os.chmod(folder, 0o755)
+    cmd = os.path.join(folder, "toggle.sh")
+    with open(cmd, "w") as f:
+        f.write("#!/bin/sh\nexit 0\n")
+    os.chmod(cmd, 0o755)
+    try:
+        yield cmd
+    finally:
+        shutil.rmtree(folder)
+
+
 @pytest.mark.parametrize("drop", ["net_raw", "all"])
-def test_missing_privilege_is_exit_1_and_named(paths: dict[str, str], drop: str) -> None:
+def test_missing_privilege_is_exit_1_and_named(public_cmd: str, drop: str) -> None:
     prefix = privilege_prefix(drop)
-    r = run_cli(["-i", "lo", "-c", paths["cmd"]], prefix)
+    r = run_cli(["-i", "lo", "-c", public_cmd], prefix)
     everything = r.out + r.err
     assert r.status == 1, everything
     assert "Traceback" not in everything
@@ -252,10 +269,10 @@ def test_missing_privilege_is_exit_1_and_named(paths: dict[str, str], drop: str)
     assert r.spawned == [], f"spawned {r.spawned}"
 
 
-def test_bad_value_beats_missing_privilege(paths: dict[str, str]) -> None:
+def test_bad_value_beats_missing_privilege(public_cmd: str) -> None:
     """Values are checked first: an unprivileged user still learns what is wrong."""
     prefix = () if os.geteuid() != 0 else privilege_prefix("all")
-    r = run_cli(["-i", "lo", "-c", paths["cmd"], "-t", "abc"], prefix)
+    r = run_cli(["-i", "lo", "-c", public_cmd, "-t", "abc"], prefix)
     assert r.status == 2, r.err
     assert r.err.splitlines() == ["tuninetd: -t 'abc': expected a positive whole number of "
                                   "seconds"]
@@ -264,16 +281,27 @@ def test_bad_value_beats_missing_privilege(paths: dict[str, str]) -> None:
 # -- help and version ----------------------------------------------------------------
 
 
+# Every option the daemon takes (README's usage, conf/tuninetd.toml's keys),
+# as the help shows it.
+EVERY_OPTION = ["-a", "-c <path>", "-d", "-f <filter>", "-i <ifname>", "-n <nflog-group>",
+                "-t <ttl>", "-w <path>", "--user NAME", "--exec-user NAME",
+                "--command-timeout SEC", "--beat SEC", "--config FILE", "--check-config",
+                "--control PATH", "--pidfile PATH", "--metrics HOST:PORT", "-h, --help",
+                "-v, --version"]
+
+
 @pytest.mark.parametrize("flag", ["-h", "--help"])
 def test_help_lists_every_option(flag: str) -> None:
     r = run_cli([flag])
     assert r.status == 0, r.err
     assert r.err == ""
     assert r.out.startswith("usage: tuninetd -i <ifname> -c <path>")
-    for option in ("-i <ifname>", "-c <path>", "-a", "-d", "-f <filter>", "-n <nflog-group>",
-                   "-t <ttl>", "-w <path>", "-h", "-v", "--user", "--exec-user",
-                   "--command-timeout", "--beat"):
-        assert f"  {option}" in r.out, option
+    options = r.out.partition("\noptions:\n")[2].partition("\n\n")[0]
+    # An option's line starts with two spaces and a dash; its help may follow
+    # on the same line or the next ones, indented further.
+    listed = [line.strip().partition("  ")[0] for line in options.splitlines()
+              if line.startswith("  -")]
+    assert listed == EVERY_OPTION
     assert r.spawned == []
 
 

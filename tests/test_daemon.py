@@ -14,7 +14,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.utils import rdpcap
 
 from tests import netlab
-from tests.netlab import Daemon, Netns, Run, Sent, epoch, ready, recorder, wait_for
+from tests.netlab import Daemon, Lab, Netns, Run, Sent, epoch, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -104,25 +103,11 @@ def stream(sock: socket.socket, frames: list[bytes], every: float, duration: flo
 
 
 
-@dataclass
-class Lab:
-    ns: Netns
-    folder: Path
-    start: Callable[..., Daemon]
-
-    def run(self, *args: str, body: str = "", sensors: int = 1, ttl: int | None = 1) -> Run:
-        script, record = recorder(self.folder, body=body)
-        argv = ["-c", str(script), "--beat", str(BEAT), *args]
-        if ttl is not None:
-            argv += ["-t", str(ttl)]
-        daemon = self.start(self.ns, *argv)
-        ready(daemon, sensors=sensors)
-        return Run(daemon, script, record)
-
-
 @pytest.fixture
 def lab(veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Iterator[Lab]:
-    yield Lab(veth, tmp_path, start_daemon)
+    lab = Lab(veth, tmp_path, start_daemon, BEAT)
+    yield lab
+    lab.close()
 
 
 # (run, stop_index, last, ttl): the stop came [ttl, ttl + BEAT + SLACK] after the
@@ -284,7 +269,8 @@ def test_tun_device(netns: Netns, tmp_path: Path, start_daemon: Callable[..., Da
     fd = netns.tun("tun0")
     try:
         dump = tmp_path / "starts.pcap"
-        run = Lab(netns, tmp_path, start_daemon).run("-i", "tun0", "-f", "udp", "-w", str(dump))
+        lab = Lab(netns, tmp_path, start_daemon, BEAT)
+        run = lab.run("-i", "tun0", "-f", "udp", "-w", str(dump))
         packet = bytes(IP(src=V4_A, dst=V4_B) / UDP(sport=40000, dport=5353) / (b"t" * 24))
         os.write(fd, packet)
         got = run.wait_events(1)

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -20,8 +20,8 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.netlab import Netns, events, gone, recorder, wait_for
-from tests.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev_log
+from tests.netlab import Daemon, Netns, events, gone, ready, recorder, wait_for
+from tests.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev, private_dev_log
 
 pytestmark = pytest.mark.root
 
@@ -79,29 +79,43 @@ def test_detaches_logs_to_syslog_and_exits_cleanly(
 
 
 def test_a_failed_start_is_reported_by_the_parent(
-    netns: Netns, tmp_path: Path, syslog: tuple[Syslog, list[str]]
+    netns: Netns, tmp_path: Path, syslog: tuple[Syslog, list[str]],
+    start_daemon: Callable[..., Daemon],
 ) -> None:
     """A sensor that cannot start (here: an NFLOG group another process holds)
     makes `tuninetd -d` exit 1 with the reason, not 0 and a silent death."""
     log, prefix = syslog
     script, _ = recorder(tmp_path)
-    holder = subprocess.Popen(
-        netns.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main", "-n", "31", "-c",
-                        str(script), "--beat", "0.2", "--control", str(tmp_path / "first.sock")),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        err = holder.stderr
-        assert err is not None
-        wait_for("first daemon listening", lambda: "nflog-group 31" in err.readline())
-        argv = [*prefix, *netns.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main",
-                "-n", "31", "-c", str(script), "-d", "--control", str(tmp_path / "second.sock"))]
-        second = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        assert second.returncode == 1
-        lines = second.stderr.splitlines()
-        assert len(lines) == 1 and "group 31" in lines[0] and "another process" in lines[0]
-        log.wait("Abort")
-        assert daemon_pids(netns) == [holder.pid]
-    finally:
-        holder.terminate()
-        holder.wait(10)
+    holder = start_daemon(netns, "-n", "31", "-c", str(script), "--beat", "0.2")
+    # Its sensor has said hello, so it holds the group (a log line before the
+    # spawn would race the sensor's bind).
+    ready(holder)
+    argv = [*prefix, *netns.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main",
+            "-n", "31", "-c", str(script), "-d", "--control", str(tmp_path / "second.sock"))]
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert second.returncode == 1
+    lines = second.stderr.splitlines()
+    assert len(lines) == 1 and "group 31" in lines[0] and "another process" in lines[0]
+    log.wait("Abort")
+    assert not [r for r in log.poll() if "Success!" in r[2]], log.poll()
+    assert daemon_pids(netns) == [holder.pid]
+
+
+def test_no_syslog_socket_is_said_on_stderr_before_detaching(netns: Netns,
+                                                             tmp_path: Path) -> None:
+    """Without /dev/log every line of a -d daemon would be dropped in silence
+    (libc's syslog says nothing): refuse with exit 1 and the reason, and
+    start nothing. /dev here is a private one with no log socket in it."""
+    script, _ = recorder(tmp_path)
+    argv = [*private_dev(tmp_path), *netns.exec_argv(
+        sys.executable, "-m", "tuninetd.supervisor.main", "-n", "32", "-c", str(script), "-d",
+        "--control", str(tmp_path / "c.sock"))]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1, r.stderr
+    assert r.stdout == ""
+    assert r.stderr.splitlines() == [
+        "tuninetd: -d logs to syslog, but nothing listens on /dev/log (no such file or "
+        "directory): start a syslog daemon (e.g. rsyslog), or run in the foreground (under "
+        "systemd the journal keeps the lines)"]
+    assert daemon_pids(netns) == []
+    assert not (tmp_path / "c.sock").exists()

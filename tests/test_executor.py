@@ -9,6 +9,8 @@ import os
 import pwd
 import re
 import select
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,9 +23,12 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.netlab import gone, wait_gone
 from tuninetd.common import wire
+from tuninetd.executor import cgroup
 
 BEAT = 0.2
+SILENT_BEATS = 5  # the supervisor kills a worker silent for this many beats
 PATH_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 # Records pids atomically (write then rename) so a test never reads half a pid.
 NOTE_PID = """
@@ -87,7 +92,7 @@ class Executor:
         while True:
             msg = self.recv(deadline)
             if msg is None:
-                pytest.fail("executor closed the socket before done")
+                pytest.fail(f"executor closed the socket before done: {self.log[-3:]}")
             if msg["t"] == "beat" or msg.get("id") != run_id:
                 continue
             messages.append(msg)
@@ -118,11 +123,16 @@ def executor() -> Iterator[StartExecutor]:
         uid: int | None = None,
         gid: int | None = None,
         user: str | None = None,
+        wrapper: tuple[str, ...] = (),
+        stray_fds: tuple[int, ...] = (),
     ) -> Executor:
+        """``wrapper`` execs the executor's command line (same pid); the
+        executor inherits ``stray_fds`` as a careless parent would leave them."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = [sys.executable, "-m", "tuninetd.executor", str(theirs.fileno()), str(os.getpid())]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tuninetd.executor", str(theirs.fileno()), str(os.getpid())],
-            pass_fds=[theirs.fileno()],
+            [*wrapper, *argv],
+            pass_fds=[theirs.fileno(), *stray_fds],
             env={**os.environ, "EXECUTOR_ONLY": "1"},
         )
         theirs.close()
@@ -135,6 +145,8 @@ def executor() -> Iterator[StartExecutor]:
     yield start
     for ex in started:
         ex.close()
+    # The executors' cgroups, as the supervisor removes them at exit.
+    cgroup.remove_daemon_group(os.getpid())
 
 
 @pytest.fixture
@@ -167,21 +179,6 @@ def read_pids(directory: Path, names: list[str], timeout: float = 5.0) -> dict[s
     return {name: int((directory / name).read_text()) for name in names}
 
 
-def is_gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_gone(pids: list[int], timeout: float = 3.0) -> list[int]:
-    """The pids still alive after the deadline."""
-    deadline = time.monotonic() + timeout
-    while (alive := [pid for pid in pids if not is_gone(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return alive
-
-
 def lines(messages: list[wire.Message]) -> list[str]:
     return [m["line"] for m in messages if m["t"] == "out"]
 
@@ -193,7 +190,9 @@ def test_hello_then_beats_at_the_interval(executor: StartExecutor) -> None:
     times = [hello_at] + [at for at, msg in ex.log if msg["t"] == "beat"]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(beat == {"v": 1, "t": "beat", "n": 0, "mode": "idle"} for beat in beats)
-    assert all(BEAT * 0.5 < gap < BEAT * 2.5 for gap in gaps), gaps
+    # Correctness: no busy loop (not faster than half the interval), and never
+    # silent long enough for the supervisor to kill it (SILENT_BEATS beats).
+    assert all(BEAT * 0.5 < gap < BEAT * SILENT_BEATS for gap in gaps), gaps
 
 
 def test_output_lines_in_order_then_done(executor: StartExecutor, tmp_path: Path) -> None:
@@ -202,6 +201,8 @@ def test_output_lines_in_order_then_done(executor: StartExecutor, tmp_path: Path
     assert messages[0]["t"] == "started"
     assert lines(messages) == ["one", "two", "three", "tail"]
     assert done["rc"] == 0 and done["sig"] is None and done["error"] is None
+    # dur is the run's length in seconds (not a timestamp, not ms): an instant
+    # script's is well under the executor test's 5 s.
     assert done["timeout"] is False and 0 <= done["dur"] < 5
 
 
@@ -277,9 +278,10 @@ def test_timeout_kills_the_whole_tree_while_beats_go_on(
     pids = read_pids(tmp_path, ["parent", "child", "grandchild"])
     assert messages[0] == {"v": 1, "t": "started", "id": 1, "pid": pids["parent"]}
     assert done["timeout"] is True and done["sig"] == signal.SIGTERM and done["rc"] is None
-    assert wait_gone(list(pids.values())) == []
+    wait_gone(list(pids.values()), 3.0)
     beats = [sent_at] + [at for at, msg in ex.log if msg["t"] == "beat" and at > sent_at]
-    assert all(b - a < BEAT * 3 for a, b in itertools.pairwise(beats))
+    # Correctness: killing a tree does not make the executor look frozen.
+    assert all(b - a < BEAT * SILENT_BEATS for a, b in itertools.pairwise(beats))
     assert beats[-1] - sent_at > 2.5  # the hang and the 2 s grace were covered by beats
 
 
@@ -308,7 +310,108 @@ def test_daemon_of_an_earlier_command_survives_a_timeout_kill(
     assert done["rc"] == 0 and done["timeout"] is False  # though the daemon holds the pipe
     _, done = ex.run(2, ["sleep", "30"])
     assert done["timeout"] is True
-    assert not is_gone(daemon)
+    assert not gone(daemon)
+
+
+# Children that leave everything behind: a new session and a clean
+# environment (no TUNINETD_RUN_ID), one of them double-forked so that it is
+# not even a descendant of the command any more. Each prints its pid.
+ESCAPE = """
+setsid env -i sh -c 'echo clean $$; exec sleep 1000' &
+setsid env -i sh -c 'sh -c "echo double \\$\\$; exec sleep 1000" &' &
+exec sleep 1000
+"""
+
+
+def escapees(ex: Executor) -> dict[str, int]:
+    """Run ESCAPE as run 1 and wait until both escapees are in place."""
+    ex.send("run", id=1, event="start", argv=["sh", "-c", ESCAPE], env=PATH_ENV)
+    pids = {"start": ex.expect("started")["pid"]}
+    while len(pids) < 3:
+        name, pid = ex.expect("out")["line"].split()
+        pids[name] = int(pid)
+    double = psutil.Process(pids["double"])
+    wait_for_true(lambda: double.ppid() == ex.proc.pid)  # the orphan adopted by the executor
+    for pid in pids.values():
+        assert not is_gone(pid)
+    for name in ("clean", "double"):
+        assert "TUNINETD_RUN_ID" not in psutil.Process(pids[name]).environ()
+    return pids
+
+
+def wait_for_true(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met in time")
+        time.sleep(0.02)
+
+
+def test_timeout_kills_what_left_session_and_environment_through_the_cgroup(
+    executor: StartExecutor,
+) -> None:
+    ex = executor(timeout=1)
+    pids = escapees(ex)
+    _, done = ex.until_done(1)
+    assert done["timeout"] is True and done["killed"] == "cgroup"
+    assert wait_gone(list(pids.values()), timeout=1) == []
+
+
+def read_only_cgroups() -> tuple[str, ...]:
+    """A wrapper that runs the executor with every cgroup2 mount read-only, in
+    a mount namespace of its own (the rest of the host keeps them writable)."""
+    if shutil.which("unshare") is None:
+        pytest.fail("needs unshare (util-linux)")
+    mounts = [mount for _, mount in cgroup.cgroup2_mounts()]
+    if not mounts:
+        pytest.skip("no cgroup2 mounted here: every executor runs on the fallback")
+    remounts = " && ".join(f"mount -o remount,bind,ro {shlex.quote(m)}" for m in mounts)
+    return ("unshare", "-m", "--propagation", "private", "sh", "-c",
+            f'{remounts} && exec "$@"', "sh")
+
+
+def test_without_a_writable_cgroup_the_fallback_says_what_it_cannot_kill(
+    executor: StartExecutor, doomed: list[psutil.Process]
+) -> None:
+    ex = executor(timeout=1, wrapper=read_only_cgroups())
+    reason = ex.expect("error")["reason"]
+    assert re.fullmatch(
+        r"no cgroup for the commands \(.*Read-only file system\): a timed-out command is "
+        r"killed through its TUNINETD_RUN_ID marker, and processes that drop it may survive",
+        reason,
+    ), reason
+    pids = escapees(ex)
+    doomed.append(psutil.Process(pids["double"]))
+    _, done = ex.until_done(1)
+    assert done["timeout"] is True and done["killed"] == "marker"
+    assert wait_gone([pids["start"], pids["clean"]], timeout=1) == []
+    # What the message warns of: the double-forked one without the marker is
+    # out of the fallback's sight.
+    assert not is_gone(pids["double"])
+
+
+def test_a_command_gets_only_0_1_2_whatever_the_executor_inherited(
+    executor: StartExecutor, tmp_path: Path
+) -> None:
+    secret = os.open("/etc/shadow", os.O_RDONLY)
+    left, right = socket.socketpair()
+    try:
+        stray = (secret, left.fileno())
+        ex = executor(timeout=1, stray_fds=stray)
+        held = {os.readlink(f"/proc/{ex.proc.pid}/fd/{fd}") for fd in stray}
+        assert "/etc/shadow" in held  # the executor really holds them
+        ex.send("run", id=1, event="start", argv=["sh", "-c", "exec sleep 1000"], env=PATH_ENV)
+        pid = ex.expect("started")["pid"]
+        wait_for_true(lambda: psutil.Process(pid).name() == "sleep")
+        fds = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        _, done = ex.until_done(1)
+    finally:
+        os.close(secret)
+        left.close()
+        right.close()
+    assert sorted(fds) == [0, 1, 2], fds
+    assert fds[0] == "/dev/null" and fds[1] == fds[2] and fds[1].startswith("pipe:")
+    assert done["timeout"] is True
 
 
 def test_chatty_command_is_rate_limited(executor: StartExecutor) -> None:
@@ -369,7 +472,7 @@ def test_supervisor_gone_kills_the_command_and_exits(
     else:
         ex.proc.send_signal(signal.SIGTERM)
     assert ex.wait_exit() == 0
-    assert wait_gone(list(pids.values())) == []
+    wait_gone(list(pids.values()), 3.0)
 
 
 def test_exec_user(executor: StartExecutor) -> None:
@@ -378,10 +481,14 @@ def test_exec_user(executor: StartExecutor) -> None:
             pytest.fail("switching the executor's user needs root")
         pytest.skip("switching the executor's user needs root")
     nobody = pwd.getpwnam("nobody")
-    ex = executor(uid=nobody.pw_uid, gid=nobody.pw_gid, user="nobody")
+    ex = executor(timeout=1, uid=nobody.pw_uid, gid=nobody.pw_gid, user="nobody")
     assert psutil.Process(ex.proc.pid).uids().real == nobody.pw_uid
-    messages, done = ex.run(1, ["id", "-u"])
-    assert lines(messages) == [str(nobody.pw_uid)] and done["rc"] == 0
+    messages, done = ex.run(1, ["sh", "-c", "id -u; grep ^0:: /proc/self/cgroup"])
+    assert lines(messages)[0] == str(nobody.pw_uid) and done["rc"] == 0
+    # Though unprivileged, the executor put it into its run's cgroup.
+    assert lines(messages)[1].endswith(f"/tuninetd-{os.getpid()}/run-1"), lines(messages)
+    _, done = ex.run(2, ["sleep", "1000"])
+    assert done["timeout"] is True and done["killed"] == "cgroup"
 
 
 def test_command_starts_with_default_signal_dispositions(executor: StartExecutor) -> None:

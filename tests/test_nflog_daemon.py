@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -30,13 +29,13 @@ from scapy.utils import rdpcap
 from tests import netlab
 from tests.netlab import (
     Daemon,
+    Lab,
     Netns,
-    Run,
     Sent,
     epoch,
     gone,
-    ready,
     recorder,
+    send_udp,
     sh,
     title,
     wait_for,
@@ -73,13 +72,6 @@ def udp_socket(ns: Netns, dst: str) -> socket.socket:
         return socket.socket(family, socket.SOCK_DGRAM)
 
 
-def send_udp(ns: Netns, dst: str = V4_PEER, port: int = PORT, data: bytes = b"x") -> Sent:
-    with udp_socket(ns, dst) as sock:
-        before = time.time()
-        sock.sendto(data, (dst, port))
-        return Sent(before, time.time())
-
-
 def send_tcp(ns: Netns, flags: str) -> Sent:
     """A hand-made TCP segment (raw socket: through output, logged there)."""
     segment = IP(src=V4_LOCAL, dst=V4_PEER) / TCP(
@@ -111,37 +103,15 @@ def stream(send: Callable[[], Sent], every: float, duration: float) -> Sent:
 # -- the daemon ----------------------------------------------------------------------
 
 
-class NflogRun(Run):
-    def sensors(self) -> dict[str, int]:
-        """Sensor title without its state ("tuninetd: sensor nflog 5") -> pid."""
-        out = {}
-        for kid in psutil.Process(self.daemon.pid).children():
-            with_state = title(kid.pid)
-            if with_state.startswith("tuninetd: sensor"):
-                out[with_state.rsplit(" ", 1)[0]] = kid.pid
-        return out
-
-
-@dataclass
-class Lab:
-    ns: Netns
-    folder: Path
-    start: Callable[..., Daemon]
-
-    def run(self, *args: str, sensors: int = 1, ttl: int = 1, name: str = "record.sh") -> NflogRun:
-        script, record = recorder(self.folder, name=name)
-        daemon = self.start(self.ns, "-c", str(script), "--beat", str(BEAT), "-t", str(ttl), *args)
-        ready(daemon, sensors=sensors)
-        return NflogRun(daemon, script, record)
-
-
 @pytest.fixture
 def lab(veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Iterator[Lab]:
     """tap0 carries our addresses; the peer addresses resolve to a MAC that is
     nobody's, so what we send is logged on output, crosses to peer0 and is
     dropped there, never leaving the namespace."""
     veth.address_tap(MAC_LOCAL, (V4_LOCAL, V6_LOCAL), MAC_PEER, (V4_PEER, V6_PEER))
-    yield Lab(veth, tmp_path, start_daemon)
+    lab = Lab(veth, tmp_path, start_daemon, BEAT)
+    yield lab
+    lab.close()
 
 
 # (run, stop_index, last, ttl): the stop came [ttl, ttl + BEAT + SLACK] after the
@@ -160,14 +130,14 @@ def test_nft_log_group_start_and_stop(lab: Lab) -> None:
     nft(lab.ns, f'udp dport {PORT} log group 5 prefix "tnd"')
     run = lab.run("-n", "5")
     run.daemon.wait_log("Start listening nflog-group 5")
-    send_udp(lab.ns)
+    send_udp(lab.ns, V4_PEER, PORT)
     got = run.wait_events(1)
     assert got[0][2:] == ["nflog:5", V4_LOCAL, V4_PEER, "UDP"], got
     run.daemon.wait_log("NFLOG: start command done")
     assert run.after("NFLOG: start command done") == [
         v4_line(), '|- NFLOG prefix: "tnd"'
     ], run.daemon.text()
-    last = send_udp(lab.ns)  # counted, not a trigger: moves the clock
+    last = send_udp(lab.ns, V4_PEER, PORT)  # counted, not a trigger: moves the clock
     run.wait_events(2)
     stop_delta(run, 1, last, 1.0)
     run.daemon.wait_log("CORE: executing STOP command...")
@@ -186,7 +156,7 @@ def test_ip6tables_nflog_target_ipv6(lab: Lab) -> None:
     listed = sh(*lab.ns.exec_argv("nft", "list", "ruleset")).stdout
     assert "group 6" in listed, f"not an iptables-nft rule?\n{listed}"
     run = lab.run("-n", "6")
-    send_udp(lab.ns, V6_PEER)
+    send_udp(lab.ns, V6_PEER, PORT)
     got = run.wait_events(1)
     assert got[0][2:] == ["nflog:6", V6_LOCAL, V6_PEER, "UDP"], got
     run.daemon.wait_log("NFLOG: start command done")
@@ -213,10 +183,10 @@ def test_ack_only_with_nflog(lab: Lab) -> None:
     stop_delta(run, 1, last, 1.0)
 
     # SYNs, RSTs and UDP are logged to the group but keep nothing up.
-    first = send_udp(lab.ns)
+    first = send_udp(lab.ns, V4_PEER, PORT)
     run.wait_events(3)
     senders = [lambda: send_tcp(lab.ns, "S"), lambda: send_tcp(lab.ns, "R"),
-               lambda: send_udp(lab.ns)]
+               lambda: send_udp(lab.ns, V4_PEER, PORT)]
     deadline = time.monotonic() + 1.0 + BEAT + SLACK + 1.0
     n = 0
     while len(run.events()) < 4 and time.monotonic() < deadline:
@@ -241,9 +211,9 @@ def test_pcap_file_from_nflog(lab: Lab) -> None:
     run = lab.run("-n", "8", "-w", str(dump))
     payloads = [os.urandom(300), os.urandom(1200)]
     # Sent by us (output): no link header, the file gets a synthetic one.
-    send_udp(lab.ns, V4_PEER, data=payloads[0])
+    send_udp(lab.ns, V4_PEER, PORT, data=payloads[0])
     run.wait_events(2)
-    send_udp(lab.ns, V6_PEER, data=payloads[1])
+    send_udp(lab.ns, V6_PEER, PORT, data=payloads[1])
     run.wait_events(4)
     # Came in on tap0 (prerouting): the message carries the real MAC header.
     frame = bytes(Ether(src=MAC_PEER, dst=MAC_LOCAL)
@@ -289,25 +259,25 @@ def test_pcap_and_nflog_together(lab: Lab) -> None:
     ], log
 
     # The first sensor to see a packet fires: each one alone.
-    send_udp(lab.ns, port=PCAP_ONLY)
+    send_udp(lab.ns, V4_PEER, PCAP_ONLY)
     got = run.wait_events(2)
     assert got[0][2:] == ["pcap:tap0", V4_LOCAL, V4_PEER, "UDP"], got
-    send_udp(lab.ns, port=PORT)
+    send_udp(lab.ns, V4_PEER, PORT)
     got = run.wait_events(4)
     assert got[2][2:] == ["nflog:9", V4_LOCAL, V4_PEER, "UDP"], got
     run.daemon.wait_log("PCAP: start command done")
     run.daemon.wait_log("NFLOG: start command done")
 
     # Both see it: one start, by whichever came first; the other is activity.
-    send_udp(lab.ns, port=BOTH)
+    send_udp(lab.ns, V4_PEER, BOTH)
     got = run.wait_events(5)
     assert got[4][2] in ("pcap:tap0", "nflog:9"), got
 
     # nflog alone keeps it up while pcap is silent ...
-    last = stream(lambda: send_udp(lab.ns, port=PORT), every=0.3, duration=2.0)
+    last = stream(lambda: send_udp(lab.ns, V4_PEER, PORT), every=0.3, duration=2.0)
     assert run.kinds()[4:] == ["start"], f"stopped while nflog saw packets: {run.events()}"
     # ... and pcap alone while nflog is silent.
-    last = stream(lambda: send_udp(lab.ns, port=PCAP_ONLY), every=0.3, duration=2.0)
+    last = stream(lambda: send_udp(lab.ns, V4_PEER, PCAP_ONLY), every=0.3, duration=2.0)
     assert run.kinds()[4:] == ["start"], f"stopped while pcap saw packets: {run.events()}"
     run.wait_events(6)
     stop_delta(run, 5, last, 1.0)
@@ -323,14 +293,14 @@ def test_second_daemon_on_the_same_group(lab: Lab) -> None:
     nft(lab.ns, f"udp dport {PORT} log group 11")
     first = lab.run("-n", "11")
     script, _ = recorder(lab.folder, name="second.sh")
-    second = lab.start(lab.ns, "-c", str(script), "--beat", str(BEAT), "-n", "11")
+    second = lab.start_daemon(lab.ns, "-c", str(script), "--beat", str(BEAT), "-n", "11")
     assert second.proc.wait(timeout=20) == 1, second.text()
     errors = [line for line in second.lines() if line.startswith("Error: ")]
     assert len(errors) == 1, second.text()
     assert "nflog group 11 is already bound by another process" in errors[0], errors
     assert errors[0].endswith(". Abort"), errors
     # The first one never noticed.
-    send_udp(lab.ns)
+    send_udp(lab.ns, V4_PEER, PORT)
     assert first.wait_events(1)[0][2] == "nflog:11"
     first.daemon.wait_log("NFLOG: start command done")
     trouble = [line for line in first.daemon.lines() if "sensor nflog" in line]
@@ -343,7 +313,7 @@ def test_second_daemon_on_the_same_group(lab: Lab) -> None:
 def test_burst_while_up_keeps_beating_and_quiet(lab: Lab) -> None:
     nft(lab.ns, f"udp dport {PORT} log group 12")
     run = lab.run("-n", "12", ttl=2)
-    send_udp(lab.ns)
+    send_udp(lab.ns, V4_PEER, PORT)
     run.wait_events(1)
     run.daemon.wait_log("NFLOG: start command done")
     wait_for("the start summary", lambda: len(run.after("NFLOG: start command done", lines=1)))
@@ -388,7 +358,7 @@ def test_burst_while_up_keeps_beating_and_quiet(lab: Lab) -> None:
 def test_killed_nflog_sensor_is_replaced(lab: Lab) -> None:
     nft(lab.ns, f"udp dport {PORT} log group 13")
     run = lab.run("-n", "13")
-    send_udp(lab.ns)
+    send_udp(lab.ns, V4_PEER, PORT)
     run.wait_events(1)
     old = run.sensors()["tuninetd: sensor nflog 13"]
     os.kill(old, signal.SIGKILL)
@@ -401,7 +371,7 @@ def test_killed_nflog_sensor_is_replaced(lab: Lab) -> None:
     # Up when it came back: it counts; the state goes down after ttl.
     run.wait_events(2)
     wait_for("the new sensor armed", lambda: title(new).endswith(" armed"))
-    send_udp(lab.ns, V6_PEER)
+    send_udp(lab.ns, V6_PEER, PORT)
     got = run.wait_events(3)
     assert got[2][2:] == ["nflog:13", V6_LOCAL, V6_PEER, "UDP"], got
     run.daemon.wait_log("NFLOG: start command done", count=2)
@@ -428,10 +398,10 @@ def test_two_groups_two_sensor_processes(lab: Lab) -> None:
     sensors = run.sensors()
     assert set(sensors) == {"tuninetd: sensor nflog 21", "tuninetd: sensor nflog 22"}, sensors
     assert {psutil.Process(pid).name() for pid in sensors.values()} == {"tuninetd-nflog"}
-    send_udp(lab.ns, port=BOTH)
+    send_udp(lab.ns, V4_PEER, BOTH)
     got = run.wait_events(1)
     assert got[0][2] == "nflog:22", got
     run.wait_events(2)
-    send_udp(lab.ns, port=PORT)
+    send_udp(lab.ns, V4_PEER, PORT)
     got = run.wait_events(3)
     assert got[2][2] == "nflog:21", got

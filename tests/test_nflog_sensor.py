@@ -19,7 +19,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 
-from tests.netlab import Netns, proc_status, sh
+from tests.netlab import Netns, proc_status, send_udp, sh
 from tuninetd.common import wire
 
 pytestmark = pytest.mark.root
@@ -28,6 +28,7 @@ V4_LOCAL, V4_PEER = "10.201.0.1", "10.201.0.2"
 V6_LOCAL, V6_PEER = "fd00:201::1", "fd00:201::2"
 MAC_LOCAL, MAC_PEER = "02:00:00:00:01:01", "02:00:00:00:02:02"
 PORT = 9999
+SILENT_BEATS = 5  # the supervisor kills a worker silent for this many beats
 
 
 @pytest.fixture
@@ -52,15 +53,6 @@ def bridge_peer(ns: Netns) -> None:
     ns.ip("link", "add", "br0", "type", "bridge")
     ns.ip("link", "set", "peer0", "master", "br0")
     ns.ip("link", "set", "br0", "up")
-
-
-def send_udp(ns: Netns, dst: str, count: int = 1, data: bytes = b"x") -> None:
-    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
-    with ns.entered():
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-    with sock:
-        for _ in range(count):
-            sock.sendto(data, (dst, PORT))
 
 
 def send_ip(ns: Netns, packet: bytes, count: int = 1) -> None:
@@ -153,7 +145,7 @@ def test_ipv4_trigger_from_nft_rule_with_prefix(lab: Netns) -> None:
     nft_log(lab, f"udp dport {PORT} log group {group} prefix tnd")
     sensor = Sensor(lab, group)
     sensor.hello()
-    send_udp(lab, V4_PEER)
+    send_udp(lab, V4_PEER, PORT)
     trig = sensor.expect("trigger")
     assert trig["lines"] == [f"|- IPv4 {V4_LOCAL} > {V4_PEER}, NXT_HDR: 0x11 (UDP)"]
     assert trig["prefix"] == "tnd"
@@ -168,7 +160,7 @@ def test_ipv6_trigger(lab: Netns) -> None:
     nft_log(lab, f"udp dport {PORT} log group {group}")
     sensor = Sensor(lab, group)
     sensor.hello()
-    send_udp(lab, V6_PEER)
+    send_udp(lab, V6_PEER, PORT)
     trig = sensor.expect("trigger")
     assert trig["lines"] == [f"|- IPv6 {V6_LOCAL} > {V6_PEER}, NXT_HDR: 0x11 (UDP)"]
     assert (trig["src"], trig["dst"], trig["proto"]) == (V6_LOCAL, V6_PEER, "UDP")
@@ -183,7 +175,7 @@ def test_trigger_from_iptables_nflog_target(lab: Netns) -> None:
     )
     sensor = Sensor(lab, group)
     sensor.hello()
-    send_udp(lab, V4_PEER)
+    send_udp(lab, V4_PEER, PORT)
     trig = sensor.expect("trigger")
     assert trig["lines"] == [f"|- IPv4 {V4_LOCAL} > {V4_PEER}, NXT_HDR: 0x11 (UDP)"]
     assert trig["prefix"] == "ipt"
@@ -214,7 +206,7 @@ def test_bridge_family_trigger(lab: Netns) -> None:
     nft_log(lab, rule, hook="prerouting", family="bridge")
     sensor = Sensor(lab, group)
     sensor.hello()
-    send_udp(lab, V4_PEER)
+    send_udp(lab, V4_PEER, PORT)
     trig = sensor.expect("trigger")
     assert trig["link"] == "ether"
     assert trig["prefix"] == "br"
@@ -249,17 +241,11 @@ def test_want_packet_sends_the_whole_packet(lab: Netns) -> None:
     sensor = Sensor(lab, group, want_packet=True)
     sensor.hello()
     payload = secrets.token_bytes(1400)
-    send_udp(lab, V4_PEER, data=payload)
+    send_udp(lab, V4_PEER, PORT, data=payload)
     trig = sensor.expect("trigger")
     packet = IP(base64.b64decode(trig["pkt"]))
     assert (packet.src, packet.dst) == (V4_LOCAL, V4_PEER)
     assert bytes(packet[UDP].payload) == payload
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_burst_while_counting_keeps_beating(lab: Netns) -> None:
@@ -269,10 +255,7 @@ def test_burst_while_counting_keeps_beating(lab: Netns) -> None:
     sensor.hello()
     sensor.order("count")
     sensor.beat("counting")
-    cpu = _cpu_seconds(sensor.proc.pid)
-    started = time.monotonic()
-    send_udp(lab, V4_PEER, count=burst)
-    sent_in = time.monotonic() - started
+    send_udp(lab, V4_PEER, PORT, count=burst)
     beats = [sensor.beat("counting")]
     arrivals = [time.monotonic()]
     # The burst is over; a couple more beats take in what was still queued.
@@ -280,15 +263,13 @@ def test_burst_while_counting_keeps_beating(lab: Netns) -> None:
         beats.append(sensor.beat("counting"))
         arrivals.append(time.monotonic())
         assert len(beats) < 200, "the counts never went back to zero"
-    cpu = _cpu_seconds(sensor.proc.pid) - cpu
-    total = sum(b["n"] for b in beats)
-    print(f"\n{burst} packets sent in {sent_in:.2f} s, {total} counted, sensor CPU {cpu:.2f} s")
-    # Counting is by overrun now (a minimal buffer): the burst shows as
-    # activity in the beat that covers it, at almost no cost to the sensor.
+    # Counting is by overrun (a minimal buffer): the burst shows as activity
+    # in the beat that covers it. What it costs the sensor is a benchmark
+    # figure: bench's cost section, as a ratio to tcpdump's in the same run.
     assert beats[0]["n"] >= 1 or beats[1]["n"] >= 1
-    assert cpu < 0.05
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert max(gaps) < beat + 0.3, gaps
+    # Correctness: a sensor silent for SILENT_BEATS beats is killed as frozen.
+    assert max(gaps) < SILENT_BEATS * beat, gaps
     assert sensor.stop() == b""
 
 
@@ -318,7 +299,7 @@ def test_arm_fires_on_packets_since_the_last_beat(lab: Netns) -> None:
     sensor.hello()
     sensor.order("count")
     sensor.beat("counting")
-    send_udp(lab, V6_PEER)
+    send_udp(lab, V6_PEER, PORT)
     sensor.order("arm")
     msg = sensor.recv(timeout=1.0)
     assert msg["t"] == "trigger", msg

@@ -104,7 +104,8 @@ def test_ready_status_watchdog_stopping(
     wait_for("5 watchdog pings", lambda: len(notify.times("WATCHDOG=1")) >= 6)
     pings = notify.times("WATCHDOG=1")
     gaps = [b - a for a, b in itertools.pairwise(pings)]
-    assert max(gaps) < BEAT * 3 + 0.3, gaps
+    # Correctness: systemd restarts a service that misses WATCHDOG_USEC (3 s).
+    assert max(gaps) < 3.0, gaps
 
     # STATUS follows the state: up on a trigger, down after ttl.
     veth.sender().send(FRAME)

@@ -156,4 +156,5 @@ def test_pidfile_that_cannot_be_written_fails_the_start(veth: Netns, tmp_path: P
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and "cannot write the pidfile /proc/tuninetd-test.pid" in lines[0]
     rsyslog.wait("cannot write the pidfile")
+    assert not [r for r in rsyslog.records() if "Success!" in r[4]], rsyslog.records()
     assert not (tmp_path / "c.sock").exists()

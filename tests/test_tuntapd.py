@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -24,7 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.netlab import Daemon, Netns, events, gone, ready, recorder, wait_for
+from tests.netlab import Daemon, Netns, events, gone, ready, recorder, send_udp, wait_for
 from tests.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev_log
 
 TUNTAPD = [sys.executable, "-m", "tuninetd.tuntapd"]
@@ -113,14 +112,6 @@ def run_tuntapd(ns: Netns, *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=10)
 
 
-def send_udp(ns: Netns, count: int, dst: str = TARGET) -> None:
-    with ns.entered():
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with s:
-        for i in range(count):
-            s.sendto(b"tuntapd-%06d" % i, (dst, 5353))
-
-
 def tx_stats(ns: Netns, dev: str) -> dict[str, int]:
     info = link(ns, dev)
     assert info is not None
@@ -149,7 +140,7 @@ def test_route_into_held_tun_reaches_a_pcap_sensor(
     daemon = start_daemon(netns, "-i", "tun0", "-f", "udp", "-c", str(script), "--beat", "0.2")
     ready(daemon)
 
-    send_udp(netns, 1)
+    send_udp(netns, TARGET, 5353)
     got = wait_for("the start event", lambda: events(record))
     assert got[0][0] == "start"
     assert got[0][2:] == ["pcap:tun0", OWN, TARGET, "UDP"], got
@@ -164,7 +155,7 @@ def test_route_into_held_tun_reaches_a_pcap_sensor(
 
     sent = 1
     for _ in range(6):
-        send_udp(netns, 200)
+        send_udp(netns, TARGET, 5353, count=200)
         sent += 200
         wait_for(f"{sent} packets read from tun0", read_at_least(sent))
     assert sent > 2 * queue

@@ -316,7 +316,7 @@ class Holder:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logs.use(logging.StreamHandler(sys.stderr), log, f"{PROG}: %(message)s")
+    logs.use(logs.StderrHandler(), log, f"{PROG}: %(message)s")
     try:
         opts = parse(sys.argv[1:] if argv is None else argv)
     except UsageError as exc:
