@@ -10,31 +10,13 @@ import signal
 import socket
 import sys
 
-from tuninetd.common import wire, worker
+from tuninetd.common import signals, wire, worker
 from tuninetd.executor import cgroup
 from tuninetd.executor.config import Config, parse_config, switch_user
 from tuninetd.executor.loop import Executor
 from tuninetd.executor.reap import RUN_ID_VAR
 
 WATCHED_SIGNALS = (signal.SIGTERM, signal.SIGCHLD, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
-
-
-def _wake_only(signum: int, frame: object) -> None:
-    """The wake-up fd carries the signal to the event loop."""
-
-
-def watch_signals() -> int:
-    """The read end of a pipe that receives the number of each watched signal.
-
-    They get a handler rather than SIG_IGN: handled signals go back to their
-    default across exec, ignored ones would stay ignored in every command
-    (a VPN daemon deaf to SIGHUP and SIGINT, say).
-    """
-    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    for sig in WATCHED_SIGNALS:
-        signal.signal(sig, _wake_only)
-    return read_end
 
 
 def receive_config(sock: socket.socket) -> Config:
@@ -65,7 +47,7 @@ def start(sock: socket.socket, ppid: int) -> Executor:
     if config.uid is not None:
         switch_user(config)
         worker.die_with_parent(ppid, signal.SIGTERM)  # a uid change cleared it
-    executor = Executor(sock, config, title, watch_signals(), groups)
+    executor = Executor(sock, config, title, signals.wakeup_fd(WATCHED_SIGNALS), groups)
     wire.send(sock, "hello", pid=os.getpid())
     if no_cgroup:
         wire.send(

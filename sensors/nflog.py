@@ -30,7 +30,7 @@ import socket
 import struct
 from collections.abc import Iterator
 
-from tuninetd.common import wire
+from tuninetd.common import procstatus, wire
 from tuninetd.sensors import decode, loop, netlink
 
 # IP and TCP headers with options fit; so do IPv6 and a few extension headers.
@@ -117,7 +117,7 @@ class NflogCapture:
         if err in (errno.EPERM, errno.EBUSY):
             # The kernel says EPERM both to a sender without CAP_NET_ADMIN and
             # to one that is not the group's current listener.
-            if _has_net_admin():
+            if procstatus.has_capability(CAP_NET_ADMIN):
                 reason = f"nflog group {self.group} is already bound by another process"
             else:
                 reason = f"no permission to bind nflog group {self.group} (needs CAP_NET_ADMIN)"
@@ -289,17 +289,6 @@ def _raw_ip(pkt: netlink.Packet, payload: bytes) -> bytes:
         return payload
     hdr = pkt.attrs.get_tuple("packet_hdr")
     return payload if hdr is not None and hdr[0] in (ETH_P_IP, ETH_P_IPV6) else b""
-
-
-def _has_net_admin() -> bool:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
-    except (OSError, ValueError):
-        pass
-    return False
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ class Account:
 
 
 @dataclass(frozen=True, slots=True)
-class Config:
+class Settings:
     command: str
     sensors: tuple[SensorSpec, ...]
     sensor_user: Account

@@ -1,8 +1,9 @@
 """``--config FILE``: the command line's options as TOML keys.
 
 This module reads the file and checks each key's name and TOML type; the
-values themselves go through the same checks as the command line's (cli.py),
-which names the key and the line it is on when one is refused. ``render``
+values themselves, as TOML typed them, go through the same checks as the
+command line's (configure.py), which names the key and the line it is on
+when one is refused. ``render``
 prints an effective configuration back as TOML (``--check-config``).
 """
 
@@ -15,7 +16,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuninetd.supervisor.config import Config
+from tuninetd.supervisor.config import Settings
+from tuninetd.supervisor.errors import UsageError
 
 # key -> TOML type: "str", "int", "number" (int or float), "bool",
 # "strings" (list of strings), "ints" (list of integers), "argv" (non-empty
@@ -51,16 +53,11 @@ _EXPECTED = {
 }
 
 
-class ConfigFileError(Exception):
-    """The file cannot be read, is not TOML, or has an unknown or mistyped key."""
-
-
 @dataclass
 class ConfigFile:
     path: str
     lines: dict[str, int] = field(default_factory=dict)  # key -> line number, when found
-    # dest -> value in the form the command line gives it: text, or a list of
-    # text, or a bool (flags), or a tuple of text (argv lists).
+    # key -> value, of the key's TOML type (argv lists as tuples)
     values: dict[str, Any] = field(default_factory=dict)
 
     def where(self, key: str) -> str:
@@ -85,7 +82,7 @@ def _type_name(value: Any) -> str:
 
 
 def _convert(kind: str, value: Any) -> Any:
-    """The command-line form of a value of the right TOML type, or None."""
+    """The value, when it is of the key's TOML type; None when it is not."""
 
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
@@ -93,16 +90,16 @@ def _convert(kind: str, value: Any) -> Any:
     if kind == "str" and isinstance(value, str):
         return value
     if kind == "int" and is_int(value):
-        return str(value)
+        return value
     if kind == "number" and (is_int(value) or isinstance(value, float)):
-        return str(value)
+        return value
     if kind == "bool" and isinstance(value, bool):
         return value
     if isinstance(value, list):
         if kind == "strings" and all(isinstance(v, str) for v in value):
             return list(value)
         if kind == "ints" and all(is_int(v) for v in value):
-            return [str(v) for v in value]
+            return list(value)
         if kind == "argv" and value and all(isinstance(v, str) for v in value):
             return tuple(value)
     return None
@@ -124,26 +121,26 @@ def load(path: str) -> ConfigFile:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as exc:
-        raise ConfigFileError(
+        raise UsageError(
             f"--config {path!r}: {(exc.strerror or str(exc)).lower()}"
         ) from None
     try:
         text = raw.decode()
         data = tomllib.loads(text)
     except UnicodeDecodeError:
-        raise ConfigFileError(f"--config {path!r}: not UTF-8 text") from None
+        raise UsageError(f"--config {path!r}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigFileError(f"{path}: not valid TOML: {exc}") from None
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
     result = ConfigFile(path, _key_lines(text))
     for key, value in data.items():
         kind = KEYS.get(key)
         if kind is None:
             close = difflib.get_close_matches(key, KEYS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigFileError(f"{result.where(key)}: unknown key {key!r}{hint}")
+            raise UsageError(f"{result.where(key)}: unknown key {key!r}{hint}")
         converted = _convert(kind, value)
         if converted is None:
-            raise ConfigFileError(
+            raise UsageError(
                 f"{result.where(key)}: {key}: expected {_EXPECTED[kind]}, got {_type_name(value)}"
             )
         result.values[key] = converted
@@ -160,7 +157,7 @@ def _toml(value: Any) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-def effective(cfg: Config) -> dict[str, Any]:
+def effective(cfg: Settings) -> dict[str, Any]:
     """Every key with the value in force (None: not set)."""
     return {
         "interfaces": [s.name for s in cfg.sensors if s.kind == "pcap"],
@@ -187,7 +184,7 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def render(cfg: Config) -> str:
+def render(cfg: Settings) -> str:
     """The effective configuration as a TOML file ``--config`` takes back."""
     lines = ["# tuninetd: effective configuration"]
     for key, value in effective(cfg).items():

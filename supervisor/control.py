@@ -23,7 +23,9 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from tuninetd.supervisor.serve import Server, SetupError
+from tuninetd.supervisor.errors import StartupError
+from tuninetd.supervisor.events import Observer
+from tuninetd.supervisor.serve import Server
 
 MAX_REQUEST = 1024
 PROBE_TIMEOUT = 1.0
@@ -69,9 +71,9 @@ def bind(path: str) -> tuple[socket.socket, tuple[int, int]]:
                 raise
             st = os.lstat(path)
             if not stat.S_ISSOCK(st.st_mode):
-                raise SetupError(f"control socket {path}: exists and is not a socket") from None
+                raise StartupError(f"control socket {path}: exists and is not a socket") from None
             if _in_use(path):
-                raise SetupError(
+                raise StartupError(
                     f"control socket {path} is in use: another tuninetd is running there "
                     f"(tuninetd status --control {path}); give this one its own --control"
                 ) from None
@@ -82,8 +84,8 @@ def bind(path: str) -> tuple[socket.socket, tuple[int, int]]:
         st = os.stat(path)
     except OSError as exc:
         sock.close()
-        raise SetupError(f"control socket {path}: {exc.strerror or exc}") from None
-    except SetupError:
+        raise StartupError(f"control socket {path}: {exc.strerror or exc}") from None
+    except StartupError:
         sock.close()
         raise
     finally:
@@ -99,7 +101,7 @@ def unlink(path: str, ident: tuple[int, int]) -> None:
             os.unlink(path)
 
 
-class ControlServer:
+class ControlServer(Observer):
     def __init__(
         self, path: str, selector: selectors.BaseSelector, status: Callable[[], dict[str, Any]]
     ) -> None:
@@ -143,7 +145,7 @@ class ControlServer:
     def deadline(self) -> float | None:
         return self.server.deadline()
 
-    def expire(self, now: float) -> None:
+    def tick(self, now: float) -> None:
         self.server.expire(now)
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ import socket
 
 from tuninetd.common import wire
 from tuninetd.sensors import pcap
-from tuninetd.supervisor.workers import Worker
+from tuninetd.supervisor.children import Worker
 
 
 def offer(w: Worker) -> bool:

@@ -16,7 +16,17 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tuninetd.supervisor.serve import Server, SetupError
+from tuninetd.supervisor.errors import StartupError
+from tuninetd.supervisor.events import (
+    CommandEnded,
+    Counted,
+    Event,
+    Observer,
+    Snapshot,
+    Triggered,
+    WorkerRestarted,
+)
+from tuninetd.supervisor.serve import Server
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -30,7 +40,7 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
-        raise SetupError(f"--metrics {host}:{port}: {exc}") from None
+        raise StartupError(f"--metrics {host}:{port}: {exc}") from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -39,7 +49,7 @@ def listen(host: str, port: int) -> socket.socket:
         sock.listen(16)
     except OSError as exc:
         sock.close()
-        raise SetupError(f"--metrics {host}:{port}: {exc.strerror or exc}") from None
+        raise StartupError(f"--metrics {host}:{port}: {exc.strerror or exc}") from None
     return sock
 
 
@@ -49,9 +59,9 @@ def _response(status: str, body: bytes, content_type: str = "text/plain; charset
     return head.encode() + body
 
 
-class Metrics:
+class Metrics(Observer):
     def __init__(self, host: str, port: int, selector: selectors.BaseSelector,
-                 idle: Callable[[], float | None]) -> None:
+                 view: Callable[[], Snapshot]) -> None:
         import prometheus_client as prom
 
         prom.disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created noise
@@ -74,7 +84,8 @@ class Metrics:
         self.idle = prom.Gauge(
             "tuninetd_idle_seconds", "seconds since the last matching packet (NaN: none yet)",
             registry=reg)
-        self.idle.set_function(lambda: _nan(idle()))
+        self.idle.set_function(lambda: _nan(view().idle))
+        self.view = view
         self.duration = prom.Histogram(
             "tuninetd_command_duration_seconds", "how long start and stop commands ran",
             ["event"], buckets=DURATION_BUCKETS, registry=reg)
@@ -87,6 +98,24 @@ class Metrics:
         self.address = self.sock.getsockname()
         self.server = Server(self.sock, selector, self._answer, max_request=MAX_REQUEST,
                              too_long=_response("431 Request Header Fields Too Large", b""))
+
+    def observe(self, event: Event) -> None:
+        if isinstance(event, Triggered):
+            self.packets.labels(event.sensor).inc()
+        elif isinstance(event, Counted):
+            self.packets.labels(event.sensor).inc(event.packets)
+        elif isinstance(event, CommandEnded):
+            (self.starts if event.event == "start" else self.stops).inc()
+            if not event.outcome.ok:
+                self.failures.labels(event.event).inc()
+            if event.outcome.duration is not None:
+                self.duration.labels(event.event).observe(event.outcome.duration)
+        elif isinstance(event, WorkerRestarted):
+            self.restarts.labels(event.role, event.reason).inc()
+
+    def tick(self, now: float) -> None:
+        self.server.expire(now)
+        self.set_state(self.view().state)
 
     def set_state(self, state: str) -> None:
         if state != self.current_state:
@@ -111,9 +140,6 @@ class Metrics:
 
     def deadline(self) -> float | None:
         return self.server.deadline()
-
-    def expire(self, now: float) -> None:
-        self.server.expire(now)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

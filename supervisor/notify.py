@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
+
+from tuninetd.supervisor.events import Event, Observer, Ready, Snapshot, Stopping
+
+QUIET_MODES = ("armed", "counting", "idle", "running")
 
 
 class Notifier:
@@ -76,3 +81,53 @@ class Notifier:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+
+
+def status_line(snap: Snapshot) -> str:
+    """``STATUS=``: the state, and any worker that is not well."""
+    if snap.state == "up" and snap.trigger_sensor:
+        text = f"up (started by {snap.trigger_sensor})"
+    elif snap.state == "down":
+        text = "down (standby, waiting for traffic)"
+    else:
+        text = snap.state
+    if snap.state in ("up", "down"):
+        troubled = [w.log_name for w in snap.workers if not (w.alive and w.ready)]
+        troubled += [f"{w.log_name}: {w.mode}" for w in snap.workers
+                     if w.alive and w.ready and w.mode not in QUIET_MODES]
+        if troubled:
+            text += "; not well: " + ", ".join(troubled)
+    return text
+
+
+class SystemdNotify(Observer):
+    """Tells systemd about readiness, the state and shutdown, and pets the
+    watchdog every beat while every worker is healthy."""
+
+    def __init__(self, notifier: Notifier, view: Callable[[], Snapshot], beat: float) -> None:
+        self.notifier = notifier
+        self.view = view
+        self.beat = beat
+        self.next_watchdog = 0.0
+
+    def observe(self, event: Event) -> None:
+        if isinstance(event, Ready):
+            self.notifier.ready(status_line(self.view()))
+            self.next_watchdog = 0.0
+        elif isinstance(event, Stopping):
+            self.notifier.stopping(status_line(self.view()))
+
+    def tick(self, now: float) -> None:
+        if not self.notifier.enabled:
+            return
+        snap = self.view()
+        if snap.state in ("starting", "stopping"):
+            return
+        self.notifier.set_status(status_line(snap))
+        if (self.notifier.watchdog_interval is not None and now >= self.next_watchdog
+                and all(w.alive and w.ready and not w.silent for w in snap.workers)):
+            self.notifier.watchdog()
+            self.next_watchdog = now + self.beat
+
+    def close(self) -> None:
+        self.notifier.close()

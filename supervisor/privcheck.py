@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import psutil
 
-
-def _status(pid: int) -> dict[str, str]:
-    fields = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-    return fields
+from tuninetd.common import procstatus
 
 
 def privileges_left(pid: int, uid: int, gid: int) -> list[str]:
@@ -19,7 +12,7 @@ def privileges_left(pid: int, uid: int, gid: int) -> list[str]:
     try:
         proc = psutil.Process(pid)
         uids, gids = proc.uids(), proc.gids()
-        st = _status(pid)
+        st = procstatus.read(pid)
     except (psutil.Error, OSError) as exc:
         return [f"cannot inspect it ({exc})"]
     wrong = []
@@ -30,7 +23,7 @@ def privileges_left(pid: int, uid: int, gid: int) -> list[str]:
     if st.get("Groups"):
         wrong.append(f"groups {st['Groups']}")
     for cap in ("CapEff", "CapPrm", "CapAmb"):
-        if int(st.get(cap, "1"), 16):
+        if procstatus.capabilities(st, cap) != 0:
             wrong.append(f"{cap} {st.get(cap)}")
     if st.get("NoNewPrivs") != "1":
         wrong.append("NoNewPrivs not set")

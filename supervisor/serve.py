@@ -22,10 +22,6 @@ Complete = Callable[[bytes], bytes | None]
 Admit = Callable[[socket.socket], bytes | None]
 
 
-class SetupError(Exception):
-    """A listening socket could not be set up; the message says why (exit 1)."""
-
-
 class Server:
     def __init__(
         self,

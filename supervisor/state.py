@@ -13,34 +13,43 @@ from dataclasses import dataclass, field
 class Machine:
     """Down until a trigger; up until every sensor has been idle for ``ttl``.
 
-    ``last_activity`` moves on each trigger and each beat that counted
-    packets, always to the supervisor's receive time, which is never before
-    the packet: so stop never fires early, and at most one beat late.
+    ``last_activity`` (None: no matching packet yet) moves on each trigger
+    and each beat that counted packets, always to the supervisor's receive
+    time, which is never before the packet: so stop never fires early, and at
+    most one beat late. It is the daemon's one idle clock.
     """
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self.up = False
-        self.last_activity = 0.0
+        self.last_activity: float | None = None
+
+    def _moved(self, now: float) -> float:
+        return now if self.last_activity is None else max(self.last_activity, now)
 
     def trigger(self, now: float) -> bool:
         """A sensor saw its first packet. True when this brings the state up."""
-        self.last_activity = max(self.last_activity, now)
+        self.last_activity = self._moved(now)
         if self.up:
             return False
         self.up = True
         return True
 
     def activity(self, now: float, packets: int) -> None:
-        if self.up and packets > 0:
-            self.last_activity = max(self.last_activity, now)
+        """Packets counted; while down they only move the idle clock (the
+        next trigger moves it again before any deadline is computed)."""
+        if packets > 0:
+            self.last_activity = self._moved(now)
 
     def deadline(self) -> float | None:
-        return self.last_activity + self.ttl if self.up else None
+        if not self.up or self.last_activity is None:
+            return None
+        return self.last_activity + self.ttl
 
     def expire(self, now: float) -> bool:
         """True when the ttl has run out now and the state goes down."""
-        if self.up and now - self.last_activity >= self.ttl:
+        deadline = self.deadline()
+        if deadline is not None and now >= deadline:
             self.up = False
             return True
         return False
@@ -50,8 +59,9 @@ class Machine:
         was_up, self.up = self.up, False
         return was_up
 
-    def idle(self, now: float) -> float:
-        return max(0.0, now - self.last_activity)
+    def idle(self, now: float) -> float | None:
+        """Seconds since the last matching packet; None: none yet."""
+        return None if self.last_activity is None else max(0.0, now - self.last_activity)
 
 
 @dataclass(slots=True)

@@ -133,9 +133,10 @@ def main() -> None:
 def supervise(marker: str, argv: list[str]) -> None:
     """The real supervisor; its pcap sensor is this module, which breaks
     the allow-list once (no MARKER yet) and then behaves."""
-    from tuninetd.supervisor import cli
+    from tuninetd.supervisor import configure
 
-    run_with_sensor(cli.parse(argv), "tests.compromised_sensor", {"marker": marker})
+    run_with_sensor(configure.parse(argv).settings, "tests.compromised_sensor",
+                    {"marker": marker})
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """A fake sensor for the fault tests, and the supervisor that runs it.
 
 No hook in the product: ``python -m tests.fake_sensor supervise SETTINGS``
-builds the real ``Arbiter`` from a ``Config`` and, before ``run()``, points its
-one sensor ``Worker`` at this module instead of ``tuninetd.sensors.nflog``.
-Everything else is the daemon's own code: the spawn, the socketpair, the
-schema checks, the kill and the replacement with backoff.
+builds the real ``Arbiter`` from ``Settings`` and, before ``run()``, points its
+one sensor ``Worker`` at this module instead of ``tuninetd.sensors.nflog``,
+with a quick restart backoff. Everything else is the daemon's own code: the
+spawn, the socketpair, the schema checks, the kill and the replacement.
+Workers import from the supervisor's import path, and the test runs this
+supervisor with the repository on PYTHONPATH, so the worker finds
+``tests.fake_sensor`` the way it finds any module.
 
 Each fake sensor process (``python -m tests.fake_sensor <fd> <ppid>``, the way
 the supervisor starts every worker) connects to the test's control socket,
@@ -84,24 +87,19 @@ def _follow(sock: socket.socket, plan: dict[str, Any], beat: float) -> None:
 def supervise(settings: dict[str, Any]) -> None:
     """The real arbiter with the fake sensor in place of the nflog sensor.
 
-    The restart backoff is shortened (its doubling is tested in
+    The fake's restart backoff is short (the doubling is tested in
     tests/unit/test_backoff.py and the daemon tests): a fake killed dozens of
     times in a row must come back in a tenth of a second, not in 30.
     """
-    from tuninetd.supervisor import workers
-    from tuninetd.supervisor.config import Account, Config, SensorSpec
+    from tuninetd.supervisor.config import Account, SensorSpec, Settings
 
-    workers.BACKOFF_MAX = 0.1
-    extra: dict[str, Any] = {}
-    if "control" in Config.__dataclass_fields__:  # a status socket of its own, not /run's
-        extra["control"] = settings["control"]
-    cfg = Config(
+    cfg = Settings(
         command=settings["command"],
         sensors=(SensorSpec("nflog", "1", group=1),),
         sensor_user=Account(settings["user"], settings["uid"], settings["gid"]),
         ttl=settings["ttl"],
         beat=settings["beat"],
-        **extra,
+        control=settings["control"],  # a status socket of its own, not /run's
     )
     # Sensors start with a minimal environment: the socket's path goes in
     # the config record instead.
@@ -111,19 +109,21 @@ def supervise(settings: dict[str, Any]) -> None:
 def run_with_sensor(cfg: Any, module: str, config: dict[str, Any]) -> NoReturn:
     """The real arbiter for ``cfg``, its sensors started from ``module`` (of
     this repository) with ``config`` added to their config records."""
-    from tuninetd.supervisor import arbiter, logs, workers
+    from tuninetd.common import logs
+    from tuninetd.supervisor import arbiter, wording
+    from tuninetd.supervisor.children import Backoff
+    from tuninetd.supervisor.errors import StartupError
 
     logs.to_stderr()
     arb = arbiter.Arbiter(cfg)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for w in arb.sensors:
         w.config.update(config)
         w.module = module
-        w.path = [*workers.import_path(), repo]
+        w.backoff = Backoff(first=0.1, longest=0.1)
     try:
         code = arb.run()
-    except arbiter.StartupError as exc:
-        logs.log.error("Error: %s. Abort", exc)
+    except StartupError as exc:
+        wording.startup_failed(str(exc))
         code = 1
     sys.exit(code)
 

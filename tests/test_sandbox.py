@@ -36,8 +36,8 @@ from scapy.layers.l2 import Ether
 from tests.compromised_sensor import SPOOFED
 from tests.netlab import Netns, events, proc_status, recorder, title, wait_for
 from tuninetd.common import wire
-from tuninetd.supervisor import arbiter, bpf, privcheck, workers
-from tuninetd.supervisor.config import Account, Config, SensorSpec
+from tuninetd.supervisor import arbiter, bpf, children, privcheck
+from tuninetd.supervisor.config import Account, SensorSpec, Settings
 from tuninetd.supervisor.jail import empty_dir
 
 pytestmark = pytest.mark.root
@@ -114,7 +114,7 @@ class Scene:
         nobody = pwd.getpwnam("nobody")
         spec = (SensorSpec("pcap", "tap0", link="ether", bpf=udp_filter()) if kind == "pcap"
                 else SensorSpec("nflog", "7", group=7))
-        cfg = Config(command="/bin/true", sensors=(spec,), beat=0.2,
+        cfg = Settings(command="/bin/true", sensors=(spec,), beat=0.2,
                      sensor_user=Account("nobody", nobody.pw_uid, nobody.pw_gid))
         config: dict[str, Any] = arbiter.sensor_config(spec, cfg, empty_dir())
         stray = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
@@ -122,9 +122,8 @@ class Scene:
         config.update(attack=attack, unconfined=not confined, stray=stray,
                       port=self.udp.getsockname()[1], abstract=self.abstract,
                       forged=self.forged)
-        w = workers.Worker(role=spec.label, module="tests.compromised_sensor", config=config,
-                           schema=wire.SENSOR_MESSAGES, title=f"sensor {kind}",
-                           path=[*workers.import_path(), str(REPO)])
+        w = children.Worker(role=spec.label, module="tests.compromised_sensor", config=config,
+                            schema=wire.SENSOR_MESSAGES, log_name=f"sensor {kind}")
         log = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         saved = os.dup(2)
         try:

@@ -30,15 +30,14 @@ import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import NoReturn
 
-from tuninetd.common import __version__
-from tuninetd.supervisor import logs
+from tuninetd.common import __version__, daemon, ifname, logs, signals, usage
+from tuninetd.common.ifname import IFNAMSIZ
+from tuninetd.common.usage import UsageError
 
 PROG = "tuntapd"
 CLONE_DEVICE = "/dev/net/tun"
-IFNAMSIZ = 16
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_TAP = 0x0002
@@ -78,17 +77,8 @@ down, and its start command stops that tuntapd before bringing the tunnel up.
 """
 
 
-class UsageError(Exception):
-    """Bad command line: one line on stderr, exit status 2."""
-
-
 class DeviceError(Exception):
     """The device cannot be held: one line on stderr, exit status 1."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
 
 
 @dataclass(frozen=True)
@@ -99,17 +89,9 @@ class Options:
 
 
 def _ifname(text: str) -> str:
-    size = len(text.encode())
-    if size == 0:
-        raise argparse.ArgumentTypeError("expected an interface name, got an empty string")
-    if size >= IFNAMSIZ:
-        raise argparse.ArgumentTypeError(
-            f"interface name {text!r} is {size} bytes long, at most {IFNAMSIZ - 1}"
-        )
-    if text in (".", "..") or any(c in text for c in "/:") or any(c.isspace() for c in text):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a valid interface name (no '/', ':' or spaces)"
-        )
+    why = ifname.problem(text)
+    if why is not None:
+        raise argparse.ArgumentTypeError(why)
     return text
 
 
@@ -120,14 +102,7 @@ def _mode(text: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog=PROG,
-        usage=USAGE,
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        add_help=False,
-    )
+    p = usage.parser(PROG, USAGE, DESCRIPTION, EPILOG)
     a = p.add_argument
     a("-i", dest="ifname", metavar="<ifname>", type=_ifname,
       help="the tun/tap device to hold (created if it does not exist)")
@@ -266,39 +241,23 @@ def bring_up(ifname: str) -> bool:
 
 
 def detach() -> None:
-    """Fork twice with a new session in between; the original process prints
-    the daemon's pid and exits 0. The daemon's cwd is / and its standard
-    streams are /dev/null."""
-    rfd, wfd = os.pipe()
-    if child := os.fork():
-        os.close(wfd)
-        os.waitpid(child, 0)
-        with os.fdopen(rfd, "rb") as r:
-            pid = r.read().decode().strip()
-        if not pid:
-            print(f"{PROG}: the daemon died while detaching", file=sys.stderr)
-            os._exit(1)
-        log.info("detached, daemon pid %s", pid)
-        sys.stderr.flush()
-        os._exit(0)
-    os.close(rfd)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
+    """Into the background; the original process prints the daemon's pid
+    and exits 0."""
+    wfd = daemon.detach(_detached)
     os.write(wfd, str(os.getpid()).encode())
     os.close(wfd)
-    os.chdir("/")
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(null)
+
+
+def _detached(pid: str) -> NoReturn:
+    if not pid.strip():
+        print(f"{PROG}: the daemon died while detaching", file=sys.stderr)
+        os._exit(1)
+    log.info("detached, daemon pid %s", pid.strip())
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # -- holding ---------------------------------------------------------------------
-
-
-def _no_op(signum: int, frame: FrameType | None) -> None:
-    """The signals are handled from the wake-up pipe in the loop."""
 
 
 class Holder:
@@ -311,10 +270,8 @@ class Holder:
         # Signals are caught from here on (before "holding" is logged, so one
         # sent on seeing that line is never met by the default action) and
         # handled from the wake-up pipe in the loop.
-        self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wake_w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-            signal.signal(sig, _no_op)
+        self.wake_r = signals.wakeup_fd(
+            (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1))
 
     def drain(self) -> bool:
         """Read and drop what is queued; False once the device is gone."""
@@ -345,11 +302,7 @@ class Holder:
                         log.error("%s has been deleted. Abort", self.ifname)
                         return 1
                     continue
-                try:
-                    signums = os.read(wake_r, 64)
-                except BlockingIOError:
-                    continue
-                for signum in signums:
+                for signum in signals.pending(wake_r):
                     if signum in (signal.SIGTERM, signal.SIGINT):
                         log.info("%s caught. Releasing %s and shutting down...",
                                  signal.Signals(signum).name, self.ifname)

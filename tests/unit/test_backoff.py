@@ -4,7 +4,7 @@ back to 0.5 s once it ran for a minute."""
 from __future__ import annotations
 
 from tuninetd.common import wire
-from tuninetd.supervisor.workers import Worker
+from tuninetd.supervisor.children import Worker
 
 
 def crash_at(w: Worker, started: float, ran: float) -> float:

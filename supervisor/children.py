@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
 import signal
 import socket
@@ -25,70 +24,56 @@ from typing import Any
 
 from tuninetd.common import wire
 
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
-HEALTHY_AFTER = 60.0
 SILENT_BEATS = 5
 HELLO_GRACE = 10.0
 
 
 # Workers start without site (-S): this machine's site-packages .pth hooks
 # alone cost each process ~5 MB, and a root process should not import from
-# the current directory either (-P). The bootstrap puts exactly the import
-# roots the worker needs on sys.path, then runs the module's main().
+# the current directory either (-P). The bootstrap gives the worker the
+# supervisor's own import path and says where the ``tuninetd`` package's
+# role folders are (its ``__path__``), then runs the module's main().
 BOOT = (
-    "import sys;sys.path[:0]=sys.argv.pop(1).split(':');"
+    "import sys,types;t=types.ModuleType('tuninetd');"
+    "t.__path__=sys.argv.pop(1).split(':');sys.modules['tuninetd']=t;"
+    "sys.path+=[p for p in sys.argv.pop(1).split(':') if p not in sys.path];"
     "__import__(sys.argv.pop(1),fromlist=['main']).main()"
 )
-LIB = "/run/tuninetd/lib"
 # Not empty: setproctitle finds the memory it rewrites through the
 # environment block. A locale is all a sensor needs.
 SENSOR_ENV = {"LC_ALL": "C.UTF-8"}
 
 
 @functools.cache
-def import_path() -> list[str]:
-    """A directory holding the ``tuninetd`` package as it is installed, and
-    those of the few third-party modules workers use. Worked out once: every
-    spawn and respawn uses the same."""
-    import psutil
-    import setproctitle
+def import_path() -> tuple[str, str]:
+    """The folders that hold tuninetd's role packages, and the supervisor's
+    import path, for a worker's bootstrap. Worked out once: every spawn and
+    respawn uses the same.
 
+    Installed, the roles sit in one ``tuninetd`` folder; in an editable
+    install they are the repository's top-level folders (the package-dir
+    mapping), which site-packages' editable finder serves only to processes
+    that ran site. Naming the folders as the package's ``__path__`` serves
+    both, with no file written anywhere. The supervisor's script folder or
+    current directory (``sys.path[0]``) is left out.
+    """
     from tuninetd import common, executor, sensors
-    from tuninetd.sensors.sandbox import seccomp
 
-    roles = {"common": common, "executor": executor, "sensors": sensors}
-    dirs = {name: os.path.dirname(str(mod.__file__)) for name, mod in roles.items()}
-    parents = {os.path.dirname(d) for d in dirs.values()}
-    if len(parents) == 1 and os.path.basename(next(iter(parents))) == "tuninetd":
-        root = os.path.dirname(next(iter(parents)))  # a regular install
-    else:
-        root = _link_tree(dirs)  # an editable one: roles live in other folders
-    deps = {_site_of(m.__file__) for m in (psutil, setproctitle, seccomp)}
-    return [root, *sorted(deps - {root})]
+    roles = {os.path.dirname(os.path.dirname(str(m.__file__)))
+             for m in (common, executor, sensors)}
+    path = sys.path if sys.flags.safe_path else sys.path[1:]
+    return (os.pathsep.join(sorted(roles)),
+            os.pathsep.join(p for p in path if os.path.isabs(p)))
 
 
-def _site_of(module_file: str | None) -> str:
-    path = os.path.dirname(str(module_file))
-    if os.path.basename(str(module_file)) == "__init__.py":
-        path = os.path.dirname(path)
-    return path
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How soon a worker that exited is replaced: ``first`` seconds, doubling
+    up to ``longest``; back to ``first`` once one ran ``healthy_after`` seconds."""
 
-
-def _link_tree(dirs: dict[str, str]) -> str:
-    """LIB-<hash>/tuninetd/<role> -> the role's folder, made idempotently."""
-    key = hashlib.sha1(repr(sorted(dirs.items())).encode()).hexdigest()[:12]
-    root = f"{LIB}-{key}"
-    package = os.path.join(root, "tuninetd")
-    os.makedirs(package, mode=0o755, exist_ok=True)
-    for name, target in dirs.items():
-        link = os.path.join(package, name)
-        if os.path.islink(link) and os.readlink(link) == target:
-            continue
-        tmp = f"{link}.{os.getpid()}"
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
-    return root
+    first: float = 0.5
+    longest: float = 30.0
+    healthy_after: float = 60.0
 
 
 def spawn_fds(keep: int, trusted: bool) -> list[tuple[Any, ...]]:
@@ -121,7 +106,7 @@ class Worker:
     module: str
     config: dict[str, Any]
     schema: dict[str, dict[str, tuple[type, ...]]]
-    title: str
+    log_name: str  # "executor", "sensor pcap eth0"
     pid: int = 0
     sock: socket.socket | None = None
     started: float = 0.0
@@ -129,11 +114,11 @@ class Worker:
     ready: bool = False  # said hello and passed the checks
     mode: str = "starting"
     restarts: int = 0
-    backoff: float = BACKOFF_FIRST
+    backoff: Backoff = Backoff()
+    delay: float = 0.0  # before the next replacement; 0: the backoff's first
     respawn_at: float | None = None
     exit_reason: str = ""
     hung_up_at: float | None = None  # closed its channel; killed if it lingers
-    path: list[str] | None = None  # where the worker imports from; import_path() if None
     # The executor: root's own, it keeps the daemon's environment (its
     # commands run in it) and stderr (a crash's traceback reaches the log).
     trusted: bool = False
@@ -147,8 +132,7 @@ class Worker:
         try:
             os.set_inheritable(child.fileno(), True)
             argv = [
-                sys.executable, "-S", "-P", "-c", BOOT,
-                os.pathsep.join(self.path or import_path()), self.module,
+                sys.executable, "-S", "-P", "-c", BOOT, *import_path(), self.module,
                 str(child.fileno()), str(os.getpid()),
             ]
             self.pid = os.posix_spawn(
@@ -225,10 +209,10 @@ class Worker:
         self.pid = 0
         self.ready = False
         self.mode = "restarting"
-        if ran >= HEALTHY_AFTER:
-            self.backoff = BACKOFF_FIRST
-        delay = self.backoff
-        self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+        if ran >= self.backoff.healthy_after or not self.delay:
+            self.delay = self.backoff.first
+        delay = self.delay
+        self.delay = min(delay * 2, self.backoff.longest)
         self.respawn_at = now + delay
         self.restarts += 1
         return delay

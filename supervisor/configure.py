@@ -1,0 +1,151 @@
+"""The configuration, built once: the command line over the config file
+over the defaults, every value checked and typed before anything is
+spawned. A bad value is one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NamedTuple
+
+from tuninetd.supervisor import configfile, options, probes, values
+from tuninetd.supervisor.config import DEFAULT_CONTROL, Settings, default_sensor_user
+from tuninetd.supervisor.errors import UsageError
+
+# What an option is when neither the command line nor the config file sets it.
+DEFAULTS: dict[str, Any] = {
+    "interfaces": [],
+    "groups": [],
+    "ttl": 600,
+    "ack_only": False,
+    "daemon": False,
+    "command_timeout": 300.0,
+    "beat": 1.0,
+    "control": DEFAULT_CONTROL,
+}
+
+Argv = tuple[str, ...]
+
+
+class Request(NamedTuple):
+    settings: Settings
+    check_only: bool  # --check-config: print the settings instead of starting
+
+
+class _Given:
+    """Every option's value, from wherever it came, and where that was, for
+    messages: the option on the command line, or the key and line in the
+    config file."""
+
+    def __init__(self, argv: dict[str, Any], file: configfile.ConfigFile | None) -> None:
+        self.file = file
+        self.values = {k: v for k, v in argv.items() if v is not None}
+        self.from_file: set[str] = set()
+        if file is not None:
+            from_file = dict(file.values)
+            if "command" in self.values:  # -c replaces the file's commands, all of them
+                from_file.pop("start_command", None)
+                from_file.pop("stop_command", None)
+            for key, value in from_file.items():
+                if key not in self.values:
+                    self.values[key] = value
+                    self.from_file.add(key)
+        for key, value in DEFAULTS.items():
+            self.values.setdefault(key, value)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values.get(key)
+
+    def label(self, key: str, option: str) -> str:
+        if self.file is not None and key in self.from_file:
+            return f"{self.file.where(key)}: {key}"
+        return option
+
+
+def _commands(given: _Given) -> tuple[str, Argv, Argv]:
+    """-c / command, and the file's start_command and stop_command argv lists."""
+    o = given.label
+    start = probes.argv(o("start_command", "start_command"), given["start_command"]) \
+        if given["start_command"] else ()
+    stop = probes.argv(o("stop_command", "stop_command"), given["stop_command"]) \
+        if given["stop_command"] else ()
+    if given["command"] is None and start and stop:
+        return "", start, stop
+    if given["command"] is None and (start or stop):
+        name, missing = ("start_command", "stop_command") if start else ("stop_command",
+                                                                       "start_command")
+        raise UsageError(f"{o(name, name)}: {missing} is missing: give both, "
+                         "or command (-c) for the other")
+    return probes.command(given["command"], o("command", "-c")), start, stop
+
+
+def parse(argv: list[str]) -> Request:
+    ns = vars(options.parser().parse_args(argv))
+    check_only = bool(ns.pop("check_config"))
+    path = ns.pop("config")
+    given = _Given(ns, configfile.load(path) if path is not None else None)
+    return Request(_settings(given), check_only)
+
+
+def _settings(given: _Given) -> Settings:
+    o = given.label
+    interfaces, groups, flt = given["interfaces"], given["groups"], given["filter"]
+    if not interfaces and not groups:
+        raise UsageError("no sensor: give -i <ifname> and/or -n <nflog-group> "
+                         "(interfaces or groups in a config file)")
+    for option, sources in ((o("interfaces", "-i"), interfaces), (o("groups", "-n"), groups)):
+        seen = set()
+        for v in sources:
+            if v in seen:
+                raise UsageError(f"{option} {str(v)!r} given twice: one sensor per source")
+            seen.add(v)
+    if flt is not None and not interfaces:
+        raise UsageError(f"{o('filter', '-f')} {flt!r}: a filter applies to -i sensors, "
+                         "and there is none")
+    command, start_command, stop_command = _commands(given)
+    ttl = values.whole_seconds(o("ttl", "-t"), given["ttl"], values.MAX_TTL)
+    timeout = values.seconds(o("command_timeout", "--command-timeout"),
+                             given["command_timeout"], 0.1, values.MAX_TIMEOUT, zero_ok=True)
+    beat = values.seconds(o("beat", "--beat"), given["beat"], 0.1, 60, zero_ok=False)
+    user = default_sensor_user() if given["user"] is None else given["user"]
+    sensor_user = probes.account(o("user", "--user"), user)
+    if sensor_user.uid == 0:
+        raise UsageError(f"{o('user', '--user')} {user!r}: sensors must drop to an "
+                         "unprivileged account")
+    exec_user = (probes.account(o("exec_user", "--exec-user"), given["exec_user"])
+                 if given["exec_user"] is not None else None)
+    control = probes.socket_path(o("control", "--control"), given["control"])
+    pidfile = (probes.file_path(o("pidfile", "--pidfile"), given["pidfile"])
+               if given["pidfile"] is not None else None)
+    metrics = (probes.metrics(o("metrics", "--metrics"), given["metrics"])
+               if given["metrics"] is not None else None)
+    pcap_file = (probes.pcap_file(given["pcap_file"], o("pcap_file", "-w"))
+                 if given["pcap_file"] is not None else None)
+    pcap = [probes.interface(i, o("interfaces", "-i")) for i in interfaces]
+    nflog = [values.group(g, o("groups", "-n")) for g in groups]
+    sensors = probes.with_filters(pcap, flt, given["ack_only"], o("filter", "-f")) + nflog
+    return Settings(
+        command=command,
+        sensors=tuple(sensors),
+        sensor_user=sensor_user,
+        ttl=ttl,
+        ack_only=given["ack_only"],
+        daemon=given["daemon"],
+        pcap_filter=flt,
+        pcap_file=pcap_file,
+        exec_user=exec_user,
+        command_timeout=timeout,
+        beat=beat,
+        control=control,
+        pidfile=pidfile,
+        metrics=metrics,
+        start_command=start_command,
+        stop_command=stop_command,
+    )
+
+
+def parse_or_exit(argv: list[str]) -> Request:
+    try:
+        return parse(argv)
+    except UsageError as exc:
+        print(f"tuninetd: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,104 @@
+"""The supervisor's side of the executor: the command queue, handing the
+next command over, and what comes back (output, the outcome)."""
+
+from __future__ import annotations
+
+from tuninetd.common import wire
+from tuninetd.common.logs import log
+from tuninetd.executor import tree
+from tuninetd.supervisor import wording
+from tuninetd.supervisor.children import Worker
+from tuninetd.supervisor.config import Settings
+from tuninetd.supervisor.errors import StartupError
+from tuninetd.supervisor.events import CommandEnded, Observers, Outcome
+from tuninetd.supervisor.state import CommandQueue
+
+
+class ExecutorLink:
+    def __init__(self, cfg: Settings, worker: Worker, observers: Observers) -> None:
+        self.cfg = cfg
+        self.worker = worker
+        self.observers = observers
+        self.queue = CommandQueue()
+        self.command_pid = 0  # the running command's, once the executor says
+        self.closed = False  # shutting down: nothing more is handed over
+
+    def start(self, env: dict[str, str], sensor_kind: str, lines: tuple[str, ...]) -> None:
+        if self.queue.push("start", env=env, sensor=sensor_kind, lines=list(lines)) is not None:
+            wording.stop_cancelled(sensor_kind, lines)
+
+    def stop(self, env: dict[str, str]) -> None:
+        if self.queue.push("stop", env=env) is not None:
+            wording.start_cancelled()
+
+    def dispatch(self) -> None:
+        if not self.worker.ready or self.closed:
+            return
+        job = self.queue.take()
+        if job is None:
+            return
+        if job.event == "stop":
+            wording.executing_stop()
+        sent = self.worker.send("run", id=job.id, event=job.event,
+                                argv=self.cfg.argv(job.event), env=job.env)
+        if not sent:
+            self.worker.kill("could not take a command")
+
+    def receive(self, msg: wire.Message, starting: bool) -> None:
+        kind = msg["t"]
+        job = self.queue.running
+        if kind == "hello":
+            self.worker.ready = True
+            self.worker.mode = "idle"
+            if self.worker.restarts:
+                log.info("CORE: executor is back (pid %d)", self.worker.pid)
+        elif kind == "beat":
+            self.worker.mode = wire.clean_text(msg.get("mode", ""), 40)
+        elif kind == "started" and job is not None and msg["id"] == job.id:
+            self.command_pid = msg["pid"]
+        elif kind == "out":
+            event = job.event if job is not None and msg["id"] == job.id else "command"
+            wording.command_output(event, wire.clean_text(msg["line"]))
+        elif kind == "done":
+            finished = self.queue.finish(msg["id"])
+            if finished is not None:
+                self.command_pid = 0
+                outcome = Outcome(
+                    error=wire.clean_text(msg["error"]) if msg.get("error") else None,
+                    timeout=bool(msg["timeout"]), signal=msg["sig"], exit_code=msg["rc"],
+                    duration=float(msg.get("dur") or 0.0), cgroup=msg.get("killed") == "cgroup")
+                wording.command_warning(outcome, self.cfg.argv(finished.event),
+                                        self.cfg.command_timeout)
+                if finished.event == "start":
+                    wording.start_done(finished.sensor, finished.lines)
+                self.observers.publish(CommandEnded(finished.event, outcome))
+        elif kind == "error":
+            reason = wire.clean_text(msg["reason"])
+            log.error("CORE: executor: %s", reason)
+            if starting and not self.worker.ready:
+                raise StartupError(reason)
+
+    def lost(self) -> None:
+        """The executor died: the command it ran counts as failed, and
+        whatever is left of it (adopted by us, the subreaper) is killed."""
+        job = self.queue.running
+        if job is None:
+            return
+        self.queue.finish(job.id)
+        self.observers.publish(CommandEnded(job.event, Outcome(lost=True)))
+        wording.executor_lost(job.event, tree.kill_run(job.id).describe())
+        self.command_pid = 0
+
+    def close(self) -> float:
+        """Shutting down: drop what waits, ask the executor to quit. Returns
+        how long to wait for it (the running command's timeout, and some)."""
+        self.closed = True
+        for job in self.queue.drop_pending():
+            log.info("CORE: dropping the queued %s command", job.event)
+        self.worker.send("quit")
+        running = self.queue.running is not None
+        return self.cfg.command_timeout + 5 if running and self.cfg.command_timeout else 5
+
+    def kill_running(self) -> None:
+        if self.queue.running is not None:
+            tree.kill_run(self.queue.running.id)

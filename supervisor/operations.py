@@ -1,0 +1,37 @@
+"""What operators see of the running daemon, wired up: the control socket
+(``tuninetd status``), the systemd notify protocol, Prometheus metrics.
+Each is an observer of the arbiter's events and snapshot."""
+
+from __future__ import annotations
+
+import selectors
+from collections.abc import Callable
+
+from tuninetd.common.logs import log
+from tuninetd.supervisor.config import Settings
+from tuninetd.supervisor.control import ControlServer
+from tuninetd.supervisor.events import Observers, Snapshot
+from tuninetd.supervisor.history import History
+from tuninetd.supervisor.notify import Notifier, SystemdNotify
+from tuninetd.supervisor.report import StatusReport
+
+
+def open_observers(cfg: Settings, selector: selectors.BaseSelector,
+                   view: Callable[[], Snapshot], observers: Observers) -> None:
+    """Bind the control socket (and the metrics port): before any worker
+    starts, so a second daemon on the same socket stops right here. The
+    notify variables are taken out of the environment, so that neither the
+    workers nor the commands inherit them."""
+    history = History(cfg.command_timeout)
+    observers.add(history)
+    observers.add(SystemdNotify(Notifier.from_environment(), view, cfg.beat))
+    observers.add(ControlServer(cfg.control, selector, StatusReport(view, history).record))
+    if cfg.metrics is not None:
+        from tuninetd.supervisor.metrics import Metrics
+
+        host, port = cfg.metrics
+        metrics = Metrics(host, port, selector, view)
+        observers.add(metrics)
+        bound = metrics.address
+        log.info("Metrics on http://%s:%d/metrics",
+                 f"[{bound[0]}]" if ":" in bound[0] else bound[0], bound[1])

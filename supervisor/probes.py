@@ -1,0 +1,143 @@
+"""Checks that look at the system: accounts, executables and folders,
+interfaces, name resolution, the optional metrics extra, filter compilation.
+Each takes a value already typed and says what is wrong in one line."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import stat
+from dataclasses import replace
+
+from tuninetd.common import ifname
+from tuninetd.supervisor import bpf
+from tuninetd.supervisor.config import Account, SensorSpec
+from tuninetd.supervisor.errors import UsageError
+
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the NUL
+
+
+def account(option: str, name: str) -> Account:
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise UsageError(f"{option} {name!r}: no such user on this system") from None
+    return Account(pw.pw_name, pw.pw_uid, pw.pw_gid)
+
+
+def command(text: str | None, option: str = "-c") -> str:
+    if text is None:
+        raise UsageError("-c <path> is required: the executable to run with start and stop")
+    if not text:
+        raise UsageError(f"{option} '': expected the path of an executable, got an empty string")
+    path = os.path.abspath(text)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise UsageError(f"{option} {text!r}: {(exc.strerror or str(exc)).lower()}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{option} {text!r}: is a directory, expected an executable file")
+    if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
+        raise UsageError(f"{option} {text!r}: not executable (chmod +x it)")
+    return path
+
+
+def argv(option: str, words: tuple[str, ...]) -> tuple[str, ...]:
+    """start_command / stop_command: the program is looked up in PATH now, once."""
+    if any("\0" in arg for arg in words):
+        raise UsageError(f"{option}: an argument contains a NUL byte")
+    program = words[0]
+    if program and "/" not in program:
+        found = shutil.which(program)
+        if found is None:
+            raise UsageError(f"{option} {program!r}: not found in PATH ({os.environ.get('PATH')})")
+        program = found
+    return (command(program, option), *words[1:])
+
+
+def socket_path(option: str, text: str) -> str:
+    path = os.path.abspath(text)
+    if len(os.fsencode(path)) > SUN_PATH_MAX:
+        raise UsageError(f"{option} {text!r}: too long for a unix socket path "
+                         f"(at most {SUN_PATH_MAX} bytes)")
+    return file_path(option, text)
+
+
+def file_path(option: str, text: str) -> str:
+    """A file the daemon creates (control socket, pidfile): its directory must exist."""
+    if not text:
+        raise UsageError(f"{option} '': expected a file path, got an empty string")
+    path = os.path.abspath(text)
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {text!r}: is a directory, expected a file path")
+    if not os.path.isdir(os.path.dirname(path)):
+        raise UsageError(f"{option} {text!r}: directory {os.path.dirname(path)} does not exist")
+    return path
+
+
+def metrics(option: str, text: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        port = int(port_text, 10)
+    except ValueError:
+        port = -1
+    if not sep or not host or not 0 <= port <= 65535:
+        raise UsageError(f"{option} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9101 "
+                         "or [::1]:9101")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        raise UsageError(f"{option} {text!r}: cannot resolve {host!r} ({exc})") from None
+    try:
+        import prometheus_client  # noqa: F401 - the optional extra, checked now
+    except ImportError:
+        raise UsageError(f"{option} {text!r}: prometheus-client is not installed: "
+                         "pip install tuninetd[metrics]") from None
+    return host, port
+
+
+def interface(name: str, option: str = "-i") -> SensorSpec:
+    if ifname.problem(name) is not None:
+        raise UsageError(f"{option} {name!r}: not a valid interface name "
+                         f"(1 to {ifname.IFNAMSIZ - 1} bytes, no '/', ':' or spaces)")
+    link = bpf.link_of(name)
+    if link is None:
+        raise UsageError(f"{option} {name!r}: no such network interface (see: ip link)")
+    return SensorSpec("pcap", name, link=link)
+
+
+def with_filters(specs: list[SensorSpec], flt: str | None, ack_only: bool,
+                  option: str = "-f") -> list[SensorSpec]:
+    """Every pcap sensor gets its programs, compiled all at once."""
+    wanted = [(flt or "", s.link) for s in specs]
+    if ack_only:
+        wanted += [(bpf.ack_expression(flt), s.link) for s in specs]
+    compiled = bpf.compile_filters(wanted)
+
+    def program(expression: str, spec: SensorSpec) -> bpf.Program:
+        result = compiled[(expression, spec.link)]
+        if isinstance(result, bpf.FilterError):
+            raise UsageError(
+                f"{option} {flt!r}: {result} (on {spec.name}, link type {spec.link})")
+        return result
+
+    return [
+        replace(spec, bpf=program(flt or "", spec),
+                bpf_ack=program(bpf.ack_expression(flt), spec) if ack_only else None)
+        for spec in specs
+    ]
+
+
+def pcap_file(text: str, option: str = "-w") -> str:
+    path = os.path.abspath(text)
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {text!r}: is a directory, expected a file path")
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {text!r}: directory {folder} does not exist or is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {text!r}: file is not writable")
+    return path

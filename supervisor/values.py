@@ -1,0 +1,48 @@
+"""One value checked and typed: as the command line gives it (text) or a
+config file does (TOML's types). Nothing here looks at the system; the
+message of a refusal names the option and the value."""
+
+from __future__ import annotations
+
+from tuninetd.supervisor.config import SensorSpec
+from tuninetd.supervisor.errors import UsageError
+
+MAX_TTL = 10 * 365 * 86400
+MAX_TIMEOUT = 7 * 86400
+
+
+def whole_seconds(option: str, given: str | int, maximum: int) -> int:
+    try:
+        value = given if isinstance(given, int) else int(given, 10)
+    except ValueError:
+        raise UsageError(
+            f"{option} {given!r}: expected a positive whole number of seconds"
+        ) from None
+    if not 0 < value <= maximum:
+        raise UsageError(f"{option} {given}: expected a whole number of seconds "
+                         f"from 1 to {maximum}")
+    return value
+
+
+def seconds(option: str, given: str | float, minimum: float, maximum: float,
+            zero_ok: bool) -> float:
+    try:
+        value = float(given)
+    except ValueError:
+        value = float("nan")
+    if value != value or not (minimum <= value <= maximum or (zero_ok and value == 0)):
+        lo = "0 (never) or " if zero_ok else ""
+        raise UsageError(f"{option} {str(given)!r}: expected {lo}seconds "
+                         f"from {minimum:g} to {maximum:g}")
+    return value
+
+
+def group(given: str | int, option: str = "-n") -> SensorSpec:
+    try:
+        group = given if isinstance(given, int) else int(given, 10)
+    except ValueError:
+        group = -1
+    if not 0 <= group <= 65535:
+        raise UsageError(f"{option} {str(given)!r}: expected an NFLOG group number "
+                         "from 0 to 65535")
+    return SensorSpec("nflog", str(group), group=group)
