@@ -3,8 +3,10 @@ against the schema, is judged and turned into an event for the state
 machine; orders (arm, count, report) go the other way.
 
 Nothing a sensor says is trusted: its privileges are read from /proc, its
-text is cleaned, its packet and link type checked. A sensor that breaks the
-protocol raises ``Misbehaved``; the arbiter kills and replaces it.
+text is cleaned, and a trigger brings facts, not text: each is checked
+(supervisor/facts.py) and the supervisor words them (supervisor/wording.py).
+A sensor that breaks the protocol raises ``Misbehaved``; the arbiter kills
+and replaces it.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from dataclasses import dataclass
 
 from tuninetd.common import wire
 from tuninetd.common.logs import log
-from tuninetd.supervisor import wording
+from tuninetd.supervisor import facts, wording
 from tuninetd.supervisor.children import Worker
 from tuninetd.supervisor.config import Settings
 from tuninetd.supervisor.errors import StartupError
+from tuninetd.supervisor.facts import Facts
 from tuninetd.supervisor.privcheck import privileges_left
 
 NORMAL_MODES = ("armed", "counting")
@@ -42,10 +45,9 @@ class Beat:
 @dataclass(frozen=True, slots=True)
 class Trigger:
     worker: Worker
-    lines: tuple[str, ...]  # the summary, as logged
-    fields: dict[str, str]  # src, dst, proto, as far as the sensor gave them
+    facts: Facts  # checked
+    lines: tuple[str, ...]  # the summary, as logged, worded from the facts
     packet: bytes | None
-    link: str  # "ether" or "raw"
 
 
 SensorEvent = Hello | Beat | Trigger
@@ -101,19 +103,18 @@ class SensorLink:
         w.mode = mode
 
     def _trigger(self, w: Worker, msg: wire.Message) -> Trigger:
-        link = msg["link"]
         try:
             packet = base64.b64decode(msg["pkt"], validate=True) if "pkt" in msg else None
         except (binascii.Error, ValueError):
             raise Misbehaved("trigger with a bad packet") from None
-        if link not in ("ether", "raw") or (packet is not None and len(packet) > wire.SNAPLEN):
-            raise Misbehaved("trigger with a bad link type or packet")
+        if packet is not None and len(packet) > wire.SNAPLEN:
+            raise Misbehaved("trigger with a bad packet")
+        try:
+            checked = facts.check(msg)
+        except facts.Bad as exc:
+            raise Misbehaved(f"trigger with a bad {exc}") from None
         w.mode = "counting"
-        lines = wording.summary([wire.clean_text(x) for x in msg["lines"]],
-                                wire.clean_text(msg["prefix"], 64) if "prefix" in msg else None)
-        fields: dict[str, str] = {name: wire.clean_text(msg[name], 64)
-                                  for name in ("src", "dst", "proto") if name in msg}
-        return Trigger(w, lines, fields, packet, link)
+        return Trigger(w, checked, wording.summary(checked), packet)
 
     # -- orders ------------------------------------------------------------------
 
