@@ -12,14 +12,18 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 from tests.garbage import obj
 from tests.netlab import gone, kinds, need_root, wait_for
-from tests.test_faults import FakeSensors, Plan
-from tuninetd.supervisor import status
+from tests.test_faults import BEAT, FakeSensors, Plan
+from tuninetd.supervisor import allowance, status
 
 BAD = re.compile(r"CORE: sensor nflog 1 sent a bad message \((.*)\): killing it")
+LIMITS = {"errors": allowance.ERRORS, "mode changes": allowance.MODES,
+          "messages": allowance.MESSAGES}
+LOGGED = {"errors": allowance.ERRORS, "mode changes": allowance.MODES, "messages": 0}
 INJECTED = ("$(touch", "`id`", "reboot", "-rf /", "\x1b", "\x07")
 
 
@@ -84,3 +88,46 @@ def test_forged_trigger_text_reaches_neither_log_nor_command(tmp_path: Path) -> 
         fake.stop()
 
 
+
+def flood(kind: str, n: int) -> list[bytes]:
+    """``n`` records that each would be fine once."""
+    if kind == "errors":
+        return [obj("error", reason=f"flood {i}", fatal=False) for i in range(n)]
+    if kind == "mode changes":
+        modes = ("waiting for interface", "counting")
+        return [obj("beat", n=0, mode=modes[i % 2]) for i in range(n)]
+    return [obj("beat", n=0, mode="counting") for i in range(n)]
+
+
+def test_a_flooding_sensor_is_killed_and_the_log_stays_short(tmp_path: Path) -> None:
+    need_root()
+    fake = FakeSensors(tmp_path)
+    control = str(tmp_path / "status.sock")
+    try:
+        first = fake.next_sensor(Plan(True, [], hangup=False).json())
+        wait_for("started", lambda: status.query(control)["state"] == "down")
+        os.kill(first, signal.SIGKILL)
+        figures = []
+        for what in ("errors", "mode changes", "messages"):
+            before = len(fake.lines())
+            pid = fake.next_sensor(Plan(True, flood(what, 40_000), hangup=False).json())
+            answered = []
+            while not gone(pid):  # the supervisor answers while the flood lasts
+                t0 = time.monotonic()
+                assert status.query(control, timeout=2.0)["state"] == "down"
+                answered.append(time.monotonic() - t0)
+            wait_for(f"the {what} flooder replaced", lambda before=before: any(  # type: ignore[misc]
+                " is back (pid " in x for x in fake.lines()[before:]), 5)
+            new = fake.lines()[before:]
+            said = [m.group(1) for x in new if (m := BAD.fullmatch(x))]
+            assert said == [f"more than {LIMITS[what]} {what} in "
+                            f"{allowance.WINDOW_BEATS * BEAT:g} s"], new
+            # What it was allowed to log, the kill, the restart, the replacement's hello.
+            assert len(new) == LOGGED[what] + 3, new
+            figures.append(f"{what}: {len(new)} log lines, status answered {len(answered)} "
+                           f"times while it flooded (slowest {max(answered, default=0):.3f} s)")
+            fake.alive()
+        assert kinds(fake.record) == []
+        print("\n[figure] 40,000 records per flooding sensor; " + "; ".join(figures))
+    finally:
+        fake.stop()
