@@ -12,11 +12,7 @@ import pwd
 import stat
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.netlab import need_root
 from tests.test_status import answer
@@ -26,19 +22,6 @@ from tuninetd.supervisor.errors import StartupError
 SYSTEM_PYTHON = "/usr/bin/python3"  # nobody may not reach the venv's interpreter
 ESC = "\x1b"
 NASTY = f"{ESC}[2J{ESC}]0;owned\x07\r\x9b2J\x7f\u202e"
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory anyone may write to (sticky bit off): where the attacker works."""
-    folder = Path(tempfile.mkdtemp(prefix="tnd-ctl-"))
-    folder.chmod(0o777)
-    try:
-        yield folder
-    finally:
-        for f in folder.iterdir():
-            f.unlink()
-        folder.rmdir()
 
 
 def as_nobody(code: str, *args: str) -> subprocess.Popen[bytes]:
@@ -70,12 +53,14 @@ while True:
 """
 
 
-def test_bind_never_chmods_what_was_swapped_in(open_dir: Path) -> None:
+def test_bind_never_chmods_what_was_swapped_in(sockdir: Path) -> None:
     """nobody swaps a symlink to its own file in at the socket's path, as fast
     as it can, while the daemon binds there again and again: whatever wins
     the race, the file the symlink points at keeps its mode, and every socket
     the daemon made was 0600 from birth."""
     need_root()
+    open_dir = sockdir
+    open_dir.chmod(0o777)  # nobody works here (sticky bit off)
     victim = open_dir / "victim"
     victim.write_text("nobody's\n")
     nobody = pwd.getpwnam("nobody")
@@ -132,9 +117,10 @@ except OSError:
 """
 
 
-def test_status_refuses_a_daemon_that_is_not_root(open_dir: Path) -> None:
+def test_status_refuses_a_daemon_that_is_not_root(sockdir: Path) -> None:
     need_root()
-    path = open_dir / "tuninetd.sock"
+    sockdir.chmod(0o777)  # where nobody may bind
+    path = sockdir / "tuninetd.sock"
     fake = as_nobody(FAKE_DAEMON, str(path))
     try:
         assert fake.stdout is not None
