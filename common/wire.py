@@ -13,11 +13,11 @@ import socket
 from typing import Any
 
 VERSION = 1
-# A trigger carries up to SNAPLEN packet bytes in base64 plus summary lines.
+# A trigger carries up to SNAPLEN packet bytes in base64 plus its typed facts.
 SNAPLEN = 65535
 MAX_MESSAGE = 128 * 1024
 MAX_TEXT = 512
-MAX_LINES = 8
+MAX_PREFIX = 128  # NF_LOG_PREFIXLEN: the kernel's bound on an NFLOG prefix
 
 Message = dict[str, Any]
 
@@ -32,14 +32,20 @@ _NUM = (int, float)
 SENSOR_MESSAGES: dict[str, dict[str, tuple[type, ...]]] = {
     "hello": {"pid": (int,)},
     "beat": {"n": (int,), "mode": (str,)},
+    # The packet's facts, not text: the supervisor checks each one and words
+    # the log lines and the commands' TUNINETD_* values itself.
     "trigger": {
-        "lines": (list,),
-        "pkt": (str,),
-        "link": (str,),
+        "link": (str,),  # "ether" or "raw"
+        "pkt": (str,),  # base64, for -w
+        "mac_src": (str,),
+        "mac_dst": (str,),
+        "vid": (int,),
+        "ethertype": (int,),
+        "ip": (int,),  # 4 or 6
         "src": (str,),
         "dst": (str,),
-        "proto": (str,),
-        "prefix": (str,),
+        "proto": (int,),
+        "prefix": (str,),  # the NFLOG rule's
     },
     "error": {"reason": (str,), "fatal": (bool,)},
 }
@@ -63,7 +69,7 @@ EXECUTOR_MESSAGES: dict[str, dict[str, tuple[type, ...]]] = {
 REQUIRED: dict[str, frozenset[str]] = {
     "hello": frozenset({"pid"}),
     "beat": frozenset({"n"}),
-    "trigger": frozenset({"lines", "link"}),
+    "trigger": frozenset({"link"}),
     "error": frozenset({"reason"}),
     "started": frozenset({"id", "pid"}),
     "out": frozenset({"id", "line"}),
@@ -118,12 +124,6 @@ def parse(data: bytes, schema: dict[str, dict[str, tuple[type, ...]]]) -> Messag
     missing = REQUIRED.get(kind, frozenset()) - msg.keys()
     if missing:
         raise ProtocolError(f"{kind}: missing {', '.join(sorted(missing))}")
-    lines = msg.get("lines")
-    if lines is not None and (
-        len(lines) > MAX_LINES
-        or not all(isinstance(x, str) and len(x) <= MAX_TEXT for x in lines)
-    ):
-        raise ProtocolError(f"{kind}: bad summary lines")
     n = msg.get("n")
     if n is not None and not 0 <= n < 2**63:
         raise ProtocolError(f"{kind}: count out of range")

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from tuninetd.common import wire, worker
-from tuninetd.sensors import sandbox
+from tuninetd.sensors import decode, sandbox
 
 # Seconds from the switch to counting (after a trigger, or ordered) to the beat
 # that reports it: a sensor that just (re)started while the state is up shows
@@ -41,13 +41,9 @@ MAX_HANDLES = 2
 
 
 class Trigger(NamedTuple):
-    lines: list[str]
     link: str
+    facts: decode.Facts  # what the packet holds (and the NFLOG prefix), not words
     packet: bytes | None = None
-    src: str | None = None
-    dst: str | None = None
-    proto: str | None = None
-    prefix: str | None = None
 
 
 class Capture(Protocol):
@@ -84,13 +80,9 @@ class Capture(Protocol):
 
 
 def _send_trigger(sock: socket.socket, trig: Trigger) -> None:
-    fields: dict[str, object] = {"lines": trig.lines, "link": trig.link}
+    fields: dict[str, object] = {"link": trig.link, **trig.facts}
     if trig.packet is not None:
         fields["pkt"] = base64.b64encode(trig.packet[: wire.SNAPLEN]).decode()
-    for name in ("src", "dst", "proto", "prefix"):
-        value = getattr(trig, name)
-        if value is not None:
-            fields[name] = value
     wire.send(sock, "trigger", **fields)
 
 

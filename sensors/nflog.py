@@ -175,17 +175,11 @@ class NflogCapture:
         if pkt is None:
             return None
         data, link = _frame(pkt)
-        summary = decode.summarize(data, link)
+        facts = decode.describe(data, link)
         prefix = pkt.attrs.get_str("prefix")
-        return loop.Trigger(
-            lines=summary.lines,
-            link=link,
-            packet=data if self.want_packet and data else None,
-            src=summary.src,
-            dst=summary.dst,
-            proto=summary.proto,
-            prefix=prefix[: wire.MAX_TEXT] if prefix else None,
-        )
+        if prefix:
+            facts["prefix"] = prefix[: wire.MAX_PREFIX]
+        return loop.Trigger(link, facts, data if self.want_packet and data else None)
 
     def arm(self) -> loop.Trigger | None:
         # Every message carries the packet (the copy mode never changes), so

@@ -160,15 +160,8 @@ class PcapCapture:
                 if not status & TP_STATUS_VLAN_TPID_VALID:
                     tpid = 0x8100
                 data = data[:12] + struct.pack("!HH", tpid, tci) + data[12:]
-        summary = decode.summarize(data, self.link)
-        return loop.Trigger(
-            lines=summary.lines,
-            link=self.link,
-            packet=data if self.want_packet else None,
-            src=summary.src,
-            dst=summary.dst,
-            proto=summary.proto,
-        )
+        return loop.Trigger(self.link, decode.describe(data, self.link),
+                            data if self.want_packet else None)
 
     def count(self) -> None:
         for sock in self.socks:

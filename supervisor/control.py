@@ -62,7 +62,11 @@ def bind(path: str) -> tuple[socket.socket, tuple[int, int]]:
     """Listen on ``path``; returns the socket and the file's identity (st_dev,
     st_ino), so that only our own socket file is removed at exit."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)  # born 0600: no moment where others may connect
+    # Born 0600: bind gives the file the socket's mode under the umask, so
+    # there is no moment where others may connect, and no chmod by path
+    # afterwards, which would follow whatever was swapped in at the path.
+    os.fchmod(sock.fileno(), 0o600)
+    old_umask = os.umask(0o177)
     try:
         try:
             sock.bind(path)
@@ -79,9 +83,8 @@ def bind(path: str) -> tuple[socket.socket, tuple[int, int]]:
                 ) from None
             os.unlink(path)  # left behind by a daemon that is gone
             sock.bind(path)
-        os.chmod(path, 0o600)
         sock.listen(16)
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError as exc:
         sock.close()
         raise StartupError(f"control socket {path}: {exc.strerror or exc}") from None

@@ -10,6 +10,7 @@ stays single-threaded and the metric objects are only ever touched from it.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
 import selectors
 import socket
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 STATES = ("starting", "down", "up", "stopping")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 MAX_REQUEST = 8192
+# A scraper sends its request at once; a connection lives this long at most.
+CLIENT_TIMEOUT = 2.0
+MAX_CLIENTS = 32
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -97,7 +101,11 @@ class Metrics(Observer):
         self.sock = listen(host, port)
         self.address = self.sock.getsockname()
         self.server = Server(self.sock, selector, self._answer, max_request=MAX_REQUEST,
-                             too_long=_response("431 Request Header Fields Too Large", b""))
+                             too_long=_response("431 Request Header Fields Too Large", b""),
+                             timeout=CLIENT_TIMEOUT, max_clients=MAX_CLIENTS)
+
+    def loopback(self) -> bool:
+        return ipaddress.ip_address(self.address[0]).is_loopback
 
     def observe(self, event: Event) -> None:
         if isinstance(event, Triggered):

@@ -33,5 +33,9 @@ def open_observers(cfg: Settings, selector: selectors.BaseSelector,
         metrics = Metrics(host, port, selector, view)
         observers.add(metrics)
         bound = metrics.address
-        log.info("Metrics on http://%s:%d/metrics",
-                 f"[{bound[0]}]" if ":" in bound[0] else bound[0], bound[1])
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        log.info("Metrics on http://%s:%d/metrics", shown, bound[1])
+        if not metrics.loopback():
+            log.warning("Warning! Metrics listen on %s, not on loopback: anyone who can reach "
+                        "port %d reads them (no authentication); firewall it, or give "
+                        "--metrics 127.0.0.1:%d", shown, bound[1], bound[1])

@@ -3,7 +3,9 @@ against the schema, is judged and turned into an event for the state
 machine; orders (arm, count, report) go the other way.
 
 Nothing a sensor says is trusted: its privileges are read from /proc, its
-text is cleaned, its packet and link type checked. A sensor that breaks the
+text is cleaned, its rate bounded (supervisor/allowance.py), and a trigger
+brings facts, not text: each is checked (supervisor/facts.py) and the
+supervisor words them (supervisor/wording.py). A sensor that breaks the
 protocol raises ``Misbehaved``; the arbiter kills and replaces it.
 """
 
@@ -15,10 +17,12 @@ from dataclasses import dataclass
 
 from tuninetd.common import wire
 from tuninetd.common.logs import log
-from tuninetd.supervisor import handover, wording
+from tuninetd.supervisor import facts, handover, wording
+from tuninetd.supervisor.allowance import Allowance
 from tuninetd.supervisor.children import Worker
 from tuninetd.supervisor.config import Settings
 from tuninetd.supervisor.errors import StartupError
+from tuninetd.supervisor.facts import Facts
 from tuninetd.supervisor.privcheck import privileges_left
 
 NORMAL_MODES = ("armed", "counting")
@@ -42,10 +46,9 @@ class Beat:
 @dataclass(frozen=True, slots=True)
 class Trigger:
     worker: Worker
-    lines: tuple[str, ...]  # the summary, as logged
-    fields: dict[str, str]  # src, dst, proto, as far as the sensor gave them
+    facts: Facts  # checked
+    lines: tuple[str, ...]  # the summary, as logged, worded from the facts
     packet: bytes | None
-    link: str  # "ether" or "raw"
 
 
 SensorEvent = Hello | Beat | Trigger
@@ -55,20 +58,23 @@ class SensorLink:
     def __init__(self, cfg: Settings, workers: list[Worker]) -> None:
         self.cfg = cfg
         self.workers = workers
+        self.allowances: dict[int, Allowance] = {}  # by pid: each process starts afresh
 
     def receive(self, w: Worker, msg: wire.Message, now: float,
                 starting: bool) -> SensorEvent | None:
         kind = msg["t"]
+        self._charge(w, "messages", now)
         if kind == "hello":
             return self._hello(w, starting)
         if not w.ready and kind != "error":
             raise Misbehaved(f"{kind} before hello")
         if kind == "beat":
-            self._mode(w, wire.clean_text(msg.get("mode", ""), 40))
+            self._mode(w, wire.clean_text(msg.get("mode", ""), 40), now)
             handover.offer(w)
             return Beat(w, msg["n"])
         if kind == "trigger":
             return self._trigger(w, msg)
+        self._charge(w, "errors", now)
         reason = wire.clean_text(msg["reason"])  # error
         if starting and not w.ready:
             raise StartupError(reason)
@@ -92,29 +98,40 @@ class SensorLink:
             log.info("CORE: %s is back (pid %d)", w.log_name, w.pid)
         return Hello(w)
 
-    def _mode(self, w: Worker, mode: str) -> None:
+    def _charge(self, w: Worker, what: str, now: float) -> None:
+        allowance = self.allowances.get(w.pid)
+        if allowance is None:
+            live = {x.pid for x in self.workers}
+            self.allowances = {pid: a for pid, a in self.allowances.items() if pid in live}
+            allowance = self.allowances[w.pid] = Allowance(self.cfg.beat, now)
+        exceeded = allowance.charge(what, now)
+        if exceeded:
+            raise Misbehaved(exceeded)
+
+    def _mode(self, w: Worker, mode: str, now: float) -> None:
         """Log the way into and out of trouble (e.g. the interface is gone),
         once each, not every beat."""
         if mode not in NORMAL_MODES and mode != w.mode:
+            self._charge(w, "mode changes", now)
             log.warning("CORE: %s: %s", w.log_name, mode)
         elif mode in NORMAL_MODES and w.mode not in NORMAL_MODES:
+            self._charge(w, "mode changes", now)
             log.info("CORE: %s: capturing again", w.log_name)
         w.mode = mode
 
     def _trigger(self, w: Worker, msg: wire.Message) -> Trigger:
-        link = msg["link"]
         try:
             packet = base64.b64decode(msg["pkt"], validate=True) if "pkt" in msg else None
         except (binascii.Error, ValueError):
             raise Misbehaved("trigger with a bad packet") from None
-        if link not in ("ether", "raw") or (packet is not None and len(packet) > wire.SNAPLEN):
-            raise Misbehaved("trigger with a bad link type or packet")
+        if packet is not None and len(packet) > wire.SNAPLEN:
+            raise Misbehaved("trigger with a bad packet")
+        try:
+            checked = facts.check(msg)
+        except facts.Bad as exc:
+            raise Misbehaved(f"trigger with a bad {exc}") from None
         w.mode = "counting"
-        lines = wording.summary([wire.clean_text(x) for x in msg["lines"]],
-                                wire.clean_text(msg["prefix"], 64) if "prefix" in msg else None)
-        fields: dict[str, str] = {name: wire.clean_text(msg[name], 64)
-                                  for name in ("src", "dst", "proto") if name in msg}
-        return Trigger(w, lines, fields, packet, link)
+        return Trigger(w, checked, wording.summary(checked), packet)
 
     # -- orders ------------------------------------------------------------------
 

@@ -5,7 +5,10 @@ Nothing here blocks. Each listening socket and each connection is one more fd
 in the arbiter's selector (the key's data is the callable to run when it is
 ready). A request is bounded in size, a connection in time and in number: a
 client that sends too much, too slowly, or never reads its answer is dropped
-at its deadline without ever stalling the loop.
+at its deadline without ever stalling the loop. When every place is taken, a
+new connection takes the place of the oldest one: clients that hold
+connections open (idle, or trickling a request) cannot lock out one that
+asks at once and is answered within the same turn of the loop.
 """
 
 from __future__ import annotations
@@ -57,8 +60,7 @@ class Server:
                 return  # e.g. EMFILE: the client waits in the backlog, or gives up
             conn.setblocking(False)
             if len(self.clients) >= self.max_clients:
-                conn.close()
-                continue
+                min(self.clients, key=lambda c: c.deadline).close()
             client = Connection(self, conn, time.monotonic() + self.timeout)
             self.clients.add(client)
             # A refused client gets its answer once it has asked (answering

@@ -49,12 +49,12 @@ class Service:
             return  # another sensor fired first: this is only activity
         self.trigger_sensor = role
         self.observers.publish(Triggered(role, t.lines, True, now))
-        env = wording.command_env("start", role, self.cfg.ttl, t.fields)
+        env = wording.command_env("start", role, self.cfg.ttl, t.facts)
         self.executor.start(env, role.partition(":")[0], t.lines)
         self.executor.dispatch()  # first: the start latency is what users wait on
         self.sensors.order_all("count", but=t.worker)
         if t.packet is not None and self.dump is not None:
-            self.dump.append(t.packet, t.link)
+            self.dump.append(t.packet, t.facts.link)
 
     def force_down(self) -> None:
         if not self.machine.force_down():

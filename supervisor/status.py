@@ -2,7 +2,13 @@
 
 Exit status: 0 answered, 2 bad usage, 3 no daemon running (no socket, or a
 stale one nobody listens on), 4 permission denied (the socket is root's,
-mode 0600), 1 anything else (no answer in time, a garbled one).
+mode 0600), 1 anything else (no answer in time, a garbled one, one from a
+process that is not root's).
+
+Whoever listens on the socket is asked for its uid (SO_PEERCRED) before it
+is believed, and what it answers is printed sanitised: only printable ASCII
+in text, valid JSON with every string cleaned the same way, so no answer can
+move the cursor, clear the screen or set the terminal's title.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import argparse
 import contextlib
 import errno
 import json
+import math
+import os
 import socket
 import sys
 import time
@@ -18,6 +26,7 @@ from typing import Any, NoReturn
 
 from tuninetd.common import __version__
 from tuninetd.supervisor.config import DEFAULT_CONTROL
+from tuninetd.supervisor.control import peer_uid
 
 TIMEOUT = 5.0
 MAX_REPLY = 1 << 20
@@ -68,6 +77,10 @@ def query(path: str, timeout: float = TIMEOUT) -> dict[str, Any]:
                                   NOT_RUNNING) from None
             raise StatusError(f"cannot connect to {path}: {exc.strerror or exc}",
                               FAILED) from None
+        owner = peer_uid(sock)
+        if owner not in (0, os.geteuid()):
+            raise StatusError(f"not asking the process on {path}: it runs as uid {owner}, "
+                              "not root, so it is not tuninetd", FAILED)
         data = b""
         try:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -96,6 +109,21 @@ def query(path: str, timeout: float = TIMEOUT) -> dict[str, Any]:
         code = DENIED if error == "permission denied" else FAILED
         raise StatusError(f"{error}: {path}" if code == DENIED else error, code)
     return record
+
+
+def sanitised(value: Any) -> Any:
+    """``value`` (a decoded JSON answer) with every string, keys included, cut
+    to printable ASCII (anything else becomes ``?``) and every float that
+    JSON cannot write (NaN, infinities) made null."""
+    if isinstance(value, str):
+        return "".join(c if " " <= c <= "~" else "?" for c in value)
+    if isinstance(value, dict):
+        return {sanitised(k): sanitised(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [sanitised(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def duration(seconds: float | None) -> str:
@@ -178,9 +206,9 @@ def render(s: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     ns = _parser().parse_args(argv)
     try:
-        record = query(ns.control)
+        record = sanitised(query(ns.control))
     except StatusError as exc:
-        print(f"tuninetd status: {exc}", file=sys.stderr)
+        print(f"tuninetd status: {sanitised(str(exc))}", file=sys.stderr)
         return exc.code
     if ns.json:
         print(json.dumps(record, indent=2, sort_keys=False))

@@ -14,6 +14,7 @@ from tuninetd.common.logs import log
 from tuninetd.executor.reap import RUN_ID_VAR
 from tuninetd.supervisor.config import SensorSpec, Settings
 from tuninetd.supervisor.events import Outcome
+from tuninetd.supervisor.facts import Facts
 
 
 def started(pid: int, daemon: bool) -> None:
@@ -36,21 +37,108 @@ def listening(spec: SensorSpec) -> None:
         log.info("Start listening nflog-group %s", spec.name)
 
 
-def summary(lines: Sequence[str], nflog_prefix: str | None) -> tuple[str, ...]:
-    """The trigger summary (``|- IPv4 ...``, ``|- MAC ...``): the sensor's
-    decoded lines, and the NFLOG prefix when the rule set one."""
-    if nflog_prefix is None:
-        return tuple(lines)
-    return (*lines, f'|- NFLOG prefix: "{nflog_prefix}"')
+PROTOCOLS: dict[int, str] = {
+    1: "ICMP",
+    2: "IGMP",
+    3: "GGP",
+    4: "IP-in-IP",
+    6: "TCP",
+    17: "UDP",
+    41: "IPv6",
+    43: "IPv6-Route",
+    44: "IPv6-Frag",
+    47: "GRE",
+    50: "ESP",
+    52: "I-NLSP",
+    55: "MOBILE",
+    56: "TLSP",
+    58: "IPv6-ICMP",
+    59: "IPv6-NoNxt",
+    60: "IPv6-Opts",
+    66: "RVD",
+    88: "EIGRP",
+    89: "OSPF",
+    97: "ETHERIP",
+    98: "ENCAP",
+    108: "IPComp",
+    111: "IPX-in-IP",
+    115: "L2TP",
+    124: "IS-IS-over-IPv4",
+    129: "IPLT",
+    132: "SCTP",
+    136: "UDPLite",
+    137: "MPLS-in-IP",
+    143: "Ethernet",
+}
+
+ETHERTYPES: dict[int, str] = {
+    0x0800: "IPv4",
+    0x0806: "ARP",
+    0x0842: "Wake-on-LAN",
+    0x8035: "RARP",
+    0x809B: "AppleTalk",
+    0x80F3: "AppleTalk ARP",
+    0x8100: "802.1Q",
+    0x8137: "IPX",
+    0x86DD: "IPv6",
+    0x8808: "Ethernet-Flowcontrol",
+    0x8847: "MPLS-unicast",
+    0x8848: "MPLS-multicast",
+    0x8863: "PPPoE-Discovery",
+    0x8864: "PPPoE-Session",
+    0x88BF: "MikroTik-RoMON",
+    0x88CC: "LLDP",
+}
+
+UNRESOLVED = "unresolved"
+NOT_IP_LINE = "|- Not IPv4/6 protocol, L3 info not available"
+PREFIX_SHOWN = 64  # characters of an NFLOG prefix the summary shows
 
 
-def command_env(event: str, sensor: str, ttl: int,
-                trigger: dict[str, str] | None = None) -> dict[str, str]:
+def summary(facts: Facts) -> tuple[str, ...]:
+    """The trigger summary: ``|- IPv4 ...`` (or the not-IP line), ``|- MAC ...``
+    when the frame had an Ethernet header, and the NFLOG prefix when the rule
+    set one, from facts already checked (supervisor/facts.py)."""
+    net, eth = facts.network, facts.ethernet
+    if net is None:
+        lines = [NOT_IP_LINE]
+    else:
+        lines = [f"|- IPv{net.version} {net.src} > {net.dst}, "
+                 f"NXT_HDR: 0x{net.proto:02X} ({PROTOCOLS.get(net.proto, UNRESOLVED)})"]
+    if eth is not None:
+        vlan = "" if eth.vid is None else f", 802.1Q VID: {eth.vid}"
+        lines.append(f"|- MAC: {eth.src} > {eth.dst}{vlan}, EtherType: "
+                     f"0x{eth.ethertype:04X} ({ETHERTYPES.get(eth.ethertype, UNRESOLVED)})")
+    if facts.prefix is not None:
+        lines.append(f"|- NFLOG prefix: {quoted(facts.prefix[:PREFIX_SHOWN])}")
+    return tuple(lines)
+
+
+def quoted(text: str) -> str:
+    """``text`` in double quotes, on one line whatever it holds: printable
+    ASCII as it is, a quote or backslash escaped, anything else as ``\\xNN``
+    or ``\\uNNNN``, so no terminal or log reader takes it for more."""
+    out = []
+    for c in text:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif " " <= c <= "~":
+            out.append(c)
+        else:
+            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+    return '"' + "".join(out) + '"'
+
+
+def command_env(event: str, sensor: str, ttl: int, facts: Facts | None = None) -> dict[str, str]:
     """``TUNINETD_*`` for a command: the event, the sensor that brought the
-    state up, the ttl, and for start the trigger's ``src``, ``dst``, ``proto``."""
+    state up, the ttl, and for start the trigger's ``src``, ``dst``, ``proto``
+    when it was IP."""
     env = {"TUNINETD_EVENT": event, "TUNINETD_SENSOR": sensor, "TUNINETD_TTL": str(ttl)}
-    for name, value in (trigger or {}).items():
-        env[f"TUNINETD_{name.upper()}"] = value
+    net = facts.network if facts is not None else None
+    if net is not None:
+        env["TUNINETD_SRC"] = net.src
+        env["TUNINETD_DST"] = net.dst
+        env["TUNINETD_PROTO"] = PROTOCOLS.get(net.proto, UNRESOLVED)
     return env
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,3 +37,17 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     yield start
     for d in running:
         d.stop()
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A directory anyone may traverse (pytest's tmp_path is root's alone), so
+    that what stops an unprivileged caller is the socket's own mode."""
+    folder = Path(tempfile.mkdtemp(prefix="tnd-ctl-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()

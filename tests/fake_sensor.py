@@ -72,8 +72,7 @@ def _follow(sock: socket.socket, plan: dict[str, Any], beat: float) -> None:
     if plan["hello"]:
         wire.send(sock, "hello", pid=os.getpid())
     if plan["trigger"]:
-        wire.send(sock, "trigger", lines=["|- a fake trigger"], link="raw", src="192.0.2.1",
-                  dst="192.0.2.2", proto="UDP")
+        wire.send(sock, "trigger", link="raw", ip=4, src="192.0.2.1", dst="192.0.2.2", proto=17)
     for record in plan["records"]:
         sock.send(base64.b64decode(record))
     poller = select.poll()  # select(2) is not in the sandbox's allow-list

@@ -57,8 +57,6 @@ _CATEGORIES: dict[type, st.SearchStrategy[Any]] = {
 
 def _valid_value(name: str, allowed: tuple[type, ...]) -> st.SearchStrategy[Any]:
     """A value the protocol takes for field ``name``."""
-    if name == "lines":
-        return st.lists(st.text(max_size=20), max_size=wire.MAX_LINES)
     if name == "n":
         return st.integers(0, 2**63 - 1)
     if allowed[0] is str:
@@ -113,26 +111,16 @@ def _texts(fields: Fields) -> list[str]:
 
 
 def _too_long(kind: str, fields: Fields) -> st.SearchStrategy[tuple[str, Any]]:
-    """A text field past its limit, or summary lines past theirs."""
-    over = st.integers(1, 64)
-    choices: list[st.SearchStrategy[tuple[str, Any]]] = []
-    if _texts(fields):
-        choices.append(st.tuples(st.sampled_from(_texts(fields)), over).map(
-            lambda nx: (nx[0], "x" * (wire.MAX_TEXT + nx[1]))))
-    if "lines" in fields:
-        choices += [
-            over.map(lambda x: ("lines", ["x"] * (wire.MAX_LINES + x))),
-            over.map(lambda x: ("lines", ["x" * (wire.MAX_TEXT + x)])),
-            st.sampled_from([1, None, True, [], {}]).map(lambda v: ("lines", ["x", v])),
-        ]
-    return st.one_of(choices)
+    """A text field past its limit."""
+    return st.tuples(st.sampled_from(_texts(fields)), st.integers(1, 64)).map(
+        lambda nx: (nx[0], "x" * (wire.MAX_TEXT + nx[1])))
 
 
 def families(schema: Schema) -> dict[str, Family]:
     """Every way a record breaks the protocol, one rule per family: the
     strategy, and what parse's refusal must say."""
     counted = {k: f for k, f in schema.items() if "n" in f}
-    texty = {k: f for k, f in schema.items() if "lines" in f or _texts(f)}
+    texty = {k: f for k, f in schema.items() if _texts(f)}
     return {
         # A worker that hung up reads as an empty record.
         "empty": (st.just(b""), "empty record"),
@@ -166,7 +154,7 @@ def families(schema: Schema) -> dict[str, Family]:
                                                    if k != mf[1]})), "missing"),
         "wrong type": (_with_a_field(schema, _wrong_type), "wrong type"),
         "unknown field": (_with_a_field(schema, _unknown_field), "unexpected field"),
-        "too long": (_with_a_field(texty, _too_long), "too long|bad summary lines"),
+        "too long": (_with_a_field(texty, _too_long), "too long"),
         "count out of range": (_with_a_field(counted, lambda kind, fields: st.tuples(
             st.just("n"), st.integers(max_value=-1) | st.integers(min_value=2**63))),
             "out of range"),
@@ -179,22 +167,46 @@ def families(schema: Schema) -> dict[str, Family]:
 SENSOR_FAMILIES = families(wire.SENSOR_MESSAGES)
 MALFORMED: st.SearchStrategy[bytes] = st.one_of(*(s for s, _ in SENSOR_FAMILIES.values()))
 
+# A trigger's facts that a packet could give, each replaced in FORGED_FACTS.
+IP_FACTS: dict[str, Any] = {"ip": 4, "src": "192.0.2.1", "dst": "192.0.2.2", "proto": 17}
+ETHER_FACTS: dict[str, Any] = {"mac_src": "02:00:00:00:00:01", "mac_dst": "02:00:00:00:00:02",
+                               "ethertype": 0x0800, "vid": 7}
+# What no packet gives: text where an address, a MAC or a number belongs, out
+# of range, or facts that contradict each other. (name, value); None drops it.
+FORGED_FACTS: list[tuple[str, Any]] = [
+    ("src", "$(touch /etc/x)`id`;reboot"), ("dst", "192.0.2.2\nStarted with pid 1"),
+    ("src", "fe80::1%$(reboot)"), ("src", "2001:db8::1"), ("src", "192.000.2.1"),
+    ("src", "::ffff:102:304"), ("ip", 5), ("proto", 256), ("proto", -1),
+    ("mac_src", "02:00:00:00:00:0G"), ("mac_dst", "02:00:00:00:00:02\n"),
+    ("mac_src", "02-00-00-00-00-01"), ("vid", 4096), ("ethertype", 0x10000),
+    ("ethertype", 0x0806), ("dst", None), ("mac_dst", None), ("prefix", ""),
+    ("prefix", "p" * (wire.MAX_PREFIX + 1)),
+]
+
+
+def forged(name: str, value: Any) -> bytes:
+    fields = {"link": "ether", **ETHER_FACTS, **IP_FACTS}
+    fields.pop(name) if value is None else fields.update({name: value})
+    return obj("trigger", **fields)
+
+
 # Well formed, refused by the supervisor when it reads the trigger: a link
 # type it has no pcap header for, a packet that is not base64, a packet longer
-# than the snap length.
+# than the snap length, forged facts, MACs on a raw link.
 AFTER_PARSE: st.SearchStrategy[bytes] = st.one_of(
     st.text(max_size=8).filter(lambda link: link not in ("ether", "raw")).map(
-        lambda link: obj("trigger", lines=["x"], link=link)),
+        lambda link: obj("trigger", link=link)),
     st.sampled_from(["!!not base64!!", "abc", "a=b="]).map(
-        lambda pkt: obj("trigger", lines=["x"], link="raw", pkt=pkt)),
+        lambda pkt: obj("trigger", link="raw", pkt=pkt)),
     st.integers(1, 64).map(lambda extra: obj(
-        "trigger", lines=["x"], link="raw",
-        pkt=base64.b64encode(bytes(wire.SNAPLEN + extra)).decode())),
+        "trigger", link="raw", pkt=base64.b64encode(bytes(wire.SNAPLEN + extra)).decode())),
+    st.sampled_from(FORGED_FACTS).map(lambda nv: forged(*nv)),
+    st.just(obj("trigger", link="raw", **ETHER_FACTS)),
 )
 # Bad by their place: before hello only hello (or an error) may come, even a
 # valid trigger is refused; hello comes once.
 BEFORE_HELLO: st.SearchStrategy[bytes] = st.sampled_from(
-    [obj("beat", n=5, mode="armed"), obj("trigger", lines=["|- early"], link="raw")])
+    [obj("beat", n=5, mode="armed"), obj("trigger", link="raw", **IP_FACTS)])
 HELLO_AGAIN = obj("hello", pid=1)
 HARMLESS: st.SearchStrategy[bytes] = st.integers(0, 100).map(
     lambda n: obj("beat", n=n, mode="counting"))

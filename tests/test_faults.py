@@ -76,7 +76,15 @@ from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
 from tests.fake_sensor import CONTROL_VAR
-from tests.garbage import AFTER_PARSE, BEFORE_HELLO, HARMLESS, HELLO_AGAIN, MALFORMED, obj
+from tests.garbage import (
+    AFTER_PARSE,
+    BEFORE_HELLO,
+    HARMLESS,
+    HELLO_AGAIN,
+    IP_FACTS,
+    MALFORMED,
+    obj,
+)
 from tests.netlab import (
     Daemon,
     Lab,
@@ -586,7 +594,7 @@ class Plan:
 
 # Each kind of refusal at least once, before hypothesis draws its own.
 EXAMPLES = [
-    (False, obj("trigger", lines=["|- early"], link="raw")),  # valid, but before hello
+    (False, obj("trigger", link="raw", **IP_FACTS)),  # valid, but before hello
     (False, obj("beat", n=5, mode="armed")),
     (True, obj("hello", pid=1)),  # hello twice
     (True, b"\xff\x00 not json"),
@@ -595,8 +603,9 @@ EXAMPLES = [
     (True, json.dumps({"v": 2, "t": "beat", "n": 0}).encode()),
     (True, obj("beat", n=-1)),
     (True, obj("beat", n=0, extra=1)),
-    (True, obj("trigger", lines=["x"], link="ppp")),
-    (True, obj("trigger", lines=["x"], link="raw", pkt="!!not base64!!")),
+    (True, obj("trigger", link="ppp")),
+    (True, obj("trigger", link="raw", pkt="!!not base64!!")),
+    (True, obj("trigger", link="raw", ip=4, src="192.0.2.1; reboot", dst="192.0.2.2", proto=6)),
     (True, b""),  # an empty record: to the supervisor, the sensor hung up
 ]
 
@@ -615,13 +624,13 @@ class FakeSensors:
     """The real supervisor with a fake sensor (tests/fake_sensor.py), and the
     control socket each fake sensor asks for its plan."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, command_body: str = "") -> None:
         self.folder = folder
         self.control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         path = folder / "control.sock"
         self.control.bind(str(path))
         self.control.listen(4)
-        self.script, self.record = recorder(folder)
+        self.script, self.record = recorder(folder, body=command_body)
         nobody = pwd.getpwnam("nobody")
         setup = {"command": str(self.script), "user": "nobody", "uid": nobody.pw_uid,
                  "gid": nobody.pw_gid, "ttl": 600, "beat": BEAT,

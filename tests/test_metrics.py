@@ -5,12 +5,15 @@ when the optional extra (prometheus-client) is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -132,3 +135,88 @@ def test_bad_address_exit_2(tmp_path: Path, bad: str) -> None:
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert r.stderr.startswith(f"tuninetd: --metrics {bad!r}: expected HOST:PORT"), r.stderr
+
+
+# Holds HOLD idle connections to the port, opening a new one whenever the
+# daemon drops one, and trickles a request one byte at a time on another
+# (slow loris); counts the connections it had dropped.
+HOARDER = """
+import selectors, socket, sys, time
+port, hold = int(sys.argv[1]), int(sys.argv[2])
+sel = selectors.DefaultSelector()
+def connect(trickle):
+    s = socket.create_connection(("127.0.0.1", port))
+    sel.register(s, selectors.EVENT_READ, trickle)
+    return s
+conns = [connect(False) for _ in range(hold)]
+loris = connect(True)
+request, sent, dropped = b"GET /metrics HTTP/1.0\\r\\nX-Slow: " + b"x" * 4000, 0, 0
+print("ready", flush=True)
+while True:
+    for key, _ in sel.select(0.05):
+        if not key.fileobj.recv(65536):
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+            dropped += 1
+            print(dropped, flush=True)
+            new = connect(key.data)
+            if key.data:
+                loris, sent = new, 0
+    try:
+        loris.send(request[sent:sent + 1])
+        sent += 1
+    except OSError:
+        pass
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.root
+def test_a_local_hoarder_does_not_starve_the_scraper(
+    veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    """An unprivileged local process holds 40 connections (and opens a new one
+    for each the daemon drops) plus a slow-loris request, while a scraper
+    scrapes 20 times: every scrape gets its 200."""
+    nobody = pwd.getpwnam("nobody")
+    d = start_daemon(veth, "-i", "tap0", "-f", "udp", "-c", "/bin/true", "--beat", str(BEAT),
+                     "--metrics", "127.0.0.1:0")
+    ready(d)
+    m = re.search(r":(\d+)/metrics", d.wait_log("Metrics on http://127.0.0.1:")[0])
+    assert m
+    port = int(m[1])
+    assert not any("not on loopback" in line for line in d.lines())
+    hoarder = subprocess.Popen(
+        veth.exec_argv("setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
+                       "--clear-groups", "/usr/bin/python3", "-c", HOARDER, str(port), "40"),
+        stdout=subprocess.PIPE, cwd="/")
+    try:
+        assert hoarder.stdout is not None and hoarder.stdout.readline() == b"ready\n"
+        ok, took = 0, []
+        for _ in range(20):
+            t0 = time.monotonic()
+            with contextlib.suppress(OSError):
+                ok += scrape(veth, port)[0].startswith("HTTP/1.0 200 OK")
+            took.append(time.monotonic() - t0)
+            time.sleep(0.1)  # scrapes spread over the hoarder's reconnects
+        assert hoarder.poll() is None, "the hoarder gave up"
+    finally:
+        hoarder.kill()
+        out = hoarder.communicate()[0].split()
+    print(f"\n[figure] 20 scrapes against 40 held connections and a slow loris: {ok} "
+          f"answered (slowest {max(took):.3f} s); the hoarder had {len(out) - 1} "
+          "connections dropped and reopened them")
+    assert ok == 20
+
+
+@pytest.mark.root
+def test_metrics_off_loopback_are_warned_of(
+    veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    d = start_daemon(veth, "-i", "tap0", "-f", "udp", "-c", "/bin/true", "--beat", str(BEAT),
+                     "--metrics", "0.0.0.0:0")
+    ready(d)
+    line = d.wait_log("not on loopback")[0]
+    assert re.search(r"Warning! Metrics listen on 0\.0\.0\.0, not on loopback: anyone who can "
+                     r"reach port (\d+) reads them \(no authentication\); firewall it, or give "
+                     r"--metrics 127\.0\.0\.1:\1$", line), line

@@ -21,6 +21,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 
 from tests.netlab import Netns, proc_status, send_udp, sh
 from tuninetd.common import wire
+from tuninetd.supervisor import facts, wording
 
 pytestmark = pytest.mark.root
 
@@ -136,6 +137,11 @@ class Sensor:
         return err
 
 
+def lines(trig: wire.Message) -> list[str]:
+    """What the supervisor logs for the trigger: its facts, checked and worded."""
+    return list(wording.summary(facts.check(trig)))
+
+
 def _group() -> int:
     return secrets.randbelow(65535) + 1
 
@@ -147,7 +153,8 @@ def test_ipv4_trigger_from_nft_rule_with_prefix(lab: Netns) -> None:
     sensor.hello()
     send_udp(lab, V4_PEER, PORT)
     trig = sensor.expect("trigger")
-    assert trig["lines"] == [f"|- IPv4 {V4_LOCAL} > {V4_PEER}, NXT_HDR: 0x11 (UDP)"]
+    assert lines(trig) == [f"|- IPv4 {V4_LOCAL} > {V4_PEER}, NXT_HDR: 0x11 (UDP)",
+                           '|- NFLOG prefix: "tnd"']
     assert trig["prefix"] == "tnd"
     assert trig["link"] == "raw"
     assert "pkt" not in trig
@@ -162,8 +169,8 @@ def test_ipv6_trigger(lab: Netns) -> None:
     sensor.hello()
     send_udp(lab, V6_PEER, PORT)
     trig = sensor.expect("trigger")
-    assert trig["lines"] == [f"|- IPv6 {V6_LOCAL} > {V6_PEER}, NXT_HDR: 0x11 (UDP)"]
-    assert (trig["src"], trig["dst"], trig["proto"]) == (V6_LOCAL, V6_PEER, "UDP")
+    assert lines(trig) == [f"|- IPv6 {V6_LOCAL} > {V6_PEER}, NXT_HDR: 0x11 (UDP)"]
+    assert (trig["ip"], trig["src"], trig["dst"], trig["proto"]) == (6, V6_LOCAL, V6_PEER, 17)
     assert "prefix" not in trig
 
 
@@ -177,7 +184,8 @@ def test_trigger_from_iptables_nflog_target(lab: Netns) -> None:
     sensor.hello()
     send_udp(lab, V4_PEER, PORT)
     trig = sensor.expect("trigger")
-    assert trig["lines"] == [f"|- IPv4 {V4_LOCAL} > {V4_PEER}, NXT_HDR: 0x11 (UDP)"]
+    assert lines(trig) == [f"|- IPv4 {V4_LOCAL} > {V4_PEER}, NXT_HDR: 0x11 (UDP)",
+                           '|- NFLOG prefix: "ipt"']
     assert trig["prefix"] == "ipt"
 
 
@@ -193,7 +201,7 @@ def test_incoming_frame_gives_mac_line(lab: Netns) -> None:
         out.send(bytes(frame))
     trig = sensor.expect("trigger")
     assert trig["link"] == "ether"
-    assert trig["lines"] == [
+    assert lines(trig) == [
         f"|- IPv4 {V4_PEER} > {V4_LOCAL}, NXT_HDR: 0x11 (UDP)",
         f"|- MAC: {MAC_PEER} > {MAC_LOCAL}, EtherType: 0x0800 (IPv4)",
     ]
@@ -210,9 +218,10 @@ def test_bridge_family_trigger(lab: Netns) -> None:
     trig = sensor.expect("trigger")
     assert trig["link"] == "ether"
     assert trig["prefix"] == "br"
-    assert trig["lines"] == [
+    assert lines(trig) == [
         f"|- IPv4 {V4_LOCAL} > {V4_PEER}, NXT_HDR: 0x11 (UDP)",
         f"|- MAC: {MAC_LOCAL} > {MAC_PEER}, EtherType: 0x0800 (IPv4)",
+        '|- NFLOG prefix: "br"',
     ]
 
 
@@ -228,7 +237,7 @@ def test_bridge_vlan_tag_is_put_back(lab: Netns) -> None:
     with lab.sender("tap0") as out:
         out.send(bytes(frame))
     trig = sensor.expect("trigger")
-    assert trig["lines"] == [
+    assert lines(trig) == [
         f"|- IPv4 {V4_LOCAL} > {V4_PEER}, NXT_HDR: 0x11 (UDP)",
         f"|- MAC: {MAC_LOCAL} > {MAC_PEER}, 802.1Q VID: 5, EtherType: 0x0800 (IPv4)",
     ]
@@ -303,7 +312,7 @@ def test_arm_fires_on_packets_since_the_last_beat(lab: Netns) -> None:
     sensor.order("arm")
     msg = sensor.recv(timeout=1.0)
     assert msg["t"] == "trigger", msg
-    assert msg["lines"] == [f"|- IPv6 {V6_LOCAL} > {V6_PEER}, NXT_HDR: 0x11 (UDP)"]
+    assert lines(msg) == [f"|- IPv6 {V6_LOCAL} > {V6_PEER}, NXT_HDR: 0x11 (UDP)"]
 
 
 def test_second_sensor_on_a_group_gets_a_clear_error(lab: Netns) -> None:

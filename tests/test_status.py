@@ -16,10 +16,9 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +45,6 @@ FRAME = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
               / IP(src="10.55.0.1", dst="10.55.0.2") / UDP(sport=4000, dport=5353))
 KEYS = {"state", "ttl", "idle_seconds", "last_trigger", "commands", "processes"}
 PROCESS_KEYS = {"role", "pid", "user", "state", "restarts", "cpu_percent", "rss_bytes"}
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    """A directory anyone may traverse (pytest's tmp_path is root's alone), so
-    that what stops an unprivileged caller is the socket's own mode."""
-    folder = Path(tempfile.mkdtemp(prefix="tnd-ctl-"))
-    folder.chmod(0o755)
-    try:
-        yield folder
-    finally:
-        for f in folder.iterdir():
-            f.unlink()
-        folder.rmdir()
 
 
 def client(*args: str) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,6 @@
-"""The trigger-packet decoder against packets built with scapy."""
+"""The trigger-packet decoder (sensor side: bytes to facts) and the wording
+(supervisor side: checked facts to the original's lines) together, against
+packets built with scapy."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
-from tuninetd.sensors.decode import NOT_IP_LINE, Summary, summarize, tcp_ack
+from tests.trigger_text import Summary, summarize
+from tuninetd.sensors.decode import describe, tcp_ack
+from tuninetd.supervisor.wording import NOT_IP_LINE
 
 # The examples of the original README, which scripts in the wild grep for.
 README_V4 = (
@@ -231,7 +235,7 @@ def test_truncated_ip_after_ethernet_keeps_mac_line() -> None:
 
 def test_unknown_link_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="link"):
-        summarize(b"", "ppp")
+        describe(b"", "ppp")
 
 
 @given(st.binary(max_size=200), st.sampled_from(["ether", "raw"]))
@@ -259,6 +263,8 @@ def test_byte_flips_never_raise(sample: tuple[bytes, str], flips: list[tuple[int
 
 
 def _check_summary(summary: Summary) -> None:
+    # Whatever the bytes, the facts pass the supervisor's checks (summarize
+    # would raise facts.Bad): a packet alone never gets its sensor killed.
     assert 1 <= len(summary.lines) <= 2
     assert all(_printable(line) for line in summary.lines)
     assert (summary.src is None) == (summary.dst is None) == (summary.proto is None)

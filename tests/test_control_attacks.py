@@ -1,0 +1,178 @@
+"""The control socket and ``tuninetd status`` against local attackers: a
+socket path swapped for a symlink while the daemon binds, a fake daemon run
+by an unprivileged user, and a root-side answer full of terminal escapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.netlab import need_root
+from tests.test_status import answer
+from tuninetd.supervisor import control
+from tuninetd.supervisor.errors import StartupError
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # nobody may not reach the venv's interpreter
+ESC = "\x1b"
+NASTY = f"{ESC}[2J{ESC}]0;owned\x07\r\x9b2J\x7f\u202e"
+
+
+def as_nobody(code: str, *args: str) -> subprocess.Popen[bytes]:
+    nobody = pwd.getpwnam("nobody")
+    return subprocess.Popen(
+        ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+         SYSTEM_PYTHON, "-c", code, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+
+
+def status_client(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "tuninetd.supervisor.main", "status", *args],
+                          capture_output=True, timeout=20)
+
+
+# Waits for the socket file to appear, then renames a symlink over it.
+SWAPPER = """
+import os, stat, sys
+path, victim = sys.argv[1], sys.argv[2]
+tmp = path + ".swap"
+print("ready", flush=True)
+while True:
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.symlink(victim, tmp)
+            os.rename(tmp, path)
+    except OSError:
+        pass
+"""
+
+
+def test_bind_never_chmods_what_was_swapped_in(sockdir: Path) -> None:
+    """nobody swaps a symlink to its own file in at the socket's path, as fast
+    as it can, while the daemon binds there again and again: whatever wins
+    the race, the file the symlink points at keeps its mode, and every socket
+    the daemon made was 0600 from birth."""
+    need_root()
+    open_dir = sockdir
+    open_dir.chmod(0o777)  # nobody works here (sticky bit off)
+    victim = open_dir / "victim"
+    victim.write_text("nobody's\n")
+    nobody = pwd.getpwnam("nobody")
+    os.chown(victim, nobody.pw_uid, nobody.pw_gid)
+    victim.chmod(0o644)
+    path = open_dir / "control.sock"
+    attacker = as_nobody(SWAPPER, str(path), str(victim))
+    bound = refused = swapped = 0
+    try:
+        assert attacker.stdout is not None and attacker.stdout.readline() == b"ready\n"
+        for _ in range(400):
+            path.unlink(missing_ok=True)  # what the attacker left: the next round
+            try:
+                sock, ident = control.bind(str(path))
+            except StartupError:  # the symlink was there first: refused, no harm
+                refused += 1
+                continue
+            bound += 1
+            st = os.lstat(path)
+            if stat.S_ISSOCK(st.st_mode):  # not swapped yet
+                assert stat.S_IMODE(st.st_mode) == 0o600
+            sock.close()
+            swapped += path.is_symlink()
+            control.unlink(str(path), ident)
+    finally:
+        attacker.kill()
+        attacker.wait()
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+    assert victim.stat().st_uid == nobody.pw_uid
+    print(f"\n[figure] 400 binds against a swapping attacker: {bound} bound, {swapped} of "
+          f"them swapped for a symlink right after, {refused} refused (a symlink at the "
+          "path); the victim's mode unchanged")
+    assert swapped > 0
+
+
+FAKE_DAEMON = """
+import json, os, socket, sys
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o666)
+server.listen(1)
+print("ready", flush=True)
+conn, _ = server.accept()
+conn.settimeout(5)
+try:
+    got = conn.recv(1024)
+except OSError:
+    got = b""
+print("asked" if got else "not asked", flush=True)
+try:
+    conn.sendall(json.dumps({"state": "up", "ttl": 1, "processes": []}).encode() + b"\\n")
+except OSError:
+    pass
+"""
+
+
+def test_status_refuses_a_daemon_that_is_not_root(sockdir: Path) -> None:
+    need_root()
+    sockdir.chmod(0o777)  # where nobody may bind
+    path = sockdir / "tuninetd.sock"
+    fake = as_nobody(FAKE_DAEMON, str(path))
+    try:
+        assert fake.stdout is not None
+        assert fake.stdout.readline() == b"ready\n"
+        r = status_client("--control", str(path))
+        assert r.returncode == 1, r
+        assert r.stdout == b""
+        nobody = pwd.getpwnam("nobody").pw_uid
+        assert r.stderr.decode().splitlines() == [
+            f"tuninetd status: not asking the process on {path}: it runs as uid {nobody}, "
+            "not root, so it is not tuninetd"]
+        out, _ = fake.communicate(timeout=10)
+        assert out == b"not asked\n"  # the request never went out
+    finally:
+        with contextlib.suppress(OSError):
+            fake.kill()
+        fake.wait()
+
+
+def test_status_prints_no_terminal_escapes(tmp_path: Path) -> None:
+    """A root-side answer with clear-screen, set-title, CR, CSI (8-bit), DEL
+    and a right-to-left override in values and keys, and a NaN: the text is
+    printable ASCII lines, the JSON is valid JSON with the strings cleaned."""
+    need_root()
+    process = {"role": f"executor{NASTY}", "pid": 7, "user": NASTY, "state": NASTY,
+               "restarts": 0, "cpu_percent": float("nan"), "rss_bytes": 1,
+               "uptime_seconds": 1.0, NASTY: NASTY}
+    record = {"state": f"up{NASTY}", "ttl": 5, "idle_seconds": 1.0, "version": NASTY,
+              "last_trigger": {"sensor": NASTY, "lines": [f"|- {NASTY}"], "seconds_ago": 1.0,
+                               "time": 0.0},
+              "commands": {"starts": 1, "stops": 0, "failed": 0,
+                           "last": {"event": NASTY, "result": NASTY, "duration": 1.0,
+                                    "seconds_ago": 1.0, "time": 0.0}},
+              "processes": [process]}
+    path = tmp_path / "control.sock"
+    server = answer(path, record, times=3)
+    text = status_client("--control", str(path))
+    as_json = status_client("--json", "--control", str(path))
+    server.join(5)
+    for r in (text, as_json):
+        assert r.returncode == 0, r
+        assert all(0x20 <= b < 0x7F or b == 0x0A for b in r.stdout), r.stdout
+    parsed = json.loads(as_json.stdout)
+    shown = "".join(c if " " <= c <= "~" else "?" for c in NASTY)
+    assert shown == "?[2J?]0;owned???2J??"
+    assert parsed["state"] == f"up{shown}"
+    assert parsed["processes"][0]["cpu_percent"] is None
+    assert f": up{shown}".encode() in text.stdout
+    # And the error path: a root-side daemon whose refusal carries escapes.
+    path.unlink()
+    server = answer(path, {"error": NASTY}, times=1)
+    r = status_client("--control", str(path))
+    server.join(5)
+    assert r.returncode == 1
+    assert all(0x20 <= b < 0x7F or b == 0x0A for b in r.stderr), r.stderr
