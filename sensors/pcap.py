@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
 import socket
 import struct
 
@@ -158,8 +159,39 @@ class PcapCapture:
         return "waiting for interface"
 
 
+class AwaitingInterface:
+    """The interface did not exist when the daemon started (--wait-for-interface):
+    nothing to capture. The supervisor watches for it and replaces this sensor
+    with one that has the filter for the link type it turns out to have."""
+
+    def __init__(self) -> None:
+        self.idle, self._keep = os.pipe()  # never readable: polled for nothing
+
+    def fileno(self) -> int:
+        return self.idle
+
+    def arm(self) -> loop.Trigger | None:
+        return None
+
+    def read_trigger(self) -> loop.Trigger | None:
+        return None
+
+    def count(self) -> None:
+        pass
+
+    def take_count(self) -> int:
+        return 0
+
+    def check(self) -> str | None:
+        return "waiting for interface"
+
+
+def open_capture(cfg: wire.Message) -> PcapCapture | AwaitingInterface:
+    return AwaitingInterface() if cfg["bpf"] is None else PcapCapture(cfg)
+
+
 def main() -> None:
-    loop.run("pcap", PcapCapture)
+    loop.run("pcap", open_capture)
 
 
 if __name__ == "__main__":
