@@ -278,7 +278,7 @@ def test_wait_for_a_tun_made_later_by_tuntapd(lab: Lab, tmp_path: Path) -> None:
 
 
 def test_a_missing_interface_without_the_option_is_exit_2(lab: Lab) -> None:
-    script, record = lab.script()
+    script, _record = lab.script()
     d = lab.run(script)
     assert d.proc.wait(30) == 2
     assert d.lines() == [f"tuninetd: -i {lab.ifname!r}: no such network interface "
