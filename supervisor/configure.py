@@ -123,7 +123,7 @@ def _settings(given: _Given) -> Settings:
     pcap_file = (probes.pcap_file(given["pcap_file"], o("pcap_file", "-w"))
                  if given["pcap_file"] is not None else None)
     retry = (values.seconds(o("retry_start", "--retry-start"), given["retry_start"], 0.1,
-                            values.MAX_TTL, zero_ok=False)
+                            86400, zero_ok=False)
              if given["retry_start"] is not None else None)
     pcap = [probes.interface(i, o("interfaces", "-i"), given["wait_for_interface"])
             for i in interfaces]
