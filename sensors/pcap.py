@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import socket
 import struct
 
@@ -190,8 +191,43 @@ class PcapCapture:
         return LOST
 
 
+class AwaitingInterface:
+    """The interface did not exist when the daemon started (--wait-for-interface):
+    nothing to capture. The supervisor watches for it and replaces this sensor
+    with one that has the filter for the link type it turns out to have."""
+
+    def __init__(self) -> None:
+        self.idle, self._keep = os.pipe()  # never readable: polled for nothing
+
+    def fileno(self) -> int:
+        return self.idle
+
+    def arm(self) -> loop.Trigger | None:
+        return None
+
+    def read_trigger(self) -> loop.Trigger | None:
+        return None
+
+    def count(self) -> None:
+        pass
+
+    def take_count(self) -> int:
+        return 0
+
+    def check(self) -> str | None:
+        return LOST
+
+    def adopt(self, fds: list[int]) -> None:
+        for fd in fds:  # not asked for: the supervisor replaces this sensor instead
+            os.close(fd)
+
+
+def open_capture(cfg: wire.Message) -> PcapCapture | AwaitingInterface:
+    return AwaitingInterface() if cfg["bpf"] is None else PcapCapture(cfg)
+
+
 def main() -> None:
-    loop.run("pcap", PcapCapture)
+    loop.run("pcap", open_capture)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from tuninetd.supervisor.events import (
 )
 from tuninetd.supervisor.executor_link import ExecutorLink
 from tuninetd.supervisor.jail import empty_dir
+from tuninetd.supervisor.late_interfaces import LateInterfaces
 from tuninetd.supervisor.operations import open_observers
 from tuninetd.supervisor.sensor_link import Misbehaved, SensorLink
 from tuninetd.supervisor.service import Service
@@ -62,6 +63,8 @@ def sensor_config(spec: SensorSpec, cfg: Settings, jail: str) -> dict[str, Any]:
         "want_packet": cfg.pcap_file is not None,
         "ack_only": cfg.ack_only,
     }
+    if spec.waiting:  # no capture until the interface appears: see late_interfaces.py
+        return {**common, "link": "", "bpf": None, "bpf_ack": None}
     if spec.kind == "pcap":
         return {
             **common,
@@ -108,6 +111,8 @@ class Arbiter:
         self.executor_link = ExecutorLink(cfg, self.executor, self.observers)
         self.sensor_link = SensorLink(cfg, self.sensors)
         self.service = Service(cfg, self.sensor_link, self.executor_link, self.observers)
+        self.late = LateInterfaces(cfg.sensors)
+        self.replacing: list[Worker] = []  # killed to be started anew at once
         self.handlers: dict[int, Callable[[], None]] = {
             signal.SIGCHLD: self.reap,
             signal.SIGHUP: self.handle_hup,
@@ -131,6 +136,7 @@ class Arbiter:
         for spec in self.cfg.sensors:
             wording.listening(spec)
         now = time.monotonic()
+        self.service.resume(now)
         self.startup_deadline = now + STARTUP_GRACE
         for w in self.workers:
             self.spawn(w, now)
@@ -196,7 +202,9 @@ class Arbiter:
                 msg = wire.parse(data, w.schema)
                 w.last_heard = now
                 if w is self.executor:
-                    self.executor_link.receive(msg, self.starting)
+                    ended = self.executor_link.receive(msg, self.starting)
+                    if ended is not None and not self.stopping:
+                        self.service.command_ended(ended, now)
                 else:
                     event = self.sensor_link.receive(w, msg, now, self.starting)
                     if event is not None:
@@ -259,7 +267,8 @@ class Arbiter:
         log.info("CORE: %s caught, exiting", name)
         self.stopping = True
         self.observers.publish(Stopping())
-        grace = self.executor_link.close()
+        self.service.exiting()
+        grace = self.executor_link.close(run_stop=self.cfg.stop_on_exit)
         for s in self.sensors:
             self._forget_channel(s)  # EOF: sensors exit at once
             s.respawn_at = None
@@ -288,7 +297,14 @@ class Arbiter:
         reason = w.exit_reason or describe_status(status)
         if w is self.executor:
             self.executor.ready = False
-            self.executor_link.lost()
+            ended = self.executor_link.lost()
+            if ended is not None and not self.stopping:
+                self.service.command_ended(ended, now)
+        if any(r is w for r in self.replacing) and not self.stopping:
+            self.replacing = [r for r in self.replacing if r is not w]
+            w.pid = 0
+            self.spawn(w, now)
+            return
         if self.stopping:
             w.pid = 0
             return
@@ -316,6 +332,16 @@ class Arbiter:
             if not w.alive and w.respawn_at is not None and now >= w.respawn_at:
                 self.spawn(w, now)
 
+    def capture_late_interfaces(self, now: float) -> None:
+        """A sensor that waited for its interface is started anew on it."""
+        for spec in self.late.appeared(now, self.cfg.beat):
+            w = next(s for s in self.sensors if s.role == spec.label)
+            w.config = sensor_config(spec, self.cfg, w.config["jail"])
+            if w.alive:  # else its respawn, due anyway, takes the new config
+                self.replacing.append(w)
+                self._forget_channel(w)
+                w.kill("replaced: its interface appeared")
+
     def manage(self, now: float) -> None:
         if self.stopping:
             if self.stop_deadline is not None and now >= self.stop_deadline:
@@ -331,6 +357,7 @@ class Arbiter:
             raise StartupError(f"no hello from the {', '.join(late)} in {STARTUP_GRACE:g} s")
         self.murder(now)
         self.respawn(now)
+        self.capture_late_interfaces(now)
         self.service.manage(now)
         self.executor_link.dispatch()
         self.proctitle.set(self.service.title(now))

@@ -9,13 +9,14 @@ import os
 import re
 from collections.abc import Iterable
 
-Program = tuple[tuple[int, int, int, int], ...]
+from tuninetd.supervisor.config import Program
 
 # ARPHRD_* types whose frames start with an Ethernet header on an AF_PACKET
 # SOCK_RAW socket; every other type (tun = ARPHRD_NONE, ppp, ipip, wireguard)
 # hands us the IP header first.
 _ETHERNET_ARPHRD = {1, 772}  # ARPHRD_ETHER, ARPHRD_LOOPBACK
 _DLT = {"ether": 1, "raw": 12}  # DLT_EN10MB, DLT_RAW
+LINKS = tuple(_DLT)
 
 # tcp[] in libpcap reaches IPv4 only; for IPv6 without extension headers the
 # TCP flags byte sits at 40 + 13.

@@ -22,14 +22,24 @@ def default_sensor_user() -> str:
     return SENSOR_ACCOUNTS[-1]
 
 
+Program = tuple[tuple[int, int, int, int], ...]  # classic BPF, as SO_ATTACH_FILTER takes it
+
+
 @dataclass(frozen=True, slots=True)
 class SensorSpec:
     kind: str  # "pcap" or "nflog"
     name: str  # interface name, or the group number as text
     link: str = "raw"  # pcap: "ether" or "raw" (how packets start)
-    bpf: tuple[tuple[int, int, int, int], ...] = ()
-    bpf_ack: tuple[tuple[int, int, int, int], ...] | None = None
+    bpf: Program = ()
+    bpf_ack: Program | None = None
     group: int | None = None
+    # --wait-for-interface, the interface missing at startup (link ""): the
+    # programs for each link type it may turn out to have, (link, bpf, bpf_ack).
+    candidates: tuple[tuple[str, Program, Program | None], ...] = ()
+
+    @property
+    def waiting(self) -> bool:
+        return self.kind == "pcap" and not self.link
 
     @property
     def label(self) -> str:
@@ -63,6 +73,9 @@ class Settings:
     # Whole argv lists from the config file; either one replaces [command, event].
     start_command: tuple[str, ...] = ()
     stop_command: tuple[str, ...] = ()
+    stop_on_exit: bool = False  # run stop (if up) before a SIGTERM exit
+    retry_start: float | None = None  # a failed start: standby, re-armed after this long
+    wait_for_interface: bool = False  # an -i interface missing at startup is waited for
 
     def argv(self, event: str) -> list[str]:
         """What the executor runs for ``event`` ("start" or "stop")."""

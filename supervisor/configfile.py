@@ -40,6 +40,9 @@ KEYS: dict[str, str] = {
     "control": "str",
     "pidfile": "str",
     "metrics": "str",
+    "stop_on_exit": "bool",
+    "retry_start": "number",
+    "wait_for_interface": "bool",
 }
 
 _EXPECTED = {
@@ -177,6 +180,9 @@ def effective(cfg: Settings) -> dict[str, Any]:
         "control": cfg.control,
         "pidfile": cfg.pidfile,
         "metrics": f"{_host(cfg.metrics[0])}:{cfg.metrics[1]}" if cfg.metrics else None,
+        "stop_on_exit": cfg.stop_on_exit,
+        "retry_start": cfg.retry_start,
+        "wait_for_interface": cfg.wait_for_interface,
     }
 
 

@@ -21,6 +21,8 @@ DEFAULTS: dict[str, Any] = {
     "command_timeout": 300.0,
     "beat": 1.0,
     "control": DEFAULT_CONTROL,
+    "stop_on_exit": False,
+    "wait_for_interface": False,
 }
 
 Argv = tuple[str, ...]
@@ -120,7 +122,11 @@ def _settings(given: _Given) -> Settings:
                if given["metrics"] is not None else None)
     pcap_file = (probes.pcap_file(given["pcap_file"], o("pcap_file", "-w"))
                  if given["pcap_file"] is not None else None)
-    pcap = [probes.interface(i, o("interfaces", "-i")) for i in interfaces]
+    retry = (values.seconds(o("retry_start", "--retry-start"), given["retry_start"], 0.1,
+                            86400, zero_ok=False)
+             if given["retry_start"] is not None else None)
+    pcap = [probes.interface(i, o("interfaces", "-i"), given["wait_for_interface"])
+            for i in interfaces]
     nflog = [values.group(g, o("groups", "-n")) for g in groups]
     sensors = probes.with_filters(pcap, flt, given["ack_only"], o("filter", "-f")) + nflog
     return Settings(
@@ -140,6 +146,9 @@ def _settings(given: _Given) -> Settings:
         metrics=metrics,
         start_command=start_command,
         stop_command=stop_command,
+        stop_on_exit=given["stop_on_exit"],
+        retry_start=retry,
+        wait_for_interface=given["wait_for_interface"],
     )
 
 

@@ -40,6 +40,15 @@ class Triggered:
 
 
 @dataclass(frozen=True, slots=True)
+class Resumed:
+    """The state of the previous run was up: it is resumed, start not run again."""
+
+    sensor: str
+    lines: tuple[str, ...]
+    since: float  # time.time() when the previous run went up
+
+
+@dataclass(frozen=True, slots=True)
 class Counted:
     """Matching packets a sensor counted since its last beat."""
 
@@ -69,7 +78,7 @@ class Stopping:
     """The daemon is shutting down."""
 
 
-Event = Triggered | Counted | CommandEnded | WorkerRestarted | Ready | Stopping
+Event = Triggered | Resumed | Counted | CommandEnded | WorkerRestarted | Ready | Stopping
 
 
 @dataclass(frozen=True, slots=True)

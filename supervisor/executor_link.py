@@ -21,7 +21,8 @@ class ExecutorLink:
         self.observers = observers
         self.queue = CommandQueue()
         self.command_pid = 0  # the running command's, once the executor says
-        self.closed = False  # shutting down: nothing more is handed over
+        self.closed = False  # shutting down: only the stop kept by close() is handed over
+        self.quit_sent = False
 
     def start(self, env: dict[str, str], sensor_kind: str, lines: tuple[str, ...]) -> None:
         if self.queue.push("start", env=env, sensor=sensor_kind, lines=list(lines)) is not None:
@@ -32,7 +33,13 @@ class ExecutorLink:
             wording.start_cancelled()
 
     def dispatch(self) -> None:
-        if not self.worker.ready or self.closed:
+        if self.quit_sent:
+            return
+        if self.closed and self.queue.running is None and not self.queue.pending:
+            self.quit_sent = True
+            self.worker.send("quit")
+            return
+        if not self.worker.ready:
             return
         job = self.queue.take()
         if job is None:
@@ -44,7 +51,8 @@ class ExecutorLink:
         if not sent:
             self.worker.kill("could not take a command")
 
-    def receive(self, msg: wire.Message, starting: bool) -> None:
+    def receive(self, msg: wire.Message, starting: bool) -> CommandEnded | None:
+        """A command's end is returned too: the service acts on a failed start."""
         kind = msg["t"]
         job = self.queue.running
         if kind == "hello":
@@ -71,33 +79,44 @@ class ExecutorLink:
                                         self.cfg.command_timeout)
                 if finished.event == "start":
                     wording.start_done(finished.sensor, finished.lines)
-                self.observers.publish(CommandEnded(finished.event, outcome))
+                ended = CommandEnded(finished.event, outcome)
+                self.observers.publish(ended)
+                if self.closed:
+                    self.dispatch()
+                return ended
         elif kind == "error":
             reason = wire.clean_text(msg["reason"])
             log.error("CORE: executor: %s", reason)
             if starting and not self.worker.ready:
                 raise StartupError(reason)
+        return None
 
-    def lost(self) -> None:
+    def lost(self) -> CommandEnded | None:
         """The executor died: the command it ran counts as failed, and
         whatever is left of it (adopted by us, the subreaper) is killed."""
         job = self.queue.running
         if job is None:
-            return
+            return None
         self.queue.finish(job.id)
-        self.observers.publish(CommandEnded(job.event, Outcome(lost=True)))
+        ended = CommandEnded(job.event, Outcome(lost=True))
+        self.observers.publish(ended)
         wording.executor_lost(job.event, tree.kill_run(job.id).describe())
         self.command_pid = 0
+        return ended
 
-    def close(self) -> float:
-        """Shutting down: drop what waits, ask the executor to quit. Returns
-        how long to wait for it (the running command's timeout, and some)."""
+    def close(self, run_stop: bool) -> float:
+        """Shutting down: drop what waits (but a stop, with ``run_stop``), and
+        ask the executor to quit once nothing is left to run. Returns how long
+        to wait for it (the commands' timeouts, and some)."""
         self.closed = True
         for job in self.queue.drop_pending():
-            log.info("CORE: dropping the queued %s command", job.event)
-        self.worker.send("quit")
-        running = self.queue.running is not None
-        return self.cfg.command_timeout + 5 if running and self.cfg.command_timeout else 5
+            if run_stop and job.event == "stop":
+                self.queue.pending.append(job)
+            else:
+                log.info("CORE: dropping the queued %s command", job.event)
+        self.dispatch()
+        commands = (self.queue.running is not None) + len(self.queue.pending)
+        return self.cfg.command_timeout * commands + 5 if self.cfg.command_timeout else 5
 
     def kill_running(self) -> None:
         if self.queue.running is not None:

@@ -23,6 +23,8 @@ def offer(w: Worker) -> bool:
     interface is there again; True when they went out. Called on its beats."""
     if w.sock is None or w.config.get("kind") != "pcap" or w.mode != pcap.LOST:
         return False
+    if w.config.get("bpf") is None:
+        return False  # never had an interface: late_interfaces replaces the sensor
     try:
         socks = pcap.open_sockets(w.config)
     except OSError:

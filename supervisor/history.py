@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from tuninetd.supervisor import wording
-from tuninetd.supervisor.events import CommandEnded, Event, Observer, Triggered
+from tuninetd.supervisor.events import CommandEnded, Event, Observer, Resumed, Triggered
 
 
 class History(Observer):
@@ -15,6 +15,7 @@ class History(Observer):
         self.command_timeout = command_timeout
         self.last_trigger: dict[str, Any] | None = None
         self.last_command: dict[str, Any] | None = None
+        self.last_failure: dict[str, Any] | None = None
         self.counts = {"start": 0, "stop": 0}
         self.failed = 0
 
@@ -31,3 +32,9 @@ class History(Observer):
                                  "ok": o.ok, "exit_code": o.exit_code, "signal": o.signal,
                                  "duration": o.duration, "at": time.time(),
                                  "mono": time.monotonic()}
+            if not o.ok:
+                self.last_failure = self.last_command
+        elif isinstance(event, Resumed):
+            ago = max(0.0, time.time() - event.since)
+            self.last_trigger = {"sensor": event.sensor, "lines": list(event.lines),
+                                 "at": event.since, "mono": time.monotonic() - ago}

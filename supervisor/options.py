@@ -17,6 +17,7 @@ USAGE = (
     "       [--user NAME] [--exec-user NAME] [--command-timeout SEC] [--beat SEC]\n"
     "       [--config FILE] [--check-config] [--control PATH] [--pidfile PATH]"
     " [--metrics HOST:PORT]\n"
+    "       [--stop-on-exit] [--retry-start SEC] [--wait-for-interface]\n"
     "       tuninetd status [--json] [--control PATH]"
 )
 
@@ -25,8 +26,14 @@ options beyond the original:
   -i and -n may be given several times: one sensor process each.
   Every option has a key of the same name in the --config file (interfaces,
   groups, filter, command, ttl, ack_only, daemon, pcap_file, user, exec_user,
-  command_timeout, beat, control, pidfile, metrics), plus start_command and
-  stop_command (argv lists); the command line overrides the file.
+  command_timeout, beat, control, pidfile, metrics, stop_on_exit, retry_start,
+  wait_for_interface), plus start_command and stop_command (argv lists); the
+  command line overrides the file.
+
+state:
+  The daemon keeps its state in /run/tuninetd/NAME.state. Restarted within
+  the same boot with the same commands, it resumes "up" without running start
+  again; stop runs after ttl without a matching packet.
 
 status:
   tuninetd status [--json] [--control PATH]
@@ -37,7 +44,8 @@ status:
 signals:
   SIGHUP   don't wait for ttl, run "stop" now
   SIGUSR1  log the configuration and the current state
-  SIGTERM, SIGINT  exit (a running command may finish within its timeout)
+  SIGTERM, SIGINT  exit (a running command may finish within its timeout);
+           stop is not run, unless --stop-on-exit
 
 examples:
   tuninetd -n 1 -c /path/to/toggletunnel.sh -w /path/to/pcap-savefile
@@ -91,6 +99,15 @@ def parser() -> argparse.ArgumentParser:
     a("--metrics", metavar="HOST:PORT",
       help="serve Prometheus metrics at http://HOST:PORT/metrics "
       "(needs: pip install tuninetd[metrics])")
+    a("--stop-on-exit", action="store_true", default=None,
+      help="on SIGTERM/SIGINT run stop first if the state is up (within --command-timeout); "
+      "without it, exiting leaves the service as it is, as the original does")
+    a("--retry-start", metavar="SEC",
+      help="a start that fails puts the daemon back in standby (stop is not run); the "
+      "sensors are armed again after SEC seconds (default: a warning, the state stays up)")
+    a("--wait-for-interface", action="store_true", default=None,
+      help="an -i interface that does not exist yet is waited for (capture starts when "
+      "it appears) instead of exit 2")
     a("-h", "--help", action="help", help="print this help")
     a("-v", "--version", action="version", version=f"tuninetd {__version__}",
       help="print version")

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from tuninetd.common import ifname
 from tuninetd.supervisor import bpf
-from tuninetd.supervisor.config import Account, SensorSpec
+from tuninetd.supervisor.config import Account, Program, SensorSpec
 from tuninetd.supervisor.errors import UsageError
 
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the NUL
@@ -99,36 +99,54 @@ def metrics(option: str, text: str) -> tuple[str, int]:
     return host, port
 
 
-def interface(name: str, option: str = "-i") -> SensorSpec:
+def interface(name: str, option: str = "-i", wait: bool = False) -> SensorSpec:
+    """With ``wait`` a missing interface is a sensor waiting for it (link "")."""
     if ifname.problem(name) is not None:
         raise UsageError(f"{option} {name!r}: not a valid interface name "
                          f"(1 to {ifname.IFNAMSIZ - 1} bytes, no '/', ':' or spaces)")
     link = bpf.link_of(name)
-    if link is None:
-        raise UsageError(f"{option} {name!r}: no such network interface (see: ip link)")
-    return SensorSpec("pcap", name, link=link)
+    if link is None and not wait:
+        raise UsageError(f"{option} {name!r}: no such network interface (see: ip link; "
+                         "--wait-for-interface waits for it)")
+    return SensorSpec("pcap", name, link=link or "")
 
 
 def with_filters(specs: list[SensorSpec], flt: str | None, ack_only: bool,
-                  option: str = "-f") -> list[SensorSpec]:
-    """Every pcap sensor gets its programs, compiled all at once."""
-    wanted = [(flt or "", s.link) for s in specs]
-    if ack_only:
-        wanted += [(bpf.ack_expression(flt), s.link) for s in specs]
-    compiled = bpf.compile_filters(wanted)
+                 option: str = "-f") -> list[SensorSpec]:
+    """Every pcap sensor gets its programs, compiled all at once. One that
+    waits for its interface gets them for each link type it may turn out to
+    have (known when it appears); the filter must suit one of them."""
+    expressions = [flt or "", *([bpf.ack_expression(flt)] if ack_only else [])]
+    compiled = bpf.compile_filters(
+        (e, link) for s in specs for link in ([s.link] if s.link else bpf.LINKS)
+        for e in expressions)
 
-    def program(expression: str, spec: SensorSpec) -> bpf.Program:
-        result = compiled[(expression, spec.link)]
+    def program(expression: str, spec: SensorSpec, link: str) -> Program:
+        result = compiled[(expression, link)]
         if isinstance(result, bpf.FilterError):
-            raise UsageError(
-                f"{option} {flt!r}: {result} (on {spec.name}, link type {spec.link})")
+            raise UsageError(f"{option} {flt!r}: {result} (on {spec.name}, link type {link})")
         return result
 
-    return [
-        replace(spec, bpf=program(flt or "", spec),
-                bpf_ack=program(bpf.ack_expression(flt), spec) if ack_only else None)
-        for spec in specs
-    ]
+    def programs(spec: SensorSpec, link: str) -> tuple[str, Program, Program | None]:
+        return (link, program(flt or "", spec, link),
+                program(bpf.ack_expression(flt), spec, link) if ack_only else None)
+
+    out = []
+    for spec in specs:
+        if spec.link:
+            _, prog, ack = programs(spec, spec.link)
+            out.append(replace(spec, bpf=prog, bpf_ack=ack))
+            continue
+        candidates, refusals = [], []
+        for link in bpf.LINKS:
+            try:
+                candidates.append(programs(spec, link))
+            except UsageError as exc:
+                refusals.append(exc)
+        if not candidates:
+            raise refusals[0]
+        out.append(replace(spec, candidates=tuple(candidates)))
+    return out
 
 
 def pcap_file(text: str, option: str = "-w") -> str:

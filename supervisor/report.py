@@ -34,11 +34,7 @@ class StatusReport:
             t = h.last_trigger
             trigger = {"sensor": t["sensor"], "lines": t["lines"], "time": t["at"],
                        "seconds_ago": round(now - t["mono"], 3)}
-        last = None
-        if h.last_command is not None:
-            last = {k: v for k, v in h.last_command.items() if k != "mono"}
-            last["time"] = last.pop("at")
-            last["seconds_ago"] = round(now - h.last_command["mono"], 3)
+        last, failure = (self._command(c, now) for c in (h.last_command, h.last_failure))
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -53,9 +49,19 @@ class StatusReport:
                 "running": snap.running,
                 "pending": list(snap.pending),
                 "last": last,
+                "last_failure": failure,
             },
             "processes": self._processes(snap, now),
         }
+
+    @staticmethod
+    def _command(command: dict[str, Any] | None, now: float) -> dict[str, Any] | None:
+        if command is None:
+            return None
+        shown = {k: v for k, v in command.items() if k != "mono"}
+        shown["time"] = shown.pop("at")
+        shown["seconds_ago"] = round(now - command["mono"], 3)
+        return shown
 
     def _processes(self, snap: Snapshot, now: float) -> list[dict[str, Any]]:
         rows = [self._row("supervisor", os.getpid(), snap.title or snap.state, 0,

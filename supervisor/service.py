@@ -3,7 +3,9 @@ executor's queue.
 
 A trigger brings the state up and queues start; ``ttl`` seconds without a
 matching packet bring it down and queue stop, and the sensors are armed
-again. SIGHUP forces the way down.
+again. SIGHUP forces the way down. Each change is written to the state
+file, and a restarted daemon resumes an up state from it. With
+``retry_start`` a failed start is standby again, the sensors re-armed later.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 from tuninetd.supervisor import wording
 from tuninetd.supervisor.config import Settings
 from tuninetd.supervisor.dump import PacketDump
-from tuninetd.supervisor.events import Counted, Observers, Triggered
+from tuninetd.supervisor.events import CommandEnded, Counted, Observers, Resumed, Triggered
 from tuninetd.supervisor.executor_link import ExecutorLink
 from tuninetd.supervisor.sensor_link import Beat, Hello, SensorLink, Trigger
 from tuninetd.supervisor.state import Machine
+from tuninetd.supervisor.statefile import StateFile
 
 REPORT_WAIT = 0.5  # seconds past the ttl a counting sensor's report is awaited
 
@@ -29,7 +32,24 @@ class Service:
         self.machine = Machine(cfg.ttl)
         self.dump = PacketDump(cfg.pcap_file) if cfg.pcap_file else None
         self.trigger_sensor = ""  # the sensor that brought the state up last
+        self.trigger_lines: tuple[str, ...] = ()
         self.report_asked = 0.0  # the ttl deadline sensors were last asked to report on
+        self.state_file = StateFile(cfg)
+        self.retry_at: float | None = None  # a start failed: sensors re-armed then
+
+    def resume(self, now: float) -> None:
+        """Before any worker runs: up, if the previous run was, with the ttl
+        clock starting now and start not run again."""
+        record = self.state_file.load()
+        if record is None or not record.up:
+            return
+        self.machine.trigger(now)
+        self.trigger_sensor, self.trigger_lines = record.sensor, record.summary
+        wording.resumed(record.since)
+        self.observers.publish(Resumed(record.sensor, record.summary, record.since))
+
+    def _save(self) -> None:
+        self.state_file.save(self.machine.up, self.trigger_sensor, self.trigger_lines)
 
     def from_sensor(self, event: Hello | Beat | Trigger, now: float) -> None:
         if isinstance(event, Hello):
@@ -44,10 +64,15 @@ class Service:
 
     def _trigger(self, t: Trigger, now: float) -> None:
         role = t.worker.role
+        if self.retry_at is not None:  # standby after a failed start: activity only
+            self.machine.activity(now, 1)
+            self.observers.publish(Triggered(role, (), False, now))
+            return
         if not self.machine.trigger(now):
             self.observers.publish(Triggered(role, (), False, now))
             return  # another sensor fired first: this is only activity
-        self.trigger_sensor = role
+        self.trigger_sensor, self.trigger_lines = role, t.lines
+        self._save()
         self.observers.publish(Triggered(role, t.lines, True, now))
         env = wording.command_env("start", role, self.cfg.ttl, t.facts)
         self.executor.start(env, role.partition(":")[0], t.lines)
@@ -63,12 +88,36 @@ class Service:
         wording.forced_down()
         self._go_down()
 
-    def _go_down(self) -> None:
+    def _go_down(self, arm: bool = True) -> None:
+        self._save()
         self.executor.stop(wording.command_env("stop", self.trigger_sensor, self.cfg.ttl))
-        self.sensors.order_all("arm")
+        if arm:
+            self.sensors.order_all("arm")
         self.executor.dispatch()
 
+    def exiting(self) -> None:
+        """SIGTERM with stop_on_exit: stop, if up, before the executor quits."""
+        if self.cfg.stop_on_exit and self.machine.force_down():
+            wording.stop_on_exit()
+            self._go_down(arm=False)
+
+    def command_ended(self, ended: CommandEnded, now: float) -> None:
+        """A failed start with retry_start: standby again, without stop; the
+        sensors are re-armed after retry_start seconds. Without retry_start
+        the state stays up, as in the original (its warning is logged)."""
+        if ended.event != "start" or ended.outcome.ok or self.cfg.retry_start is None:
+            return
+        self.executor.queue.start_failed()
+        self.machine.force_down()
+        self.retry_at = now + self.cfg.retry_start
+        wording.start_failed(self.cfg.retry_start)
+        self._save()
+
     def manage(self, now: float) -> None:
+        if self.retry_at is not None and now >= self.retry_at:
+            self.retry_at = None
+            wording.retry_allowed()
+            self.sensors.order_all("arm")
         if self._stop_is_due(now) and self.machine.expire(now):
             self._go_down()
 
@@ -92,6 +141,8 @@ class Service:
         return False
 
     def next_wakeup(self, now: float) -> float | None:
+        if self.retry_at is not None:
+            return self.retry_at
         deadline = self.machine.deadline()
         if deadline is None:
             return None

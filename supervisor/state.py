@@ -119,6 +119,13 @@ class CommandQueue:
             return job
         return None
 
+    def start_failed(self) -> None:
+        """The start failed and the service is back in standby: a stop waiting
+        for it has nothing to stop, and the next start may come."""
+        if self.pending and self.pending[-1].event == "stop":
+            self.pending.pop()
+        self.last_event = "stop"
+
     def drop_pending(self) -> list[Job]:
         dropped = list(self.pending)
         self.pending.clear()

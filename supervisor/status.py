@@ -179,11 +179,12 @@ def render(s: dict[str, Any]) -> str:
     starts, stops = c.get("starts", 0), c.get("stops", 0)
     field("commands", f"{starts} start{'s' * (starts != 1)}, {stops} stop{'s' * (stops != 1)}"
           f" run, {c.get('failed', 0)} failed")
-    last = c.get("last")
-    if last:
-        took = "" if last.get("duration") is None else f" after {last['duration']:.2f} s"
-        field("last command", f"{last.get('event')}: {last.get('result')}{took}, "
-              f"{_when(last.get('seconds_ago'), last.get('time'))}")
+    for name, key in (("last command", "last"), ("last failure", "last_failure")):
+        last = c.get(key)
+        if last:
+            took = "" if last.get("duration") is None else f" after {last['duration']:.2f} s"
+            field(name, f"{last.get('event')}: {last.get('result')}{took}, "
+                  f"{_when(last.get('seconds_ago'), last.get('time'))}")
     if c.get("running") or c.get("pending"):
         field("queue", f"running: {c.get('running') or '-'}; "
               f"waiting: {', '.join(c.get('pending') or []) or '-'}")

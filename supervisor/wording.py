@@ -8,6 +8,7 @@ module of the supervisor words these.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from tuninetd.common.logs import log
@@ -203,6 +204,24 @@ def outcome(result: Outcome, timeout: float) -> str:
     if result.signal is not None:
         return f"killed by signal {result.signal}"
     return f"exit status {result.exit_code}"
+
+
+def resumed(since: float) -> None:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+    log.info("CORE: resuming the up state of the previous run (started %s); "
+             "start not run again", when)
+
+
+def start_failed(retry: float) -> None:
+    log.warning("CORE: start failed; standby again, next start allowed in %g s", retry)
+
+
+def retry_allowed() -> None:
+    log.info("CORE: sensors armed again after the failed start")
+
+
+def stop_on_exit() -> None:
+    log.info("CORE: running stop before exiting (--stop-on-exit)")
 
 
 def already_down() -> None:

@@ -77,6 +77,9 @@ def test_effective_configuration_round_trips(tmp_path: Path, script: Path) -> No
         f'control = "{tmp_path}/ctl.sock"\n'
         f'pidfile = "{tmp_path}/pid"\n'
         'metrics = "127.0.0.1:9101"\n'
+        "stop_on_exit = true\n"
+        "retry_start = 5\n"
+        "wait_for_interface = true\n"
     )
     r = tuninetd("--config", str(conf), "--check-config", "-t", "45", "--beat", "2")
     assert r.returncode == 0, r.stderr
@@ -88,6 +91,7 @@ def test_effective_configuration_round_trips(tmp_path: Path, script: Path) -> No
         "ttl": 45, "ack_only": True, "daemon": True, "pcap_file": f"{tmp_path}/start.pcap",
         "user": "nobody", "exec_user": "root", "command_timeout": 12.5, "beat": 2.0,
         "control": f"{tmp_path}/ctl.sock", "pidfile": f"{tmp_path}/pid",
+        "stop_on_exit": True, "retry_start": 5, "wait_for_interface": True,
         "metrics": "127.0.0.1:9101",
     }
     again = tmp_path / "again.toml"

@@ -1,0 +1,285 @@
+"""State across restarts, failed starts and late interfaces, on real parts.
+
+The start command launches a real background server (``python -m
+http.server`` on an address of the test's namespace) and the stop command
+stops it, as an on-demand service would. Each test names its interface
+uniquely, so its daemon's state file (/run/tuninetd/<interface>.state) is
+its own even with other tests running at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from tests.netlab import (
+    Daemon,
+    Netns,
+    events,
+    kinds,
+    recorder,
+    send_udp,
+    title,
+    wait_for,
+    worker,
+)
+from tests.test_tuntapd import Tuntapd, has_carrier
+from tuninetd.supervisor import status
+
+pytestmark = pytest.mark.root
+
+BEAT = 0.2
+TTL = 2
+SERVER = "10.77.0.1"
+PORT = 8000
+RESUMED = "CORE: resuming the up state of the previous run (started "
+IGNORED = "CORE: no state of a previous run to resume from "
+
+
+@dataclass
+class Lab:
+    ns: Netns
+    folder: Path
+    start_daemon: Callable[..., Daemon]
+    ifname: str
+
+    @property
+    def state_file(self) -> Path:
+        return Path(f"/run/tuninetd/{self.ifname}.state")
+
+    def add_interface(self) -> None:
+        peer = "p" + self.ifname[1:]
+        self.ns.add_veth(self.ifname, peer)
+        self.ns.ip("addr", "add", f"{SERVER}/24", "dev", self.ifname)
+
+    def script(self, name: str = "service.sh", fail_first_start: bool = False,
+               fail_start: bool = False) -> tuple[Path, Path]:
+        """start: launch the server (its pid in a file); stop: kill it."""
+        pidfile = self.folder / f"{name}.pid"
+        failed = self.folder / f"{name}.failed"
+        body = ""
+        if fail_start:
+            body += '[ "$1" = start ] && exit 3\n'
+        if fail_first_start:
+            body += f'[ "$1" = start ] && [ ! -e {failed} ] && {{ touch {failed}; exit 3; }}\n'
+        body += (
+            'case "$1" in\n'
+            f"start) setsid {sys.executable} -m http.server --bind {SERVER} {PORT} "
+            f">/dev/null 2>&1 </dev/null & echo $! > {pidfile} ;;\n"
+            f'stop) kill "$(cat {pidfile})" ;;\n'
+            "esac\n"
+        )
+        return recorder(self.folder, name=name, body=body)
+
+    def run(self, script: Path, *args: str) -> Daemon:
+        return self.start_daemon(self.ns, "-i", self.ifname, "-f", "udp", "-c", str(script),
+                                 "--beat", str(BEAT), "-t", str(TTL), *args)
+
+    def send(self) -> None:
+        sock = self.ns.sender("p" + self.ifname[1:])
+        with sock:
+            sock.send(bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                            / IP(src="10.77.0.9", dst=SERVER) / UDP(dport=9) / b"x"))
+
+    def server_up(self) -> bool:
+        with self.ns.entered():
+            sock = socket.socket()
+        with sock:
+            sock.settimeout(1)
+            return sock.connect_ex((SERVER, PORT)) == 0
+
+
+@pytest.fixture
+def lab(netns: Netns, tmp_path: Path,
+        start_daemon: Callable[..., Daemon]) -> Iterator[Lab]:
+    lab = Lab(netns, tmp_path, start_daemon, f"s{uuid.uuid4().hex[:8]}")
+    yield lab
+    lab.state_file.unlink(missing_ok=True)
+
+
+def sensor(d: Daemon, ifname: str, state: str) -> int:
+    """The pid of the sensor once it is in ``state`` and the executor is idle."""
+    worker(d, "tuninetd: executor", "idle")
+    return worker(d, f"tuninetd: sensor pcap {ifname}", state)
+
+
+def up(lab: Lab, d: Daemon, record: Path) -> None:
+    sensor(d, lab.ifname, "armed")
+    lab.send()
+    wait_for("start", lambda: kinds(record) == ["start"])
+    d.wait_log("PCAP: start command done")
+    wait_for("the server", lab.server_up)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_restarted_daemon_resumes_up_and_stops_after_ttl(lab: Lab, sig: int) -> None:
+    lab.add_interface()
+    script, record = lab.script()
+    first = lab.run(script)
+    up(lab, first, record)
+    saved = json.loads(lab.state_file.read_text())
+    assert saved["state"] == "up" and saved["sensor"] == f"pcap:{lab.ifname}", saved
+    assert os.stat(lab.state_file).st_mode & 0o777 == 0o600
+
+    first.proc.send_signal(sig)
+    first.proc.wait(15)
+    assert lab.server_up(), "exiting without --stop-on-exit leaves the service running"
+    launched = time.time()
+    second = lab.run(script)
+    line = second.wait_log(RESUMED)[0]
+    assert line.endswith("); start not run again"), line
+    sensor(second, lab.ifname, "counting")
+    wait_for("status up", lambda: status.query(second.control)["state"] == "up")
+
+    got = wait_for("stop", lambda: kinds(record) == ["start", "stop"], timeout=TTL + 10)
+    stopped = float(events(record)[1][1])
+    print(f"stop {stopped - launched:.2f} s after the restart (ttl {TTL})")
+    assert stopped - launched >= TTL, got
+    wait_for("the server gone", lambda: not lab.server_up())
+    assert json.loads(lab.state_file.read_text())["state"] == "down"
+    assert [e[2] for e in events(record)] == [f"pcap:{lab.ifname}"] * 2
+
+
+def test_stop_on_exit_runs_stop_before_exiting(lab: Lab) -> None:
+    lab.add_interface()
+    script, record = lab.script()
+    d = lab.run(script, "--stop-on-exit")
+    up(lab, d, record)
+    assert d.stop() == 0
+    assert kinds(record) == ["start", "stop"]
+    assert not lab.server_up()
+    assert "CORE: running stop before exiting (--stop-on-exit)" in d.text()
+    assert json.loads(lab.state_file.read_text())["state"] == "down"
+    again = lab.run(script)
+    sensor(again, lab.ifname, "armed")
+    assert RESUMED not in again.text() and IGNORED not in again.text()
+
+
+def test_a_corrupt_state_file_is_ignored_with_one_line(lab: Lab) -> None:
+    lab.add_interface()
+    lab.state_file.parent.mkdir(mode=0o755, exist_ok=True)
+    fd = os.open(lab.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, b'{"version":1,"state":"up","sin')  # torn
+    os.close(fd)
+    script, record = lab.script()
+    d = lab.run(script)
+    sensor(d, lab.ifname, "armed")
+    ignored = [line for line in d.lines() if "state" in line and "CORE" in line]
+    assert ignored == [f"{IGNORED}{lab.state_file} (it is corrupt: not a JSON record); "
+                       "starting down"], d.text()
+    assert status.query(d.control)["state"] == "down"
+    up(lab, d, record)  # and works as ever
+
+
+def test_a_state_file_for_other_commands_is_ignored_with_one_line(lab: Lab) -> None:
+    lab.add_interface()
+    script_a, record_a = lab.script("a.sh")
+    a = lab.run(script_a)
+    up(lab, a, record_a)
+    a.stop()
+    script_b, record_b = lab.script("b.sh")
+    b = lab.run(script_b)
+    sensor(b, lab.ifname, "armed")
+    ignored = [line for line in b.lines() if "state" in line and "CORE" in line]
+    assert ignored == [f"{IGNORED}{lab.state_file} (it was written for other commands); "
+                       "starting down"], b.text()
+    assert RESUMED not in b.text()
+    assert status.query(b.control)["state"] == "down"
+    assert kinds(record_b) == []
+
+
+def test_retry_start_after_a_failed_start(lab: Lab) -> None:
+    lab.add_interface()
+    script, record = lab.script(fail_first_start=True)
+    d = lab.run(script, "--retry-start", "1")
+    sensor(d, lab.ifname, "armed")
+
+    def started_twice() -> bool:
+        lab.send()
+        return kinds(record) == ["start", "start"]
+
+    wait_for("a second start", started_twice, timeout=10, every=0.1)
+    first, second = (float(e[1]) for e in events(record))
+    print(f"second start {second - first:.2f} s after the failed one")
+    assert second - first >= 1.0
+    assert d.text().count("CORE: start failed; standby again, next start allowed in 1 s") == 1
+    wait_for("the server", lab.server_up)
+    report = status.query(d.control)
+    assert report["state"] == "up"
+    assert report["commands"]["last_failure"]["result"] == "exit status 3"
+    assert "last failure: start: exit status 3" in status.render(report)
+
+
+def test_a_failed_start_without_retry_stays_up_as_the_original(lab: Lab) -> None:
+    lab.add_interface()
+    script, record = lab.script(fail_start=True)
+    d = lab.run(script)
+    sensor(d, lab.ifname, "armed")
+    lab.send()
+    d.wait_log("Warning! Executable command doesn't return 0 code")
+    report = status.query(d.control)
+    assert report["state"] == "up"
+    failure = report["commands"]["last_failure"]
+    assert failure["event"] == "start" and failure["result"] == "exit status 3"
+    lab.send()  # only activity: the state is up
+    wait_for("stop after ttl", lambda: kinds(record) == ["start", "stop"], timeout=TTL + 10)
+    assert "standby again" not in d.text()
+
+
+def test_wait_for_a_veth_created_later(lab: Lab) -> None:
+    script, record = lab.script()
+    d = lab.run(script, "--wait-for-interface")
+    pid = sensor(d, lab.ifname, "waiting for interface")
+    d.wait_log(f"CORE: sensor pcap {lab.ifname}: waiting for interface")
+    rows = status.query(d.control)["processes"]
+    assert [r["state"] for r in rows if r["role"] == f"pcap:{lab.ifname}"] == [
+        "waiting for interface"]
+    assert kinds(record) == []
+
+    lab.add_interface()
+    d.wait_log(f"CORE: interface {lab.ifname} appeared (link type ether): capture starts")
+    sensor(d, lab.ifname, "armed")
+    assert title(pid) == "", "the waiting sensor was replaced"
+    lab.send()
+    wait_for("start on the first packet", lambda: kinds(record) == ["start"])
+    d.wait_log("|- MAC: 02:00:00:00:00:01 > 02:00:00:00:00:02, EtherType: 0x0800 (IPv4)")
+    assert "restarting" not in d.text()
+
+
+def test_wait_for_a_tun_made_later_by_tuntapd(lab: Lab, tmp_path: Path) -> None:
+    script, record = recorder(tmp_path)
+    d = lab.run(script, "--wait-for-interface")
+    sensor(d, lab.ifname, "waiting for interface")
+    holder = Tuntapd(lab.ns, tmp_path / "tuntapd.log", "-i", lab.ifname)
+    try:
+        wait_for("the tun with carrier", lambda: has_carrier(lab.ns, lab.ifname))
+        lab.ns.ip("addr", "add", "10.99.1.1/32", "dev", lab.ifname)
+        lab.ns.ip("route", "add", "10.99.0.0/24", "dev", lab.ifname)
+        d.wait_log(f"CORE: interface {lab.ifname} appeared (link type raw): capture starts")
+        sensor(d, lab.ifname, "armed")
+        send_udp(lab.ns, "10.99.0.5", 5353)
+        got = wait_for("start on the first packet", lambda: events(record))
+        assert got[0][0] == "start"
+        assert got[0][2:] == [f"pcap:{lab.ifname}", "10.99.1.1", "10.99.0.5", "UDP"], got
+    finally:
+        holder.stop(signal.SIGKILL)
+
+
+def test_a_missing_interface_without_the_option_is_exit_2(lab: Lab) -> None:
+    script, _record = lab.script()
+    d = lab.run(script)
+    assert d.proc.wait(30) == 2
+    assert d.lines() == [f"tuninetd: -i {lab.ifname!r}: no such network interface "
+                         "(see: ip link; --wait-for-interface waits for it)"]

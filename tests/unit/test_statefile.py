@@ -1,0 +1,74 @@
+"""The state file's parser: exactly what dump writes comes back; any other
+bytes are Corrupt, never another exception."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tuninetd.supervisor import statefile
+from tuninetd.supervisor.statefile import Corrupt, Record
+
+BOOT = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+GOOD = Record(True, 1764500000.25, BOOT, "a" * 64, "pcap:eth0",
+              ("|- IPv4 10.0.0.1 > 10.0.0.2, NXT_HDR: 0x11 (UDP)",))
+
+printable = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp", "Co", "Cn")),
+                    max_size=statefile.MAX_TEXT).filter(str.isprintable)
+
+
+@given(st.builds(Record, st.booleans(), st.floats(1, 2**39), st.just(BOOT),
+                 st.text("0123456789abcdef", min_size=64, max_size=64), printable,
+                 st.lists(printable, max_size=statefile.MAX_LINES).map(tuple)))
+def test_what_dump_writes_parses_back(record: Record) -> None:
+    assert statefile.parse(statefile.dump(record)) == record
+
+
+@given(st.binary(max_size=statefile.MAX_SIZE + 64))
+def test_arbitrary_bytes_are_corrupt_or_a_record(data: bytes) -> None:
+    with contextlib.suppress(Corrupt):
+        statefile.parse(data)
+
+
+@given(st.dictionaries(st.sampled_from([*sorted(statefile._KEYS), "extra"]),
+                       st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+                       | st.lists(st.text(), max_size=3)))
+def test_arbitrary_records_are_corrupt_or_valid(fields: dict[str, object]) -> None:
+    try:
+        record = statefile.parse(json.dumps(fields).encode())
+    except Corrupt:
+        return
+    assert isinstance(record, Record)
+
+
+def mutate(**changes: object) -> bytes:
+    fields = json.loads(statefile.dump(GOOD))
+    fields.update(changes)
+    return json.dumps(fields).encode()
+
+
+@pytest.mark.parametrize("data", [
+    mutate(state="sideways"),
+    mutate(since=float("inf")),
+    mutate(since=True),
+    mutate(version=2),
+    mutate(boot_id="../../etc"),
+    mutate(command="A" * 64),
+    mutate(sensor="pcap:eth0\n|- forged line"),
+    mutate(summary=["x"] * (statefile.MAX_LINES + 1)),
+    mutate(summary="not a list"),
+    mutate(extra=1),
+    statefile.dump(GOOD)[:-10],
+    b'{"version":1,"version":1}',
+    b" " * (statefile.MAX_SIZE + 1),
+    b"\xff\xfe",
+    b"[" * 100000,
+    b"[" * 5000,
+])
+def test_what_is_not_exactly_a_record_is_corrupt(data: bytes) -> None:
+    with pytest.raises(Corrupt):
+        statefile.parse(data)
