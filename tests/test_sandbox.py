@@ -124,6 +124,12 @@ class Scene:
                       forged=self.forged)
         w = children.Worker(role=spec.label, module="tests.compromised_sensor", config=config,
                             schema=wire.SENSOR_MESSAGES, log_name=f"sensor {kind}")
+        # Workers import from the supervisor's sys.path less its first entry
+        # (the script's folder): the harness module must be found past it,
+        # wherever pytest put the repository.
+        if str(REPO) not in sys.path[1:]:
+            sys.path.append(str(REPO))
+            children.import_path.cache_clear()
         log = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         saved = os.dup(2)
         try:
