@@ -113,7 +113,11 @@ def with_filters(specs: list[SensorSpec], flt: str | None, ack_only: bool,
     wanted = [(flt or "", s.link) for s in specs]
     if ack_only:
         wanted += [(bpf.ack_expression(flt), s.link) for s in specs]
-    compiled = bpf.compile_filters(wanted)
+    try:
+        compiled = bpf.compile_filters(wanted)
+    except bpf.CompilerError as exc:
+        raise UsageError(f"cannot compile the packet filters of the -i sensors: {exc} "
+                         "(check that libpcap0.8 and scapy are installed and work)") from None
 
     def program(expression: str, spec: SensorSpec) -> bpf.Program:
         result = compiled[(expression, spec.link)]
