@@ -12,7 +12,7 @@ import stat
 from dataclasses import replace
 
 from tuninetd.common import ifname
-from tuninetd.supervisor import bpf
+from tuninetd.supervisor import bpf, ownership
 from tuninetd.supervisor.config import Account, SensorSpec
 from tuninetd.supervisor.errors import UsageError
 
@@ -27,7 +27,8 @@ def account(option: str, name: str) -> Account:
     return Account(pw.pw_name, pw.pw_uid, pw.pw_gid)
 
 
-def command(text: str | None, option: str = "-c") -> str:
+def command(text: str | None, option: str = "-c", exec_user: Account | None = None) -> str:
+    """An executable that only root (or ``exec_user``, who runs it) can change."""
     if text is None:
         raise UsageError("-c <path> is required: the executable to run with start and stop")
     if not text:
@@ -41,10 +42,19 @@ def command(text: str | None, option: str = "-c") -> str:
         raise UsageError(f"{option} {text!r}: is a directory, expected an executable file")
     if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
         raise UsageError(f"{option} {text!r}: not executable (chmod +x it)")
+    owners = frozenset({0} if exec_user is None else {0, exec_user.uid})
+    try:
+        problem = ownership.file_problem(path, owners)
+    except OSError as exc:
+        problem = f"cannot check who may change it ({exc.strerror or exc})"
+    if problem:
+        who = "root" if exec_user is None else f"root or {exec_user.name}"
+        raise UsageError(f"{option} {text!r}: {problem}; only {who} may be able to change "
+                         "a command or a directory on its path")
     return path
 
 
-def argv(option: str, words: tuple[str, ...]) -> tuple[str, ...]:
+def argv(option: str, words: tuple[str, ...], exec_user: Account | None) -> tuple[str, ...]:
     """start_command / stop_command: the program is looked up in PATH now, once."""
     program = words[0]
     if program and "/" not in program:
@@ -52,7 +62,7 @@ def argv(option: str, words: tuple[str, ...]) -> tuple[str, ...]:
         if found is None:
             raise UsageError(f"{option} {program!r}: not found in PATH ({os.environ.get('PATH')})")
         program = found
-    return (command(program, option), *words[1:])
+    return (command(program, option, exec_user), *words[1:])
 
 
 def socket_path(option: str, text: str) -> str:
