@@ -12,7 +12,7 @@ import stat
 from dataclasses import replace
 
 from tuninetd.common import ifname
-from tuninetd.supervisor import bpf, ownership
+from tuninetd.supervisor import bpf, dump, ownership, pcapfile
 from tuninetd.supervisor.config import Account, SensorSpec
 from tuninetd.supervisor.errors import UsageError
 
@@ -150,6 +150,13 @@ def pcap_file(text: str, option: str = "-w") -> str:
     folder = os.path.dirname(path)
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"{option} {text!r}: directory {folder} does not exist or is not writable")
+    if problem := dump.folder_problem(path):
+        raise UsageError(f"{option} {text!r}: {problem}: another user could put a symlink "
+                         "at its name; use a folder only root can write")
+    try:
+        pcapfile.check_existing(path)
+    except OSError as exc:
+        raise UsageError(f"{option} {text!r}: {exc.strerror or exc}") from None
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise UsageError(f"{option} {text!r}: file is not writable")
     return path
