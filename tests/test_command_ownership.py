@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.netlab import as_nobody, need_root
+from tests.netlab import as_nobody, public_folder
 
 NOBODY = pwd.getpwnam("nobody")
 SCRIPT = "#!/bin/sh\nexit 0\n"
@@ -26,15 +24,9 @@ SCRIPT = "#!/bin/sh\nexit 0\n"
 
 @pytest.fixture
 def base() -> Iterator[Path]:
-    """A directory in /tmp that nobody may traverse (pytest's tmp_path is
-    root's 0700), root's and 0755, as /usr/local/bin is."""
-    need_root()
-    folder = Path(tempfile.mkdtemp(prefix="tnd-own-"))
-    folder.chmod(0o755)
-    try:
+    """Root's and 0755, as /usr/local/bin is, in /tmp (root's, sticky)."""
+    with public_folder("tnd-own-") as folder:
         yield folder
-    finally:
-        shutil.rmtree(folder)
 
 
 def script(path: Path, mode: int = 0o755, owner: int = 0) -> Path:

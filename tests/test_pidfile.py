@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.netlab import Daemon, Netns, as_nobody, ready, recorder, wait_for
+from tests.netlab import Daemon, Netns, as_nobody, public_folder, ready, recorder, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -28,12 +26,8 @@ PLANTED = 3000  # temporary names planted: one per pid the daemon may get
 @pytest.fixture
 def shared_dir() -> Iterator[Path]:
     """A directory like /tmp (root's, 1777): nobody can create files in it."""
-    folder = Path(tempfile.mkdtemp(prefix="tnd-pid-"))
-    folder.chmod(0o1777)
-    try:
+    with public_folder("tnd-pid-", 0o1777) as folder:
         yield folder
-    finally:
-        shutil.rmtree(folder)
 
 
 def last_pid() -> int:

@@ -13,11 +13,9 @@ could write. Here nobody plants it, and nothing is written through it:
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
-from tests.netlab import Daemon, Lab, Netns, Run, as_nobody, need_root
+from tests.netlab import Daemon, Lab, Netns, Run, as_nobody, public_folder
 
 pytestmark = pytest.mark.root
 
@@ -42,18 +40,13 @@ def frame(n: int) -> bytes:
 
 @pytest.fixture
 def base() -> Iterator[Path]:
-    """In /tmp, root's 0755, so that nobody can reach what is inside; a
+    """Root's 0755 in /tmp, so that nobody can reach what is inside; a
     root-only 0700 folder with a file in it, the attack's target."""
-    need_root()
-    folder = Path(tempfile.mkdtemp(prefix="tnd-w-"))
-    folder.chmod(0o755)
-    secret = folder / "root-only"
-    secret.mkdir(mode=0o700)
-    (secret / "authorized_keys").write_bytes(SECRET)
-    try:
+    with public_folder("tnd-w-") as folder:
+        secret = folder / "root-only"
+        secret.mkdir(mode=0o700)
+        (secret / "authorized_keys").write_bytes(SECRET)
         yield folder
-    finally:
-        shutil.rmtree(folder)
 
 
 def target(base: Path) -> Path:
