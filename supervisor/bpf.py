@@ -8,6 +8,7 @@ import json
 import os
 import re
 from collections.abc import Iterable
+from typing import NoReturn
 
 from tuninetd.supervisor.config import Program
 
@@ -17,6 +18,7 @@ from tuninetd.supervisor.config import Program
 _ETHERNET_ARPHRD = {1, 772}  # ARPHRD_ETHER, ARPHRD_LOOPBACK
 _DLT = {"ether": 1, "raw": 12}  # DLT_EN10MB, DLT_RAW
 LINKS = tuple(_DLT)
+_MAX_REASON = 300  # characters of a compiler failure's reason
 
 # tcp[] in libpcap reaches IPv4 only; for IPv6 without extension headers the
 # TCP flags byte sits at 40 + 13.
@@ -25,6 +27,11 @@ _ACK = "((ip and tcp[13] & 0x10 != 0) or (ip6 and ip6[6] == 6 and ip6[53] & 0x10
 
 class FilterError(Exception):
     """libpcap refused the expression; the message is libpcap's reason."""
+
+
+class CompilerError(Exception):
+    """The compiler could not run at all (libpcap or scapy missing or broken);
+    the message is the reason, one line."""
 
 
 def link_of(ifname: str) -> str | None:
@@ -45,7 +52,8 @@ def compile_filters(
     requests: Iterable[tuple[str, str]],
 ) -> dict[tuple[str, str], Program | FilterError]:
     """Compile (expression, link) pairs in a child process: scapy and libpcap
-    weigh some 40 MB that the long-running supervisor should not carry."""
+    weigh some 40 MB that the long-running supervisor should not carry.
+    Raises CompilerError when the compiler itself fails."""
     unique = sorted(set(requests))
     if not unique:
         return {}
@@ -53,22 +61,25 @@ def compile_filters(
     pid = os.fork()
     if pid == 0:
         os.close(rfd)
-        code = 0
-        try:
-            data = json.dumps([_compile(expr, link) for expr, link in unique]).encode()
-            with os.fdopen(wfd, "wb") as w:
-                w.write(data)
-        except BaseException:
-            code = 1
-        os._exit(code)
+        _compile_in_child(unique, wfd)
     os.close(wfd)
     with os.fdopen(rfd, "rb") as r:
         data = r.read()
     _, status = os.waitpid(pid, 0)
-    if status != 0:
-        raise RuntimeError("the filter compiler process failed")
+    try:
+        reply = json.loads(data) if status == 0 else None
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        if os.WIFSIGNALED(status):
+            ended = f"was killed by signal {os.WTERMSIG(status)}"
+        else:
+            ended = f"exited with status {os.waitstatus_to_exitcode(status)} and no answer"
+        raise CompilerError(f"the compiler process {ended}")
+    if "error" in reply:
+        raise CompilerError(str(reply["error"]))
     results: dict[tuple[str, str], Program | FilterError] = {}
-    for key, result in zip(unique, json.loads(data), strict=True):
+    for key, result in zip(unique, reply["programs"], strict=True):
         if isinstance(result, str):
             results[key] = FilterError(result)
         else:
@@ -76,20 +87,36 @@ def compile_filters(
     return results
 
 
-def _compile(expression: str, link: str) -> list[list[int]] | str:
-    """The program as lists of ints, or libpcap's reason for refusing it."""
+def _compile_in_child(requests: list[tuple[str, str]], wfd: int) -> NoReturn:
+    """Answer ``{"programs": [...]}``, or ``{"error": reason}`` when the
+    compiler could not run (libpcap missing or broken): one line, bounded,
+    so the parent can refuse with the reason instead of a traceback."""
     try:
-        from scapy.arch.common import compile_filter as pcap_compile
-        from scapy.error import Scapy_Exception
-    except ImportError as exc:
-        return f"libpcap is not available to compile filters: {exc}"
+        reply: dict[str, object] = {
+            "programs": [_compile(expr, link) for expr, link in requests]}
+    except BaseException as exc:  # whatever it is, the parent reports it
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        reply = {"error": text[:_MAX_REASON]}
+    try:
+        with os.fdopen(wfd, "wb") as w:
+            w.write(json.dumps(reply).encode())
+    except BaseException:  # the parent sees the status
+        os._exit(1)
+    os._exit(0)
+
+
+def _compile(expression: str, link: str) -> list[list[int]] | str:
+    """The program as lists of ints, or libpcap's reason for refusing it.
+    An ImportError (no scapy, no libpcap) is the compiler's failure, not the
+    expression's: it goes up."""
+    from scapy.arch.common import compile_filter as pcap_compile
+    from scapy.error import Scapy_Exception
+
     try:
         prog = pcap_compile(expression, linktype=_DLT[link])
     except Scapy_Exception as exc:
         found = re.search(r"\((.*)\)\s*$", str(exc))
         return found.group(1) if found else str(exc)
-    except ImportError as exc:
-        return f"libpcap is not available to compile filters: {exc}"
     insns = prog.bf_insns
     # scapy declares k as a signed c_int: constants from 0x80000000 up (IPv4
     # addresses from 128.0.0.0, IPv6 words) come back negative. The kernel's

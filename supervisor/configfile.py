@@ -146,8 +146,19 @@ def load(path: str) -> ConfigFile:
             raise UsageError(
                 f"{result.where(key)}: {key}: expected {_EXPECTED[kind]}, got {_type_name(value)}"
             )
+        if _has_nul(converted):
+            # The C library would cut the value at the NUL: a path, user name
+            # or filter that is not the one written.
+            raise UsageError(f"{result.where(key)}: {key}: contains a NUL byte (\\0); "
+                             "remove it")
         result.values[key] = converted
     return result
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\0" in value
+    return isinstance(value, list | tuple) and any(_has_nul(v) for v in value)
 
 
 def _toml(value: Any) -> str:

@@ -8,7 +8,12 @@ import sys
 from typing import Any, NamedTuple
 
 from tuninetd.supervisor import configfile, options, probes, values
-from tuninetd.supervisor.config import DEFAULT_CONTROL, Settings, default_sensor_user
+from tuninetd.supervisor.config import (
+    DEFAULT_CONTROL,
+    Account,
+    Settings,
+    default_sensor_user,
+)
 from tuninetd.supervisor.errors import UsageError
 
 # What an option is when neither the command line nor the config file sets it.
@@ -63,13 +68,13 @@ class _Given:
         return option
 
 
-def _commands(given: _Given) -> tuple[str, Argv, Argv]:
+def _commands(given: _Given, exec_user: Account | None) -> tuple[str, Argv, Argv]:
     """-c / command, and the file's start_command and stop_command argv lists."""
     o = given.label
-    start = probes.argv(o("start_command", "start_command"), given["start_command"]) \
-        if given["start_command"] else ()
-    stop = probes.argv(o("stop_command", "stop_command"), given["stop_command"]) \
-        if given["stop_command"] else ()
+    start = probes.argv(o("start_command", "start_command"), given["start_command"],
+                        exec_user) if given["start_command"] else ()
+    stop = probes.argv(o("stop_command", "stop_command"), given["stop_command"],
+                       exec_user) if given["stop_command"] else ()
     if given["command"] is None and start and stop:
         return "", start, stop
     if given["command"] is None and (start or stop):
@@ -77,7 +82,7 @@ def _commands(given: _Given) -> tuple[str, Argv, Argv]:
                                                                        "start_command")
         raise UsageError(f"{o(name, name)}: {missing} is missing: give both, "
                          "or command (-c) for the other")
-    return probes.command(given["command"], o("command", "-c")), start, stop
+    return probes.command(given["command"], o("command", "-c"), exec_user), start, stop
 
 
 def parse(argv: list[str]) -> Request:
@@ -103,7 +108,6 @@ def _settings(given: _Given) -> Settings:
     if flt is not None and not interfaces:
         raise UsageError(f"{o('filter', '-f')} {flt!r}: a filter applies to -i sensors, "
                          "and there is none")
-    command, start_command, stop_command = _commands(given)
     ttl = values.whole_seconds(o("ttl", "-t"), given["ttl"], values.MAX_TTL)
     timeout = values.seconds(o("command_timeout", "--command-timeout"),
                              given["command_timeout"], 0.1, values.MAX_TIMEOUT, zero_ok=True)
@@ -115,6 +119,7 @@ def _settings(given: _Given) -> Settings:
                          "unprivileged account")
     exec_user = (probes.account(o("exec_user", "--exec-user"), given["exec_user"])
                  if given["exec_user"] is not None else None)
+    command, start_command, stop_command = _commands(given, exec_user)
     control = probes.socket_path(o("control", "--control"), given["control"])
     pidfile = (probes.file_path(o("pidfile", "--pidfile"), given["pidfile"])
                if given["pidfile"] is not None else None)

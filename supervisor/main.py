@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from tuninetd.common import daemon, logs, procstatus
 from tuninetd.executor import cgroup
-from tuninetd.supervisor import configfile, configure, pidfile, wording
+from tuninetd.supervisor import configfile, configure, wording
 from tuninetd.supervisor.arbiter import Arbiter
 from tuninetd.supervisor.errors import StartupError
 
@@ -65,12 +65,6 @@ def main(argv: list[str] | None = None) -> None:
         wording.started(os.getpid(), daemon=False)
     arbiter = None
     try:
-        if cfg.pidfile is not None:
-            try:
-                pidfile.write(cfg.pidfile)
-            except OSError as exc:
-                raise StartupError(f"cannot write the pidfile {cfg.pidfile}: "
-                                   f"{exc.strerror or exc}") from None
         arbiter = Arbiter(cfg, ready_fd)
         code = arbiter.run()
     except StartupError as exc:
@@ -82,8 +76,6 @@ def main(argv: list[str] | None = None) -> None:
         if arbiter is not None:
             arbiter.observers.close()
             cgroup.remove_daemon_group(os.getpid())
-        if cfg.pidfile is not None:
-            pidfile.remove(cfg.pidfile)
     sys.exit(code)
 
 

@@ -13,6 +13,7 @@ from tuninetd.supervisor.control import ControlServer
 from tuninetd.supervisor.events import Observers, Snapshot
 from tuninetd.supervisor.history import History
 from tuninetd.supervisor.notify import Notifier, SystemdNotify
+from tuninetd.supervisor.pidfile import PidFile
 from tuninetd.supervisor.report import StatusReport
 
 
@@ -22,6 +23,8 @@ def open_observers(cfg: Settings, selector: selectors.BaseSelector,
     starts, so a second daemon on the same socket stops right here. The
     notify variables are taken out of the environment, so that neither the
     workers nor the commands inherit them."""
+    if cfg.pidfile is not None:  # first: written before systemd hears READY=1
+        observers.add(PidFile(cfg.pidfile))
     history = History(cfg.command_timeout)
     observers.add(history)
     observers.add(SystemdNotify(Notifier.from_environment(), view, cfg.beat))

@@ -12,7 +12,7 @@ import stat
 from dataclasses import replace
 
 from tuninetd.common import ifname
-from tuninetd.supervisor import bpf
+from tuninetd.supervisor import bpf, dump, ownership, pcapfile
 from tuninetd.supervisor.config import Account, Program, SensorSpec
 from tuninetd.supervisor.errors import UsageError
 
@@ -27,7 +27,8 @@ def account(option: str, name: str) -> Account:
     return Account(pw.pw_name, pw.pw_uid, pw.pw_gid)
 
 
-def command(text: str | None, option: str = "-c") -> str:
+def command(text: str | None, option: str = "-c", exec_user: Account | None = None) -> str:
+    """An executable that only root (or ``exec_user``, who runs it) can change."""
     if text is None:
         raise UsageError("-c <path> is required: the executable to run with start and stop")
     if not text:
@@ -41,20 +42,27 @@ def command(text: str | None, option: str = "-c") -> str:
         raise UsageError(f"{option} {text!r}: is a directory, expected an executable file")
     if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
         raise UsageError(f"{option} {text!r}: not executable (chmod +x it)")
+    owners = frozenset({0} if exec_user is None else {0, exec_user.uid})
+    try:
+        problem = ownership.file_problem(path, owners)
+    except OSError as exc:
+        problem = f"cannot check who may change it ({exc.strerror or exc})"
+    if problem:
+        who = "root" if exec_user is None else f"root or {exec_user.name}"
+        raise UsageError(f"{option} {text!r}: {problem}; only {who} may be able to change "
+                         "a command or a directory on its path")
     return path
 
 
-def argv(option: str, words: tuple[str, ...]) -> tuple[str, ...]:
+def argv(option: str, words: tuple[str, ...], exec_user: Account | None) -> tuple[str, ...]:
     """start_command / stop_command: the program is looked up in PATH now, once."""
-    if any("\0" in arg for arg in words):
-        raise UsageError(f"{option}: an argument contains a NUL byte")
     program = words[0]
     if program and "/" not in program:
         found = shutil.which(program)
         if found is None:
             raise UsageError(f"{option} {program!r}: not found in PATH ({os.environ.get('PATH')})")
         program = found
-    return (command(program, option), *words[1:])
+    return (command(program, option, exec_user), *words[1:])
 
 
 def socket_path(option: str, text: str) -> str:
@@ -117,9 +125,13 @@ def with_filters(specs: list[SensorSpec], flt: str | None, ack_only: bool,
     waits for its interface gets them for each link type it may turn out to
     have (known when it appears); the filter must suit one of them."""
     expressions = [flt or "", *([bpf.ack_expression(flt)] if ack_only else [])]
-    compiled = bpf.compile_filters(
-        (e, link) for s in specs for link in ([s.link] if s.link else bpf.LINKS)
-        for e in expressions)
+    try:
+        compiled = bpf.compile_filters(
+            (e, link) for s in specs for link in ([s.link] if s.link else bpf.LINKS)
+            for e in expressions)
+    except bpf.CompilerError as exc:
+        raise UsageError(f"cannot compile the packet filters of the -i sensors: {exc} "
+                         "(check that libpcap0.8 and scapy are installed and work)") from None
 
     def program(expression: str, spec: SensorSpec, link: str) -> Program:
         result = compiled[(expression, link)]
@@ -156,6 +168,13 @@ def pcap_file(text: str, option: str = "-w") -> str:
     folder = os.path.dirname(path)
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"{option} {text!r}: directory {folder} does not exist or is not writable")
+    if problem := dump.folder_problem(path):
+        raise UsageError(f"{option} {text!r}: {problem}: another user could put a symlink "
+                         "at its name; use a folder only root can write")
+    try:
+        pcapfile.check_existing(path)
+    except OSError as exc:
+        raise UsageError(f"{option} {text!r}: {exc.strerror or exc}") from None
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise UsageError(f"{option} {text!r}: file is not writable")
     return path

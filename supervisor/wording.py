@@ -263,5 +263,9 @@ def dump_failed(path: str, why: str) -> None:
     log.error("Logger: can't write packet to pcap file %s: %s", path, why)
 
 
+def dump_replaced(path: str) -> None:
+    log.warning("Logger: pcap file %s was moved, removed or replaced: opening it again", path)
+
+
 def dump_works_again(path: str) -> None:
     log.info("Logger: writing packets to pcap file %s again", path)

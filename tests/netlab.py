@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -464,6 +465,19 @@ def send_udp(ns: Netns, dst: str, port: int, count: int = 1, data: bytes = b"x")
         for _ in range(count):
             sock.sendto(data, (dst, port))
         return Sent(before, time.time())
+
+
+@contextlib.contextmanager
+def public_folder(prefix: str, mode: int = 0o755) -> Iterator[Path]:
+    """A root-owned folder in /tmp that nobody can reach (pytest's tmp_path
+    is root's 0700), removed afterwards."""
+    need_root()
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(mode)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder)
 
 
 def as_nobody(body: Callable[[], int] | list[str]) -> tuple[int, str]:

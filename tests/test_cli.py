@@ -10,6 +10,7 @@ check), so only the capability cases need root to drop capabilities from.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ from importlib.metadata import version
 import psutil
 import pytest
 
-from tests.netlab import Netns
+from tests.netlab import Netns, need_root
 
 MODULE = "tuninetd.supervisor.main"
 # A worker before and after it sets its title.
@@ -198,6 +199,44 @@ def test_filter_refused_for_the_link_type_of_a_tun_device(paths: dict[str, str],
     assert len(lines) == 1, r.err
     assert lines[0].startswith(f"tuninetd: -f {flt!r}: "), lines[0]
     assert says in lines[0] and "tun0" in lines[0], lines[0]
+    assert r.spawned == [], f"spawned {r.spawned}"
+
+
+def libpcap_and_a_stand_in(stand_in: str) -> tuple[str, str]:
+    """The real file behind libpcap.so.0.8, and what to mount over it: nothing
+    (/dev/null), or zlib from the same folder, a library that loads but has
+    none of libpcap's functions."""
+    found = sorted(glob.glob("/usr/lib/*/libpcap.so.0.8") + glob.glob("/lib/*/libpcap.so.0.8"))
+    if not found:
+        pytest.fail("libpcap0.8 is not installed")
+    real = os.path.realpath(found[0])
+    if stand_in == "nothing":
+        return real, "/dev/null"
+    return real, os.path.realpath(os.path.join(os.path.dirname(found[0]), "libz.so.1"))
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(("stand_in", "says"), [
+    ("nothing", "libpcap is not available"),
+    ("wrong-library", "undefined symbol: pcap_"),
+])
+def test_filter_compiler_that_cannot_run_is_one_line_and_exit_2(
+        paths: dict[str, str], stand_in: str, says: str) -> None:
+    """libpcap missing or broken, for real: in a mount namespace of the test's
+    own, /dev/null or another library is bind-mounted over libpcap's file. The
+    forked compiler's reason reaches the line; no traceback, nothing spawned."""
+    need_root()
+    real, over = libpcap_and_a_stand_in(stand_in)
+    shell = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    prefix = ("unshare", "-m", "--propagation", "private", "sh", "-c", shell, "sh", over, real)
+    r = run_cli(["-i", "lo", "-c", paths["cmd"], "-f", "udp"], prefix)
+    assert (r.status, r.out) == (2, ""), r.err
+    assert "Traceback" not in r.err
+    lines = r.err.splitlines()
+    assert len(lines) == 1, r.err
+    assert lines[0].startswith("tuninetd: cannot compile the packet filters of the -i "
+                               "sensors: "), lines[0]
+    assert says in lines[0] and "libpcap0.8" in lines[0], lines[0]
     assert r.spawned == [], f"spawned {r.spawned}"
 
 

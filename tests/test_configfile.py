@@ -161,6 +161,27 @@ def test_refused_naming_key_and_line(tmp_path: Path, script: Path, body: str,
         assert needle in lines[0], lines[0]
 
 
+# Every key whose TOML type holds strings, found from the schema, so that a
+# key added later is covered too.
+STRING_KEYS = [k for k, kind in configfile.KEYS.items() if kind in ("str", "strings", "argv")]
+
+
+@pytest.mark.parametrize("key", STRING_KEYS)
+@pytest.mark.parametrize("check", [False, True], ids=["start", "check"])
+def test_nul_byte_in_any_string_is_refused(tmp_path: Path, key: str, check: bool) -> None:
+    """The C library would cut each of these at the NUL: a user name, a path,
+    a filter that is not the one written. The last element of a list is the
+    one spoiled, so that a check of the first alone would miss it."""
+    kind = configfile.KEYS[key]
+    spoiled = '"x\\u0000y"'
+    value = spoiled if kind == "str" else f'["true", {spoiled}]'
+    conf = tmp_path / "nul.toml"
+    conf.write_text(f"# a NUL in {key}\n{key} = {value}\n")
+    r = tuninetd("--config", str(conf), *(["--check-config"] if check else []))
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
+    assert r.stderr == f"tuninetd: {conf}, line 2: {key}: contains a NUL byte (\\0); remove it\n"
+
+
 def test_unreadable_config(tmp_path: Path) -> None:
     r = tuninetd("--config", str(tmp_path / "missing.toml"), "--check-config")
     assert r.returncode == 2

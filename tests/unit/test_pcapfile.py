@@ -20,13 +20,23 @@ from tuninetd.supervisor.pcapfile import (
     PCAP_MAGIC,
     SNAPLEN,
     PcapFileError,
-    append,
+    Savefile,
+    check_existing,
 )
 
 GLOBAL_HEADER = struct.pack("<IHHiIII", PCAP_MAGIC, 2, 4, 0, 0, SNAPLEN, LINKTYPE_ETHERNET)
 ETHER_FRAME = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP() / TCP())
 RAW_V4 = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"payload")
 RAW_V6 = bytes(IPv6(src="2001:db8::1", dst="2001:db8::2") / TCP(flags="A"))
+
+
+def append(path: str, ts: float, data: bytes, link: str) -> None:
+    """One packet, the file opened for it and closed again."""
+    f = Savefile(path)
+    try:
+        f.append(ts, data, link)
+    finally:
+        f.close()
 
 
 def _usec(ts: float) -> int:
@@ -193,3 +203,62 @@ def test_short_write_raises_and_keeps_file_valid(tiny_fs: Path) -> None:
         append(str(path), 2.0, bytes(8192), "ether")
     assert path.stat().st_size == size
     assert len(rdpcap(str(path))) == 1
+
+
+def test_symlink_is_not_followed(tmp_path: Path) -> None:
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"")
+    link = tmp_path / "dump.pcap"
+    link.symlink_to(precious)
+    with pytest.raises(PcapFileError, match="symbolic link"):
+        Savefile(str(link))
+    with pytest.raises(PcapFileError, match="symbolic link"):
+        check_existing(str(link))
+    dangling = tmp_path / "dangling.pcap"
+    dangling.symlink_to(tmp_path / "would-be-created")
+    with pytest.raises(PcapFileError, match="symbolic link"):
+        Savefile(str(dangling))
+    assert precious.read_bytes() == b"" and not (tmp_path / "would-be-created").exists()
+
+
+def test_hard_link_is_refused(tmp_path: Path) -> None:
+    """Another name for the file may be someone else's (in another folder)."""
+    other = tmp_path / "other"
+    other.write_bytes(b"")
+    os.link(other, tmp_path / "dump.pcap")
+    with pytest.raises(PcapFileError, match="2 hard links"):
+        Savefile(str(tmp_path / "dump.pcap"))
+    assert other.read_bytes() == b""
+
+
+def test_file_of_another_user_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file away")
+    path = tmp_path / "dump.pcap"
+    path.write_bytes(b"")
+    os.chown(path, 65534, -1)
+    with pytest.raises(PcapFileError, match="owned by uid 65534"):
+        Savefile(str(path))
+
+
+def test_fifo_is_checked_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(PcapFileError, match="not a regular file"):
+        check_existing(str(tmp_path / "fifo"))
+    check_existing(str(tmp_path / "missing"))  # nothing there: nothing to say, nothing made
+    assert not (tmp_path / "missing").exists()
+
+
+def test_replaced_sees_a_rename_a_removal_and_a_new_file(tmp_path: Path) -> None:
+    path = tmp_path / "dump.pcap"
+    f = Savefile(str(path))
+    try:
+        assert not f.replaced()
+        path.rename(tmp_path / "dump.pcap.1")
+        assert f.replaced()
+        path.write_bytes(b"")
+        assert f.replaced()
+        path.unlink()
+        assert f.replaced()
+    finally:
+        f.close()
