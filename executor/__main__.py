@@ -11,10 +11,9 @@ import socket
 import sys
 
 from tuninetd.common import signals, wire, worker
-from tuninetd.executor import cgroup
+from tuninetd.executor import RUN_ID_VAR, cgroup
 from tuninetd.executor.config import Config, parse_config, switch_user
 from tuninetd.executor.loop import Executor
-from tuninetd.executor.reap import RUN_ID_VAR
 
 WATCHED_SIGNALS = (signal.SIGTERM, signal.SIGCHLD, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 

@@ -1,4 +1,4 @@
-"""What the executor does every turn without psutil: mark runs, reap orphans.
+"""What the executor does every turn without psutil: reap orphans.
 
 psutil is loaded only when a run has to be killed (``tree``): an executor that
 never kills anything stays small.
@@ -7,8 +7,6 @@ never kills anything stays small.
 from __future__ import annotations
 
 import os
-
-RUN_ID_VAR = "TUNINETD_RUN_ID"
 
 
 def reap_orphans(running_pid: int | None) -> None:

@@ -8,9 +8,8 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from tuninetd.common import wire
-from tuninetd.executor import cgroup
+from tuninetd.executor import RUN_ID_VAR, cgroup
 from tuninetd.executor.output import Output
-from tuninetd.executor.reap import RUN_ID_VAR
 from tuninetd.executor.treekill import Processes, TreeKill, kill_now
 
 EVENTS = ("start", "stop")

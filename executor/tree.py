@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import psutil
 
+from tuninetd.executor import RUN_ID_VAR
 from tuninetd.executor.cgroup import RunGroup, RunGroups, Unavailable, daemon_group
-from tuninetd.executor.reap import RUN_ID_VAR
 
 
 def is_alive(proc: psutil.Process) -> bool:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from tuninetd.common.logs import log
-from tuninetd.executor.reap import RUN_ID_VAR
+from tuninetd.executor import RUN_ID_VAR
 from tuninetd.supervisor.config import SensorSpec, Settings
 from tuninetd.supervisor.events import Outcome
 from tuninetd.supervisor.facts import Facts
