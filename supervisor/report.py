@@ -19,7 +19,8 @@ from tuninetd.supervisor.history import History
 
 
 class StatusReport:
-    def __init__(self, view: Callable[[], Snapshot], history: History) -> None:
+    def __init__(self, name: str, view: Callable[[], Snapshot], history: History) -> None:
+        self.name = name
         self.view = view
         self.history = history
         self.started = time.monotonic()
@@ -40,8 +41,9 @@ class StatusReport:
             last["time"] = last.pop("at")
             last["seconds_ago"] = round(now - h.last_command["mono"], 3)
         return {
-            "version": __version__,
+            "name": self.name,
             "pid": os.getpid(),
+            "version": __version__,
             "state": snap.state,
             "ttl": snap.ttl,
             "idle_seconds": None if snap.idle is None else round(snap.idle, 3),

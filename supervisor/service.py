@@ -3,10 +3,13 @@ executor's queue.
 
 A trigger brings the state up and queues start; ``ttl`` seconds without a
 matching packet bring it down and queue stop, and the sensors are armed
-again. SIGHUP forces the way down.
+again. SIGHUP and ``tuninetd down`` force the way down, ``tuninetd up`` the
+way up.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from tuninetd.supervisor import wording
 from tuninetd.supervisor.config import Settings
@@ -56,12 +59,28 @@ class Service:
         if t.packet is not None and self.dump is not None:
             self.dump.append(t.packet, t.link)
 
-    def force_down(self) -> None:
+    def force_down(self, announce: Callable[[], None]) -> bool:
+        """Stop now; ``announce`` logs why first. False: already down."""
         if not self.machine.force_down():
             wording.already_down()
-            return
-        wording.forced_down()
+            return False
+        announce()
         self._go_down()
+        return True
+
+    def force_up(self, now: float) -> bool:
+        """Start now, as a trigger would (the ttl clock starts). False:
+        already up, and nothing changes."""
+        if self.machine.up:
+            return False
+        self.machine.trigger(now)
+        self.trigger_sensor = wording.CONTROL_SENSOR
+        self.observers.publish(Triggered(wording.CONTROL_SENSOR, (), True, now))
+        self.executor.start(wording.command_env("start", wording.CONTROL_SENSOR, self.cfg.ttl),
+                            "core", ())
+        self.executor.dispatch()
+        self.sensors.order_all("count")
+        return True
 
     def _go_down(self) -> None:
         self.executor.stop(wording.command_env("stop", self.trigger_sensor, self.cfg.ttl))
