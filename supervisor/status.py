@@ -202,7 +202,7 @@ def sockets(name: str | None, control: str | None) -> list[str]:
             raise StatusError(f"{name!r}: not a daemon name: {why}", USAGE)
         return [instance.socket_path(name)]
     return sorted(glob.glob(os.path.join(glob.escape(instance.RUN_DIR), "*.sock")),
-                  key=os.path.basename)
+                  key=lambda path: os.path.basename(path).removesuffix(".sock"))
 
 
 def gather(name: str | None, control: str | None) -> list[tuple[str, dict[str, Any]]]:

@@ -89,7 +89,7 @@ def supervise(settings: dict[str, Any]) -> None:
     times in a row must come back in a tenth of a second, not in 30.
     """
     from tuninetd.common import logs
-    from tuninetd.supervisor import arbiter, wording
+    from tuninetd.supervisor import arbiter, instance, wording
     from tuninetd.supervisor.children import Backoff
     from tuninetd.supervisor.config import Account, SensorSpec, Settings
     from tuninetd.supervisor.errors import StartupError
@@ -103,7 +103,8 @@ def supervise(settings: dict[str, Any]) -> None:
         beat=settings["beat"],
         control=settings["control"],  # a status socket of its own, not /run's
     )
-    arb = arbiter.Arbiter(cfg)
+    me = instance.claim(settings["name"], cfg.sensors, cfg.control)
+    arb = arbiter.Arbiter(cfg, me)
     for w in arb.sensors:
         w.module = "tests.fake_sensor"
         w.backoff = Backoff(first=0.1, longest=0.1)
@@ -112,6 +113,8 @@ def supervise(settings: dict[str, Any]) -> None:
     except StartupError as exc:
         wording.startup_failed(str(exc))
         code = 1
+    finally:
+        me.release()
     sys.exit(code)
 
 
