@@ -233,6 +233,28 @@ def test_explicit_name_held_then_freed_by_sigkill(tap_ns: Netns, private_run: En
     assert st.st_uid == 0 and st.st_mode & 0o777 == 0o600
 
 
+def test_template_unit_instance_is_its_name(tap_ns: Netns, private_run: Enter,
+                                            tmp_path: Path,
+                                            start_daemon: StartDaemon) -> None:
+    """tuninetd@office.service's command line, run as systemd would (its
+    config file here), answers to tuninetd status office."""
+    unit = Path(__file__).parent.parent / "conf" / "tuninetd@.service"
+    exec_start = next(line.partition("=")[2] for line in unit.read_text().splitlines()
+                      if line.startswith("ExecStart="))
+    program, *args = exec_start.split()
+    assert program == "/usr/bin/tuninetd"
+    script, _ = recorder(tmp_path)
+    conf = tmp_path / "office.toml"
+    conf.write_text(f'interfaces = ["tap0"]\nfilter = "udp"\ncommand = "{script}"\n'
+                    'name = "ignored"\n')
+    argv = [a.replace("/etc/tuninetd/%i.toml", str(conf)).replace("%i", "office")
+            for a in args]
+    d = plain(start_daemon, tap_ns, private_run, *argv)
+    assert [(r["name"], r["pid"]) for r in statuses(private_run, "office")] == [
+        ("office", d.pid)]
+    assert title(d.pid) == "tuninetd: supervisor office down"
+
+
 @pytest.mark.parametrize("bad", ["", "a/b", "a b", "x" * 65, "../etc", "é"])
 def test_bad_names_refused(bad: str, tmp_path: Path) -> None:
     need_root()
