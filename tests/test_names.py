@@ -273,3 +273,14 @@ def test_no_daemon_running(private_run: Enter) -> None:
     assert r.returncode == 3 and "no daemon running" in r.stderr
     r = tuninetd(private_run, "down")
     assert r.returncode == 3
+
+
+def test_unprivileged_is_refused(tap_ns: Netns, private_run: Enter, tmp_path: Path,
+                                 start_daemon: StartDaemon) -> None:
+    script, record = recorder(tmp_path)
+    plain(start_daemon, tap_ns, private_run, "-i", "tap0", "-f", "udp", "-c", str(script))
+    nobody = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+    for verb in ("status", "down", "up"):
+        r = tuninetd((*private_run, *nobody), verb)
+        assert r.returncode == 4 and "permission denied" in r.stderr, (verb, r)
+    assert kinds(record) == []
