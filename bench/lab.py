@@ -223,7 +223,7 @@ class Bench:
                 raise AssertionError(f"daemon exited:\n{self.daemon.text()}")
             titles = list(self.titles().values())
             sensors = [t for t in titles if t.startswith("tuninetd: sensor") and t.endswith(mode)]
-            idle = [t for t in titles if t.startswith("tuninetd: executor idle")]
+            idle = [t for t in titles if t.startswith("tuninetd: executor") and t.endswith(" idle")]
             return len(sensors) >= self.sensors and len(idle) == 1
 
         try:

@@ -34,6 +34,7 @@ def start(sock: socket.socket, ppid: int) -> Executor:
     # us, not to init: it can be reaped, and killed when its run times out.
     worker.prctl(worker.PR_SET_CHILD_SUBREAPER, 1)
     config = receive_config(sock)
+    title.prefix = f"tuninetd: executor {config.name}".rstrip()
     # Made while still root: an --exec-user could not.
     try:
         groups: cgroup.RunGroups | None = cgroup.RunGroups.setup(ppid, config.uid)

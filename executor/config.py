@@ -14,6 +14,7 @@ class Config(NamedTuple):
     uid: int | None = None
     gid: int | None = None
     user: str | None = None
+    name: str = ""  # the daemon's, for the process title
 
 
 def _number(msg: wire.Message, name: str) -> float:
@@ -46,6 +47,7 @@ def parse_config(msg: wire.Message) -> Config:
         uid=_optional_int(msg, "uid"),
         gid=_optional_int(msg, "gid"),
         user=_optional_str(msg, "user"),
+        name=_optional_str(msg, "name") or "",
     )
     if config.timeout < 0 or config.beat <= 0:
         raise ValueError("config: timeout must be >= 0 and beat > 0")

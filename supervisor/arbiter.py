@@ -33,6 +33,7 @@ from tuninetd.supervisor.events import (
     WorkerView,
 )
 from tuninetd.supervisor.executor_link import ExecutorLink
+from tuninetd.supervisor.instance import Instance
 from tuninetd.supervisor.jail import empty_dir
 from tuninetd.supervisor.late_interfaces import LateInterfaces
 from tuninetd.supervisor.operations import open_observers
@@ -76,8 +77,9 @@ def sensor_config(spec: SensorSpec, cfg: Settings, jail: str) -> dict[str, Any]:
 
 
 class Arbiter:
-    def __init__(self, cfg: Settings, ready_fd: int | None = None) -> None:
+    def __init__(self, cfg: Settings, me: Instance, ready_fd: int | None = None) -> None:
         self.cfg = cfg
+        self.me = me
         self.ready_fd = ready_fd
         self.selector = selectors.DefaultSelector()
         self.observers = Observers()
@@ -102,6 +104,7 @@ class Arbiter:
                 "uid": exec_user.uid if exec_user else None,
                 "gid": exec_user.gid if exec_user else None,
                 "user": exec_user.name if exec_user else None,
+                "name": me.name,
             },
             schema=wire.EXECUTOR_MESSAGES,
             log_name="executor",
@@ -124,7 +127,7 @@ class Arbiter:
         self.stopping = False
         self.stop_deadline: float | None = None
         self.startup_deadline = 0.0
-        self.proctitle = worker.Title("tuninetd: supervisor", "tuninetd")
+        self.proctitle = worker.Title(f"tuninetd: supervisor {me.name}", "tuninetd")
 
     def run(self) -> int:
         # Orphans of the executor's commands come to us, not to init: we can
@@ -132,7 +135,8 @@ class Arbiter:
         worker.prctl(worker.PR_SET_CHILD_SUBREAPER, 1)
         wakeup = signals.wakeup_fd(self.handlers)
         self.selector.register(wakeup, selectors.EVENT_READ, None)
-        open_observers(self.cfg, self.selector, self.snapshot, self.observers)
+        open_observers(self.cfg, self.me, self.selector, self.snapshot, self.observers,
+                       {"up": self.control_up, "down": self.control_down})
         for spec in self.cfg.sensors:
             wording.listening(spec)
         now = time.monotonic()
@@ -247,7 +251,23 @@ class Arbiter:
     # -- signals ---------------------------------------------------------------
 
     def handle_hup(self) -> None:
-        self.service.force_down()
+        self.service.force_down(wording.forced_down)
+
+    # -- the control socket's verbs ----------------------------------------------
+
+    def control_down(self) -> tuple[bool, str]:
+        wording.requested("down")
+        if self.service.force_down(lambda: None):
+            return True, "down: stop is being run"
+        return False, "already down (standby): nothing done"
+
+    def control_up(self) -> tuple[bool, str]:
+        wording.requested("up")
+        if self.starting or self.stopping:
+            return False, f"{'starting' if self.starting else 'stopping'}: nothing done"
+        if self.service.force_up(time.monotonic()):
+            return True, f"up: start is being run; stop after {self.cfg.ttl} s without traffic"
+        return False, "already up: nothing done"
 
     def handle_usr1(self) -> None:
         self.service.log_configuration(time.monotonic())

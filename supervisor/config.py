@@ -5,7 +5,6 @@ from __future__ import annotations
 import pwd
 from dataclasses import dataclass
 
-DEFAULT_CONTROL = "/run/tuninetd.sock"
 # Sensors drop to the account the Debian package makes, where there is one:
 # nothing else runs as it, unlike nobody.
 SENSOR_ACCOUNTS = ("tuninetd", "nobody")
@@ -67,7 +66,8 @@ class Settings:
     exec_user: Account | None = None
     command_timeout: float = 300.0
     beat: float = 1.0
-    control: str = DEFAULT_CONTROL
+    name: str | None = None  # --name; None: derived from the sensors at start
+    control: str | None = None  # None: /run/tuninetd/NAME.sock
     pidfile: str | None = None
     metrics: tuple[str, int] | None = None  # (host, port) of the /metrics endpoint
     # Whole argv lists from the config file; either one replaces [command, event].

@@ -7,9 +7,8 @@ from __future__ import annotations
 import sys
 from typing import Any, NamedTuple
 
-from tuninetd.supervisor import configfile, options, probes, values
+from tuninetd.supervisor import configfile, instance, options, probes, values
 from tuninetd.supervisor.config import (
-    DEFAULT_CONTROL,
     Account,
     Settings,
     default_sensor_user,
@@ -25,7 +24,6 @@ DEFAULTS: dict[str, Any] = {
     "daemon": False,
     "command_timeout": 300.0,
     "beat": 1.0,
-    "control": DEFAULT_CONTROL,
     "stop_on_exit": False,
     "wait_for_interface": False,
 }
@@ -120,7 +118,11 @@ def _settings(given: _Given) -> Settings:
     exec_user = (probes.account(o("exec_user", "--exec-user"), given["exec_user"])
                  if given["exec_user"] is not None else None)
     command, start_command, stop_command = _commands(given, exec_user)
-    control = probes.socket_path(o("control", "--control"), given["control"])
+    control = (probes.socket_path(o("control", "--control"), given["control"])
+               if given["control"] is not None else None)
+    name = given["name"]
+    if name is not None and (why := instance.problem(name)) is not None:
+        raise UsageError(f"{o('name', '--name')} {name!r}: {why}")
     pidfile = (probes.file_path(o("pidfile", "--pidfile"), given["pidfile"])
                if given["pidfile"] is not None else None)
     metrics = (probes.metrics(o("metrics", "--metrics"), given["metrics"])
@@ -146,6 +148,7 @@ def _settings(given: _Given) -> Settings:
         exec_user=exec_user,
         command_timeout=timeout,
         beat=beat,
+        name=name,
         control=control,
         pidfile=pidfile,
         metrics=metrics,

@@ -1,9 +1,12 @@
-"""The control socket: where ``tuninetd status`` asks the daemon how it is.
+"""The control socket: where ``tuninetd status`` asks the daemon how it is,
+and ``tuninetd up`` / ``tuninetd down`` tell it what to do.
 
 A unix stream socket, mode 0600 and owned by the daemon's user (root): the
 file mode is the access control, and the peer's uid is checked once more on
-accept. The request is one line of JSON, ``{"cmd": "status"}``; the reply is
-one line of JSON, then the daemon closes the connection.
+accept. The request is one line of JSON, ``{"cmd": "status"}`` (or ``up``,
+``down``); the reply is one line of JSON, then the daemon closes the
+connection. A verb's reply is ``{"name", "pid", "changed", "result"}``:
+whether it did anything, and what, in words.
 
 A second daemon on the same path finds the first one answering and stops
 with an error (exit 1); a socket left behind by a daemon that died (nobody
@@ -41,13 +44,13 @@ def peer_uid(sock: socket.socket) -> int:
     return int(uid)
 
 
-def _in_use(path: str) -> bool:
+def in_use(path: str) -> bool:
     """True when a daemon answers on ``path``; False for a stale socket."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(PROBE_TIMEOUT)
     try:
         probe.connect(path)
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, FileNotFoundError):
         return False
     except OSError as exc:
         if exc.errno == errno.EAGAIN:  # its backlog is full: it is alive and busy
@@ -76,7 +79,7 @@ def bind(path: str) -> tuple[socket.socket, tuple[int, int]]:
             st = os.lstat(path)
             if not stat.S_ISSOCK(st.st_mode):
                 raise StartupError(f"control socket {path}: exists and is not a socket") from None
-            if _in_use(path):
+            if in_use(path):
                 raise StartupError(
                     f"control socket {path} is in use: another tuninetd is running there "
                     f"(tuninetd status --control {path}); give this one its own --control"
@@ -104,12 +107,20 @@ def unlink(path: str, ident: tuple[int, int]) -> None:
             os.unlink(path)
 
 
+# A verb: does it, and says whether anything changed and what happened.
+Verb = Callable[[], tuple[bool, str]]
+
+
 class ControlServer(Observer):
-    def __init__(
-        self, path: str, selector: selectors.BaseSelector, status: Callable[[], dict[str, Any]]
-    ) -> None:
+    """Answers status requests, and runs the operator's verbs: like signals,
+    orders from outside, run in the loop's own thread between two passes."""
+
+    def __init__(self, path: str, name: str, selector: selectors.BaseSelector,
+                 status: Callable[[], dict[str, Any]], verbs: dict[str, Verb]) -> None:
         self.path = path
+        self.name = name
         self.status = status
+        self.verbs = verbs
         sock, self.ident = bind(path)
         self.server = Server(
             sock,
@@ -138,12 +149,19 @@ class ControlServer(Observer):
             msg = json.loads(line)
         except (ValueError, UnicodeDecodeError):
             msg = None
-        if not isinstance(msg, dict) or msg.get("cmd") != "status":
-            return encode({"error": "unknown request: expected {\"cmd\": \"status\"}"})
+        cmd = msg.get("cmd") if isinstance(msg, dict) else None
+        if not isinstance(cmd, str) or (cmd != "status" and cmd not in self.verbs):
+            known = ", ".join(["status", *self.verbs])
+            return encode({"error": f"unknown request: expected {{\"cmd\": ...}} with one of "
+                                    f"{known}"})
         try:
-            return encode(self.status())
-        except Exception as exc:  # a status bug must not take the daemon down
-            return encode({"error": f"status failed: {type(exc).__name__}: {exc}"})
+            if cmd == "status":
+                return encode(self.status())
+            changed, result = self.verbs[cmd]()
+            return encode({"name": self.name, "pid": os.getpid(), "changed": changed,
+                           "result": result})
+        except Exception as exc:  # a bug here must not take the daemon down
+            return encode({"error": f"{cmd} failed: {type(exc).__name__}: {exc}"})
 
     def deadline(self) -> float | None:
         return self.server.deadline()

@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from tuninetd.common import daemon, logs, procstatus
 from tuninetd.executor import cgroup
-from tuninetd.supervisor import configfile, configure, wording
+from tuninetd.supervisor import configfile, configure, instance, wording
 from tuninetd.supervisor.arbiter import Arbiter
 from tuninetd.supervisor.errors import StartupError
 
@@ -38,13 +38,16 @@ def _started(answer: str) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["status"]:  # the client: tuninetd status [--json] [--control PATH]
+    if args[:1] in (["status"], ["up"], ["down"]):  # the client: tuninetd status [NAME] ...
         from tuninetd.supervisor import status
 
-        sys.exit(status.main(args[1:]))
+        sys.exit(status.main(args[0], args[1:]))
     cfg, check_only = configure.parse_or_exit(args)
     if check_only:
         print(configfile.render(cfg), end="")
+        if held := instance.held(cfg.name, cfg.control):
+            print(f"tuninetd: {held}", file=sys.stderr)
+            sys.exit(1)
         sys.exit(0)
     missing = missing_privileges()
     if missing:
@@ -64,8 +67,11 @@ def main(argv: list[str] | None = None) -> None:
         logs.to_stderr()
         wording.started(os.getpid(), daemon=False)
     arbiter = None
+    me = None
     try:
-        arbiter = Arbiter(cfg, ready_fd)
+        # The name first: whatever else this daemon takes, it takes as NAME.
+        me = instance.claim(cfg.name, cfg.sensors, cfg.control)
+        arbiter = Arbiter(cfg, me, ready_fd)
         code = arbiter.run()
     except StartupError as exc:
         wording.startup_failed(str(exc))
@@ -76,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         if arbiter is not None:
             arbiter.observers.close()
             cgroup.remove_daemon_group(os.getpid())
+        if me is not None:
+            me.release()
     sys.exit(code)
 
 

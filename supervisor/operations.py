@@ -1,6 +1,7 @@
 """What operators see of the running daemon, wired up: the control socket
-(``tuninetd status``), the systemd notify protocol, Prometheus metrics.
-Each is an observer of the arbiter's events and snapshot."""
+(``tuninetd status``, ``up``, ``down``), the systemd notify protocol,
+Prometheus metrics. Each is an observer of the arbiter's events and
+snapshot; the control socket's verbs are the arbiter's to run."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ from collections.abc import Callable
 
 from tuninetd.common.logs import log
 from tuninetd.supervisor.config import Settings
-from tuninetd.supervisor.control import ControlServer
+from tuninetd.supervisor.control import ControlServer, Verb
 from tuninetd.supervisor.events import Observers, Snapshot
 from tuninetd.supervisor.history import History
+from tuninetd.supervisor.instance import Instance
 from tuninetd.supervisor.notify import Notifier, SystemdNotify
 from tuninetd.supervisor.pidfile import PidFile
 from tuninetd.supervisor.report import StatusReport
 
 
-def open_observers(cfg: Settings, selector: selectors.BaseSelector,
-                   view: Callable[[], Snapshot], observers: Observers) -> None:
+def open_observers(cfg: Settings, me: Instance, selector: selectors.BaseSelector,
+                   view: Callable[[], Snapshot], observers: Observers,
+                   verbs: dict[str, Verb]) -> None:
     """Bind the control socket (and the metrics port): before any worker
     starts, so a second daemon on the same socket stops right here. The
     notify variables are taken out of the environment, so that neither the
@@ -28,7 +31,8 @@ def open_observers(cfg: Settings, selector: selectors.BaseSelector,
     history = History(cfg.command_timeout)
     observers.add(history)
     observers.add(SystemdNotify(Notifier.from_environment(), view, cfg.beat))
-    observers.add(ControlServer(cfg.control, selector, StatusReport(view, history).record))
+    report = StatusReport(me.name, view, history)
+    observers.add(ControlServer(me.control, me.name, selector, report.record, verbs))
     if cfg.metrics is not None:
         from tuninetd.supervisor.metrics import Metrics
 

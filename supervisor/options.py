@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from tuninetd.common import __version__, usage
-from tuninetd.supervisor.config import DEFAULT_CONTROL
+from tuninetd.supervisor.instance import RUN_DIR
 
 USAGE = (
     "tuninetd -i <ifname> -c <path> [-a] [-d] [-f <filter>] [-n <nflog-group>] [-t <ttl>]"
@@ -15,18 +15,19 @@ USAGE = (
     "       tuninetd -n <nflog-group> -c <path> [-a] [-d] [-i <ifname> [-f <filter>]]"
     " [-t <ttl>] [-w <path>]\n"
     "       [--user NAME] [--exec-user NAME] [--command-timeout SEC] [--beat SEC]\n"
-    "       [--config FILE] [--check-config] [--control PATH] [--pidfile PATH]"
+    "       [--name NAME] [--config FILE] [--check-config] [--control PATH] [--pidfile PATH]"
     " [--metrics HOST:PORT]\n"
     "       [--stop-on-exit] [--retry-start SEC] [--wait-for-interface]\n"
-    "       tuninetd status [--json] [--control PATH]"
+    "       tuninetd status [NAME] [--json] [--control PATH]\n"
+    "       tuninetd up|down [NAME] [--control PATH]"
 )
 
-EPILOG = """\
+EPILOG = f"""\
 options beyond the original:
   -i and -n may be given several times: one sensor process each.
   Every option has a key of the same name in the --config file (interfaces,
   groups, filter, command, ttl, ack_only, daemon, pcap_file, user, exec_user,
-  command_timeout, beat, control, pidfile, metrics, stop_on_exit, retry_start,
+  command_timeout, beat, name, control, pidfile, metrics, stop_on_exit, retry_start,
   wait_for_interface), plus start_command and stop_command (argv lists); the
   command line overrides the file.
 
@@ -35,11 +36,20 @@ state:
   the same boot with the same commands, it resumes "up" without running start
   again; stop runs after ttl without a matching packet.
 
-status:
-  tuninetd status [--json] [--control PATH]
+names:
+  Each daemon has a name: --name, or its sensors' (eth0, nflog-1,
+  eth0+nflog-1), with -2, -3... added when a running daemon has it already.
+  Its control socket is {RUN_DIR}/NAME.sock unless --control is given.
+
+status and control (need root):
+  tuninetd status [NAME] [--json] [--control PATH]
       state, ttl, idle time, last trigger, commands run and one row per
-      process of a running daemon (needs root; exit 3: no daemon running,
-      exit 4: permission denied)
+      process: of every daemon running on the host, or of the one named
+      (--json: an array of objects; exit 3: no daemon running or no such
+      name, exit 4: permission denied)
+  tuninetd down [NAME]   run "stop" now, as SIGHUP does
+  tuninetd up [NAME]     run "start" now, as if matching traffic came
+      (NAME may be left out when one daemon runs; exit 3: no such name)
 
 signals:
   SIGHUP   don't wait for ttl, run "stop" now
@@ -55,6 +65,7 @@ examples:
   tuninetd --config /etc/tuninetd/tuninetd.toml --check-config
   tuninetd --config /etc/tuninetd/tuninetd.toml --metrics 127.0.0.1:9101
   tuninetd status --json
+  tuninetd down tun0
 """
 
 
@@ -93,8 +104,11 @@ def parser() -> argparse.ArgumentParser:
       "the command line overrides it")
     a("--check-config", action="store_true",
       help="check the configuration, print it as TOML and exit (0: valid, 2: not)")
+    a("--name", metavar="NAME",
+      help="this daemon's name, for status, up and down (default: its sensors', "
+      "e.g. eth0, nflog-1, eth0+nflog-1, made unique)")
     a("--control", metavar="PATH",
-      help=f"control socket for 'tuninetd status' (default {DEFAULT_CONTROL})")
+      help=f"control socket for status, up and down (default {RUN_DIR}/NAME.sock)")
     a("--pidfile", metavar="PATH", help="write the daemon's pid here; removed at exit")
     a("--metrics", metavar="HOST:PORT",
       help="serve Prometheus metrics at http://HOST:PORT/metrics "

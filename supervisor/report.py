@@ -19,7 +19,8 @@ from tuninetd.supervisor.history import History
 
 
 class StatusReport:
-    def __init__(self, view: Callable[[], Snapshot], history: History) -> None:
+    def __init__(self, name: str, view: Callable[[], Snapshot], history: History) -> None:
+        self.name = name
         self.view = view
         self.history = history
         self.started = time.monotonic()
@@ -36,8 +37,9 @@ class StatusReport:
                        "seconds_ago": round(now - t["mono"], 3)}
         last, failure = (self._command(c, now) for c in (h.last_command, h.last_failure))
         return {
-            "version": __version__,
+            "name": self.name,
             "pid": os.getpid(),
+            "version": __version__,
             "state": snap.state,
             "ttl": snap.ttl,
             "idle_seconds": None if snap.idle is None else round(snap.idle, 3),

@@ -3,12 +3,15 @@ executor's queue.
 
 A trigger brings the state up and queues start; ``ttl`` seconds without a
 matching packet bring it down and queue stop, and the sensors are armed
-again. SIGHUP forces the way down. Each change is written to the state
-file, and a restarted daemon resumes an up state from it. With
-``retry_start`` a failed start is standby again, the sensors re-armed later.
+again. SIGHUP and ``tuninetd down`` force the way down, ``tuninetd up`` the
+way up. Each change is written to the state file, and a restarted daemon
+resumes an up state from it. With ``retry_start`` a failed start is standby
+again, the sensors re-armed later.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from tuninetd.supervisor import wording
 from tuninetd.supervisor.config import Settings
@@ -81,12 +84,28 @@ class Service:
         if t.packet is not None and self.dump is not None:
             self.dump.append(t.packet, t.facts.link)
 
-    def force_down(self) -> None:
+    def force_down(self, announce: Callable[[], None]) -> bool:
+        """Stop now; ``announce`` logs why first. False: already down."""
         if not self.machine.force_down():
             wording.already_down()
-            return
-        wording.forced_down()
+            return False
+        announce()
         self._go_down()
+        return True
+
+    def force_up(self, now: float) -> bool:
+        """Start now, as a trigger would (the ttl clock starts). False:
+        already up, and nothing changes."""
+        if self.machine.up:
+            return False
+        self.machine.trigger(now)
+        self.trigger_sensor = wording.CONTROL_SENSOR
+        self.observers.publish(Triggered(wording.CONTROL_SENSOR, (), True, now))
+        self.executor.start(wording.command_env("start", wording.CONTROL_SENSOR, self.cfg.ttl),
+                            "core", ())
+        self.executor.dispatch()
+        self.sensors.order_all("count")
+        return True
 
     def _go_down(self, arm: bool = True) -> None:
         self._save()

@@ -1,8 +1,11 @@
-"""``tuninetd status [--json] [--control PATH]``: ask a running daemon how it is.
+"""The client: ``tuninetd status [NAME] [--json] [--control PATH]`` asks the
+running daemons how they are, ``tuninetd up|down [NAME]`` tells one what to
+do. Daemons are found by their control sockets in /run/tuninetd.
 
-Exit status: 0 answered, 2 bad usage, 3 no daemon running (no socket, or a
-stale one nobody listens on), 4 permission denied (the socket is root's,
-mode 0600), 1 anything else (no answer in time, a garbled one, one from a
+Exit status: 0 answered, 2 bad usage (or several daemons and no NAME for a
+verb), 3 no daemon running (no socket, or a stale one nobody listens on) or
+no daemon of that name, 4 permission denied (the socket is root's, mode
+0600), 1 anything else (no answer in time, a garbled one, one from a
 process that is not root's).
 
 Whoever listens on the socket is asked for its uid (SO_PEERCRED) before it
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import glob
 import json
 import math
 import os
@@ -25,7 +29,7 @@ import time
 from typing import Any, NoReturn
 
 from tuninetd.common import __version__
-from tuninetd.supervisor.config import DEFAULT_CONTROL
+from tuninetd.supervisor import instance
 from tuninetd.supervisor.control import peer_uid
 
 TIMEOUT = 5.0
@@ -42,22 +46,33 @@ class StatusError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        print(f"tuninetd status: {message}", file=sys.stderr)
+        print(f"{self.prog}: {message}", file=sys.stderr)
         sys.exit(USAGE)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="tuninetd status",
-                description="Show the state of a running tuninetd (needs root).",
-                epilog="exit status: 0 ok, 3 no daemon running, 4 permission denied")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--control", metavar="PATH", default=DEFAULT_CONTROL,
-                   help=f"the daemon's control socket (default {DEFAULT_CONTROL})")
+ABOUT = {
+    "status": "Show the state of the running tuninetd daemons, or of the one named.",
+    "up": 'Run "start" now, as if matching traffic came (the ttl clock starts).',
+    "down": 'Run "stop" now, as SIGHUP does.',
+}
+
+
+def _parser(verb: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=f"tuninetd {verb}", description=f"{ABOUT[verb]} Needs root.",
+                epilog="exit status: 0 ok, 2 bad usage, 3 no daemon running or no such "
+                "name, 4 permission denied")
+    p.add_argument("name", metavar="NAME", nargs="?",
+                   help="the daemon's name (see tuninetd status)")
+    if verb == "status":
+        p.add_argument("--json", action="store_true",
+                       help="print a JSON array, one object per daemon")
+    p.add_argument("--control", metavar="PATH",
+                   help=f"the daemon's control socket (default {instance.RUN_DIR}/NAME.sock)")
     p.add_argument("-v", "--version", action="version", version=f"tuninetd {__version__}")
     return p
 
 
-def query(path: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+def query(path: str, timeout: float = TIMEOUT, cmd: str = "status") -> dict[str, Any]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -84,7 +99,8 @@ def query(path: str, timeout: float = TIMEOUT) -> dict[str, Any]:
         data = b""
         try:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                sock.sendall(b'{"cmd":"status"}\n')  # a refusal may already be waiting
+                # a refusal may already be waiting
+                sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
             while b"\n" not in data and len(data) <= MAX_REPLY:
                 chunk = sock.recv(65536)
                 if not chunk:
@@ -158,7 +174,8 @@ def _when(seconds_ago: float | None, at: float | None) -> str:
 
 
 def render(s: dict[str, Any]) -> str:
-    out = [f"tuninetd {s.get('version', '?')}, pid {s.get('pid', '?')}: {s.get('state')}"]
+    out = [f"{s.get('name', '?')}: {s.get('state')} (tuninetd {s.get('version', '?')}, "
+           f"pid {s.get('pid', '?')})"]
 
     def field(name: str, value: str) -> None:
         out.append(f"  {name + ':':<14}{value}")
@@ -204,15 +221,60 @@ def render(s: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str]) -> int:
-    ns = _parser().parse_args(argv)
+def sockets(name: str | None, control: str | None) -> list[str]:
+    """The control sockets to ask: the one given, the one named, or all."""
+    if control is not None:
+        return [control]
+    if name is not None:
+        if (why := instance.problem(name)) is not None:
+            raise StatusError(f"{name!r}: not a daemon name: {why}", USAGE)
+        return [instance.socket_path(name)]
+    return sorted(glob.glob(os.path.join(glob.escape(instance.RUN_DIR), "*.sock")),
+                  key=lambda path: os.path.basename(path).removesuffix(".sock"))
+
+
+def gather(name: str | None, control: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """(socket, status) of each daemon that answers. Sockets of daemons that
+    are gone are passed over, unless the one asked for is such a socket."""
+    paths = sockets(name, control)
+    found = []
+    for path in paths:
+        try:
+            found.append((path, query(path)))
+        except StatusError as exc:
+            if exc.code != NOT_RUNNING or len(paths) == 1:
+                if name is not None and exc.code == NOT_RUNNING:
+                    raise StatusError(f"no daemon named {name} is running "
+                                      f"(no live control socket {path})", NOT_RUNNING) from None
+                raise
+    if not found:
+        raise StatusError(f"no daemon running: no live control socket in {instance.RUN_DIR}",
+                          NOT_RUNNING)
+    return found
+
+
+def act(verb: str, name: str | None, control: str | None) -> str:
+    daemons = gather(name, control)
+    if len(daemons) > 1:
+        names = ", ".join(str(record.get("name")) for _path, record in daemons)
+        raise StatusError(f"several daemons run: name one ({names})", USAGE)
+    path, _record = daemons[0]
+    reply = query(path, cmd=verb)
+    return f"{reply.get('name')} (pid {reply.get('pid')}): {reply.get('result')}"
+
+
+def main(verb: str, argv: list[str]) -> int:
+    ns = _parser(verb).parse_args(argv)
     try:
-        record = sanitised(query(ns.control))
+        if verb != "status":
+            print(sanitised(act(verb, ns.name, ns.control)))
+            return OK
+        records = [sanitised(record) for _path, record in gather(ns.name, ns.control)]
     except StatusError as exc:
-        print(f"tuninetd status: {sanitised(str(exc))}", file=sys.stderr)
+        print(f"tuninetd {verb}: {sanitised(str(exc))}", file=sys.stderr)
         return exc.code
     if ns.json:
-        print(json.dumps(record, indent=2, sort_keys=False))
+        print(json.dumps(records, indent=2, sort_keys=False))
     else:
-        sys.stdout.write(render(record))
+        sys.stdout.write("\n".join(render(r) for r in records))
     return OK

@@ -232,6 +232,15 @@ def forced_down() -> None:
     log.info("SIGHUP caught, switch to standby mode")
 
 
+# TUNINETD_SENSOR and the last trigger when ``tuninetd up`` brought the state up.
+CONTROL_SENSOR = "control"
+
+
+def requested(verb: str) -> None:
+    """``tuninetd up`` / ``tuninetd down``, before what it does."""
+    log.info("CORE: %s requested over the control socket", verb)
+
+
 def configuration(cfg: Settings, up: bool, idle: float) -> None:
     """The SIGUSR1 block."""
     log.info("SIGUSR1 caught:")

@@ -29,8 +29,10 @@ def veth(netns: Netns) -> Netns:
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     running: list[Daemon] = []
 
-    def start(ns: Netns, *args: str, cgroup2: bool = True) -> Daemon:
-        d = Daemon(ns, list(args), tmp_path / f"daemon{len(running)}.log", cgroup2)
+    def start(ns: Netns, *args: str, cgroup2: bool = True, plain: bool = False,
+              enter: tuple[str, ...] = ()) -> Daemon:
+        d = Daemon(ns, list(args), tmp_path / f"daemon{len(running)}.log", cgroup2,
+                   plain, enter)
         running.append(d)
         return d
 

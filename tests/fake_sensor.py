@@ -99,6 +99,7 @@ def supervise(settings: dict[str, Any]) -> None:
         ttl=settings["ttl"],
         beat=settings["beat"],
         control=settings["control"],  # a status socket of its own, not /run's
+        name=settings["name"],
     )
     # Sensors start with a minimal environment: the socket's path goes in
     # the config record instead.
@@ -109,12 +110,13 @@ def run_with_sensor(cfg: Any, module: str, config: dict[str, Any]) -> NoReturn:
     """The real arbiter for ``cfg``, its sensors started from ``module`` (of
     this repository) with ``config`` added to their config records."""
     from tuninetd.common import logs
-    from tuninetd.supervisor import arbiter, wording
+    from tuninetd.supervisor import arbiter, instance, wording
     from tuninetd.supervisor.children import Backoff
     from tuninetd.supervisor.errors import StartupError
 
     logs.to_stderr()
-    arb = arbiter.Arbiter(cfg)
+    me = instance.claim(cfg.name, cfg.sensors, cfg.control)
+    arb = arbiter.Arbiter(cfg, me)
     for w in arb.sensors:
         w.config.update(config)
         w.module = module
@@ -124,6 +126,8 @@ def run_with_sensor(cfg: Any, module: str, config: dict[str, Any]) -> NoReturn:
     except StartupError as exc:
         wording.startup_failed(str(exc))
         code = 1
+    finally:
+        me.release()
     sys.exit(code)
 
 

@@ -178,24 +178,31 @@ def epoch(event: list[str]) -> float:
 class Daemon:
     """tuninetd running in a namespace, its stderr log in a file."""
 
-    def __init__(self, ns: Netns, args: list[str], log: Path, cgroup2: bool = True) -> None:
+    def __init__(self, ns: Netns, args: list[str], log: Path, cgroup2: bool = True,
+                 plain: bool = False, enter: tuple[str, ...] = ()) -> None:
         """``ip netns exec`` mounts a fresh /sys without the cgroup
         hierarchies; with ``cgroup2`` the daemon gets the cgroup v2 one back
         at /sys/fs/cgroup, as on a systemd host (without, its executor runs
-        on the fallback)."""
+        on the fallback). ``enter``: a command that runs the rest in other
+        namespaces (nsenter into a mount namespace of the test's)."""
         self.log = log
-        # Each daemon its own control socket: the default /run/tuninetd.sock
-        # admits one daemon per host, and tests run several at once.
+        # Each daemon its own control socket and a name of its own, known to
+        # the test (for its process titles), unique on the host: other test
+        # runs start daemons at the same time. ``plain``: the args as given.
         self.control = str(log.with_suffix(".sock"))
-        if "--control" not in args and "--config" not in args:
+        self.name = args[args.index("--name") + 1] if "--name" in args else None
+        if not plain and "--control" not in args and "--config" not in args:
             args = [*args, "--control", self.control]
+        if not plain and self.name is None and "--config" not in args:
+            self.name = f"test-{uuid.uuid4().hex[:12]}"
+            args = [*args, "--name", self.name]
         self.logf = open(log, "wb")  # noqa: SIM115 - closed in stop()
         argv = [sys.executable, "-m", "tuninetd.supervisor.main", *args]
         if cgroup2:  # the same pid: sh execs the daemon
             argv = ["sh", "-c", 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@"', "sh",
                     *argv]
         self.proc = subprocess.Popen(
-            ns.exec_argv(*argv),
+            [*enter, *ns.exec_argv(*argv)],
             stdin=subprocess.DEVNULL,
             stdout=self.logf,
             stderr=subprocess.STDOUT,
@@ -258,7 +265,7 @@ def ready(daemon: Daemon, sensors: int = 1, timeout: float = 15.0) -> None:
         except psutil.Error:
             return False
         armed = [t for t in titles if t.startswith("tuninetd: sensor") and "armed" in t]
-        execs = [t for t in titles if t.startswith("tuninetd: executor idle")]
+        execs = [t for t in titles if re.fullmatch(r"tuninetd: executor (\S+ )?idle", t.strip())]
         return len(armed) >= sensors and len(execs) == 1
 
     try:

@@ -325,8 +325,8 @@ def test_bad_value_beats_missing_privilege(public_cmd: str) -> None:
 EVERY_OPTION = ["-a", "-c <path>", "-d", "-f <filter>", "-i <ifname>", "-n <nflog-group>",
                 "-t <ttl>", "-w <path>", "--user NAME", "--exec-user NAME",
                 "--command-timeout SEC", "--beat SEC", "--config FILE", "--check-config",
-                "--control PATH", "--pidfile PATH", "--metrics HOST:PORT", "--stop-on-exit",
-                "--retry-start SEC", "--wait-for-interface", "-h, --help",
+                "--name NAME", "--control PATH", "--pidfile PATH", "--metrics HOST:PORT",
+                "--stop-on-exit", "--retry-start SEC", "--wait-for-interface", "-h, --help",
                 "-v, --version"]
 
 

@@ -63,6 +63,7 @@ import stat
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,24 +266,24 @@ def test_executor_killed_while_idle_and_up_keeps_the_state(lab: Lab) -> None:
     ttl = 3
     run = lab.run(*PCAP_ARGS, ttl=ttl, body=SERVICE.format(d=lab.folder))
     d, record = run.daemon, run.record
-    exe = worker(d, EXECUTOR, "idle")
+    exe = worker(d, f"{EXECUTOR} {d.name}", "idle")
     send_pcap(lab)
     wait_kinds(d, record, ["start"])
     d.wait_log("PCAP: start command done")
     service = int(wait_for("service pid", lambda: (lab.folder / "service.pid").read_text()
                            .strip() if (lab.folder / "service.pid").exists() else None))
-    wait_title(exe, rf"{EXECUTOR} idle")
-    assert title(d.pid).startswith(f"{SUPERVISOR} up idle ")
+    wait_title(exe, rf"{EXECUTOR} {d.name} idle")
+    assert title(d.pid).startswith(f"{SUPERVISOR} {d.name} up idle ")
 
     os.kill(exe, signal.SIGKILL)
     d.wait_log(f"CORE: executor (pid {exe}) killed by signal 9 (SIGKILL); "
                f"restarting it in {BACKOFF_FIRST:.1f} s")
-    new = worker(d, EXECUTOR, "idle", not_pid=exe, timeout=5)
+    new = worker(d, f"{EXECUTOR} {d.name}", "idle", not_pid=exe, timeout=5)
     d.wait_log(f"CORE: executor is back (pid {new})")
     # The state is kept: still up, the ttl clock untouched, no command lost
     # or repeated. No command was running: nothing to kill; the daemon the
     # finished start left running on purpose (the service) lives on.
-    assert title(d.pid).startswith(f"{SUPERVISOR} up idle "), title(d.pid)
+    assert title(d.pid).startswith(f"{SUPERVISOR} {d.name} up idle "), title(d.pid)
     assert "executor died while running" not in d.text()
     assert not gone(service)
     assert kinds(record) == ["start"]
@@ -527,24 +528,25 @@ def test_flapping_200_cycles(lab: Lab) -> None:
     run = lab.run(*PCAP_ARGS, ttl=1)
     d, record = run.daemon, run.record
     sup = d.pid
-    exe = worker(d, EXECUTOR, "idle")
+    exe = worker(d, f"{EXECUTOR} {d.name}", "idle")
     sen = worker(d, PCAP, "armed")
     fds_before = fd_count(sup), fd_count(exe)
     kids_before = sorted(p.pid for p in psutil.Process(sup).children(recursive=True))
 
     def cycle(n: int, hangup: bool) -> None:
         deadline = time.monotonic() + 10
-        while not title(sup).startswith(f"{SUPERVISOR} up"):
+        while not title(sup).startswith(f"{SUPERVISOR} {d.name} up"):
             assert time.monotonic() < deadline, f"cycle {n}: not up\n{d.text()}"
             send_pcap(lab, n % 60000 + 1)
             with contextlib.suppress(AssertionError):
-                wait_title(sup, rf"{SUPERVISOR} up idle \d+s", timeout=0.05, every=0.002)
+                wait_title(sup, rf"{SUPERVISOR} {d.name} up idle \d+s", timeout=0.05, every=0.002)
         if hangup:
             d.proc.send_signal(signal.SIGHUP)
-        wait_title(sup, rf"{SUPERVISOR} down", timeout=5, every=0.002)
+        wait_title(sup, rf"{SUPERVISOR} {d.name} down", timeout=5, every=0.002)
 
     def settled() -> bool:
-        return (title(exe) == f"{EXECUTOR} idle" and title(sup) == f"{SUPERVISOR} down"
+        return (title(exe) == f"{EXECUTOR} {d.name} idle"
+                and title(sup) == f"{SUPERVISOR} {d.name} down"
                 and kinds(record)[-1:] == ["stop"])
 
     started = time.monotonic()
@@ -631,10 +633,11 @@ class FakeSensors:
         self.control.bind(str(path))
         self.control.listen(4)
         self.script, self.record = recorder(folder, body=command_body)
+        self.name = f"test-{uuid.uuid4().hex[:12]}"
         nobody = pwd.getpwnam("nobody")
         setup = {"command": str(self.script), "user": "nobody", "uid": nobody.pw_uid,
                  "gid": nobody.pw_gid, "ttl": 600, "beat": BEAT,
-                 "control": str(folder / "status.sock")}
+                 "control": str(folder / "status.sock"), "name": self.name}
         self.log = folder / "supervisor.log"
         self.logf = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, CONTROL_VAR: str(path),
@@ -724,7 +727,7 @@ def test_garbage_from_a_sensor_is_refused_and_changes_nothing(tmp_path: Path) ->
                     why = "not JSON"
                 reasons[re.sub(r"\d+|'.*'", "N", why)] += 1
             assert restart.fullmatch(new[-1]), new
-            assert title(fake.proc.pid).startswith(f"{SUPERVISOR} up idle "), \
+            assert title(fake.proc.pid).startswith(f"{SUPERVISOR} {fake.name} up idle "), \
                 title(fake.proc.pid)
             assert kinds(fake.record) == ["start"]
 

@@ -334,7 +334,8 @@ def test_burst_while_up_keeps_beating_and_quiet(lab: Lab) -> None:
             sock.sendto(b"b", (V4_PEER, PORT))
             last = Sent(before_last, time.time())
             titles.add(title(sensor))
-            states.add(title(run.daemon.pid).removeprefix("tuninetd: supervisor ").split(" ")[0])
+            prefix = f"tuninetd: supervisor {run.daemon.name} "
+            states.add(title(run.daemon.pid).removeprefix(prefix).split(" ")[0])
             if n + 1 < burst // chunk:
                 time.sleep(max(0.0, started + least * (n + 1) * chunk / burst - time.monotonic()))
     lasted = time.monotonic() - started

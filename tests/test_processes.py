@@ -105,18 +105,18 @@ def test_titles_and_short_names_follow_the_state(lab: Lab) -> None:
     run = lab.run(ttl=2, body='[ "$1" = start ] && sleep 1.5\nexit 0')
     d, record = run.daemon, run.record
     sup = d.pid
-    exe = worker(d, EXECUTOR, "idle")
+    exe = worker(d, f"{EXECUTOR} {d.name}", "idle")
     sen = worker(d, SENSOR, "armed")
-    assert title(sup) == f"{SUPERVISOR} down"
-    assert title(exe) == f"{EXECUTOR} idle"
+    assert title(sup) == f"{SUPERVISOR} {d.name} down"
+    assert title(exe) == f"{EXECUTOR} {d.name} idle"
     assert title(sen) == f"{SENSOR} armed"
 
     # ps itself shows the titles; pgrep -x finds the short names (other tests'
     # daemons may be running: only this daemon's tree counts).
     ps = sh("ps", "-o", "pid=,comm=,args=", "-p", f"{sup},{exe},{sen}").stdout
     rows = {int(line.split(None, 2)[0]): line.split(None, 2)[1:] for line in ps.splitlines()}
-    assert rows[sup] == ["tuninetd", f"{SUPERVISOR} down"]
-    assert rows[exe] == ["tuninetd-exec", f"{EXECUTOR} idle"]
+    assert rows[sup] == ["tuninetd", f"{SUPERVISOR} {d.name} down"]
+    assert rows[exe] == ["tuninetd-exec", f"{EXECUTOR} {d.name} idle"]
     assert rows[sen] == ["tuninetd-pcap", f"{SENSOR} armed"]
     tree = {sup, exe, sen}
     assert pgrep("tuninetd") & tree == {sup}
@@ -125,17 +125,17 @@ def test_titles_and_short_names_follow_the_state(lab: Lab) -> None:
 
     # Up: the start command runs (and sleeps); the titles say so.
     lab.send_frame(FRAME)
-    m = wait_title(exe, rf"{EXECUTOR} running start pid (\d+)")
+    m = wait_title(exe, rf"{EXECUTOR} {d.name} running start pid (\d+)")
     command = psutil.Process(int(m.group(1))).cmdline()
     assert command[-2:] == [str(lab.folder / "record.sh"), "start"], command
-    wait_title(sup, rf"{SUPERVISOR} up idle \d+s")
+    wait_title(sup, rf"{SUPERVISOR} {d.name} up idle \d+s")
     wait_title(sen, rf"{SENSOR} counting")
     assert pgrep("tuninetd-exec") & tree == {exe}  # the title change kept the comm
 
     # The command ends; the idle counter moves on; ttl later it is down again.
-    wait_title(exe, rf"{EXECUTOR} idle")
-    wait_title(sup, rf"{SUPERVISOR} up idle 1s", timeout=3)
-    wait_title(sup, rf"{SUPERVISOR} down", timeout=3)
+    wait_title(exe, rf"{EXECUTOR} {d.name} idle")
+    wait_title(sup, rf"{SUPERVISOR} {d.name} up idle 1s", timeout=3)
+    wait_title(sup, rf"{SUPERVISOR} {d.name} down", timeout=3)
     wait_title(sen, rf"{SENSOR} armed")
     wait_commands(record, ["start", "stop"])
     assert pgrep("tuninetd") & tree == {sup}
@@ -283,7 +283,7 @@ def test_hung_start_neither_stalls_capture_nor_the_ttl_clock(lab: Lab, cgroup2: 
     d, record = run.daemon, run.record
     sup = d.pid
     sen = worker(d, SENSOR, "armed")
-    exe = worker(d, EXECUTOR, "idle")
+    exe = worker(d, f"{EXECUTOR} {d.name}", "idle")
 
     lab.send_frame(FRAME)
     wait_commands(record, ["start"])
@@ -291,7 +291,7 @@ def test_hung_start_neither_stalls_capture_nor_the_ttl_clock(lab: Lab, cgroup2: 
     names = ("start", "child", "grand", "orphan", "bg")
     hung = wait_pids(*(f / f"{n}.pid" for n in names))
     wait_for("the child's sleep", lambda: psutil.Process(hung[1]).children())
-    wait_title(exe, rf"{EXECUTOR} running start pid {hung[0]}")
+    wait_title(exe, rf"{EXECUTOR} {d.name} running start pid {hung[0]}")
     # Every process of the tree, including the sleeps the shells run.
     tree = set(hung)
     for pid in hung:
@@ -310,19 +310,19 @@ def test_hung_start_neither_stalls_capture_nor_the_ttl_clock(lab: Lab, cgroup2: 
     last_before = time.monotonic()
     lab.send_frame(FRAME)
     last_after = time.monotonic()
-    assert seen == {(f"{SUPERVISOR} up idle 0s", f"{SENSOR} counting",
-                     f"{EXECUTOR} running start pid {hung[0]}")}, seen
+    assert seen == {(f"{SUPERVISOR} {d.name} up idle 0s", f"{SENSOR} counting",
+                     f"{EXECUTOR} {d.name} running start pid {hung[0]}")}, seen
     assert not any(gone(p) for p in tree), "the tree died before its timeout"
 
     # Traffic stops: the stop decision comes ttl later, on time, although the
     # start command has not finished (it is being killed by now).
-    wait_title(sup, rf"{SUPERVISOR} down", timeout=5)
+    wait_title(sup, rf"{SUPERVISOR} {d.name} down", timeout=5)
     decided = time.monotonic()
     # Correctness, the ttl's promise: stop is decided ttl after the last packet,
     # at the next beat, however long the start command hangs.
     assert last_before + 1 <= decided <= last_after + 1 + BEAT + SLACK
     wait_title(sen, rf"{SENSOR} armed", timeout=1)
-    assert title(exe) == f"{EXECUTOR} running start pid {hung[0]}"
+    assert title(exe) == f"{EXECUTOR} {d.name} running start pid {hung[0]}"
     assert "CORE: executing STOP command..." not in d.text()
     assert kinds(record) == ["start"]
 
@@ -342,7 +342,7 @@ def test_hung_start_neither_stalls_capture_nor_the_ttl_clock(lab: Lab, cgroup2: 
     stop = lines.index("CORE: executing STOP command...")
     assert timed_out < stop, log
     assert lines.count("CORE: executing STOP command...") == 1
-    wait_title(exe, rf"{EXECUTOR} idle")
+    wait_title(exe, rf"{EXECUTOR} {d.name} idle")
 
 
 # -- the supervisor killed -----------------------------------------------------------
@@ -352,12 +352,12 @@ def test_hung_start_neither_stalls_capture_nor_the_ttl_clock(lab: Lab, cgroup2: 
 def test_supervisor_killed_takes_every_worker_along(lab: Lab, while_: str) -> None:
     run = lab.run(body='[ "$1" = start ] && sleep 1000\nexit 0', ttl=5)
     d = run.daemon
-    exe = worker(d, EXECUTOR, "idle")
+    exe = worker(d, f"{EXECUTOR} {d.name}", "idle")
     sen = worker(d, SENSOR, "armed")
     pids = [exe, sen]
     if while_ == "running":
         lab.send_frame(FRAME)
-        m = wait_title(exe, rf"{EXECUTOR} running start pid (\d+)")
+        m = wait_title(exe, rf"{EXECUTOR} {d.name} running start pid (\d+)")
         command = int(m.group(1))
         pids += [command, *(p.pid for p in psutil.Process(command).children(recursive=True))]
     os.kill(d.pid, signal.SIGKILL)
@@ -374,11 +374,11 @@ def test_supervisor_killed_takes_every_worker_along(lab: Lab, while_: str) -> No
 def test_executor_killed_while_idle_is_replaced(lab: Lab) -> None:
     run = lab.run(ttl=5)
     d, record = run.daemon, run.record
-    old = worker(d, EXECUTOR, "idle")
+    old = worker(d, f"{EXECUTOR} {d.name}", "idle")
     os.kill(old, signal.SIGKILL)
     d.wait_log(f"CORE: executor (pid {old}) killed by signal 9 (SIGKILL); "
                f"restarting it in {BACKOFF_FIRST:.1f} s")
-    new = worker(d, EXECUTOR, "idle", not_pid=old, timeout=5)
+    new = worker(d, f"{EXECUTOR} {d.name}", "idle", not_pid=old, timeout=5)
     d.wait_log(f"CORE: executor is back (pid {new})")
     lab.send_frame(FRAME)
     wait_commands(record, ["start"])
@@ -403,10 +403,10 @@ fi
 def test_executor_killed_while_a_command_runs(lab: Lab, cgroup2: bool) -> None:
     run = lab.run(ttl=1, body=HANG_ONCE.format(d=lab.folder), cgroup2=cgroup2)
     d, record = run.daemon, run.record
-    old = worker(d, EXECUTOR, "idle")
+    old = worker(d, f"{EXECUTOR} {d.name}", "idle")
     lab.send_frame(FRAME)
     tree = wait_pids(*(lab.folder / f"{n}.pid" for n in ("start", "bg", "orphan")))
-    wait_title(old, rf"{EXECUTOR} running start pid {tree[0]}")
+    wait_title(old, rf"{EXECUTOR} {d.name} running start pid {tree[0]}")
     wait_for("the orphan adopted by the executor (subreaper)",
              lambda: psutil.Process(tree[2]).ppid() == old)
     os.kill(old, signal.SIGKILL)
@@ -417,7 +417,7 @@ def test_executor_killed_while_a_command_runs(lab: Lab, cgroup2: bool) -> None:
                         f"{len(tree)} {KILLED_RUN[cgroup2]}; the command counts as failed")
     wait_gone(tree, 2)
     d.wait_log(f"CORE: executor (pid {old}) killed by signal 9 (SIGKILL); restarting it in")
-    new = worker(d, EXECUTOR, "idle", not_pid=old, timeout=5)
+    new = worker(d, f"{EXECUTOR} {d.name}", "idle", not_pid=old, timeout=5)
     d.wait_log(f"CORE: executor is back (pid {new})")
 
     # Still up: ttl later the stop runs on the new executor, then a new start.
@@ -436,7 +436,7 @@ def test_sigterm_lets_the_running_command_finish_and_drops_the_queued_one(lab: L
     run = lab.run(ttl=30, body='[ "$1" = start ] && sleep 1.5\nexit 0')
     d, record = run.daemon, run.record
     lab.send_frame(FRAME)
-    worker(d, EXECUTOR, "running start")
+    worker(d, f"{EXECUTOR} {d.name}", "running start")
     d.proc.send_signal(signal.SIGHUP)  # stop now: queued behind the running start
     d.wait_log("SIGHUP caught, switch to standby mode")
     d.proc.send_signal(signal.SIGTERM)

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.root
 
 FRAME = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
               / IP(src="10.55.0.1", dst="10.55.0.2") / UDP(sport=4000, dport=5353))
-KEYS = {"state", "ttl", "idle_seconds", "last_trigger", "commands", "processes"}
+KEYS = {"name", "pid", "state", "ttl", "idle_seconds", "last_trigger", "commands", "processes"}
 PROCESS_KEYS = {"role", "pid", "user", "state", "restarts", "cpu_percent", "rss_bytes"}
 
 
@@ -53,13 +53,15 @@ def client(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def status_as_nobody(path: str) -> tuple[int, str]:
-    return as_nobody(lambda: status.main(["--control", path]))
+    return as_nobody(lambda: status.main("status", ["--control", path]))
 
 
 def query(path: Path) -> dict[str, Any]:
     r = client("--json", "--control", str(path))
     assert r.returncode == 0, r.stderr
-    record: dict[str, Any] = json.loads(r.stdout)
+    records = json.loads(r.stdout)
+    assert isinstance(records, list) and len(records) == 1, records
+    record: dict[str, Any] = records[0]
     return record
 
 
@@ -118,7 +120,8 @@ def test_status_of_a_real_daemon(veth: Netns, tmp_path: Path, sockdir: Path,
     human = client("--control", str(control))
     assert human.returncode == 0, human.stderr
     text = human.stdout
-    assert f"pid {d.pid}: down" in text
+    assert text.startswith(f"{d.name}: down (tuninetd "), text
+    assert f"pid {d.pid})" in text
     assert "1 start, 1 stop run, 1 failed" in text
     assert "stop: exit status 3" in text
     assert "|- IPv4 10.55.0.1 > 10.55.0.2" in text
@@ -260,13 +263,13 @@ def test_json_and_text_renderings_agree_on_missing_values(
               "commands": {}, "processes": [executor]}
     path = tmp_path / "control.sock"
     server = answer(path, record, times=2)
-    assert status.main(["--json", "--control", str(path)]) == 0
+    assert status.main("status", ["--json", "--control", str(path)]) == 0
     as_json = json.loads(capsys.readouterr().out)
-    assert status.main(["--control", str(path)]) == 0
+    assert status.main("status", ["--control", str(path)]) == 0
     text = capsys.readouterr().out
     server.join(5)
 
-    assert as_json == record  # every null kept as null
+    assert as_json == [record]  # every null kept as null
     assert "  idle:         no matching packet yet" in text.splitlines()
     assert "  last trigger: none yet" in text.splitlines()
     rows = [line.split() for line in text.splitlines()[-2:]]
@@ -274,5 +277,5 @@ def test_json_and_text_renderings_agree_on_missing_values(
     columns = ["role", "pid", "user", "state", "uptime_seconds", "restarts", "cpu_percent",
                "rss_bytes"]
     for name, shown in zip(columns, rows[1], strict=True):
-        value = as_json["processes"][0][name]
+        value = as_json[0]["processes"][0][name]
         assert shown == ("-" if value is None else str(value)), (name, value, shown)

@@ -114,7 +114,7 @@ def test_unit_settings(unit: str) -> None:
     assert d["Delegate"] == "yes"
     assert "ProtectControlGroups" not in d
     if "@" in unit:
-        assert d["ExecStart"] == (f"{SHIPPED} --config /etc/tuninetd/%i.toml "
-                                  "--control /run/tuninetd-%i.sock")
+        # Named after the instance: tuninetd status %i reaches it (tests/test_names.py).
+        assert d["ExecStart"] == f"{SHIPPED} --config /etc/tuninetd/%i.toml --name %i"
     else:
         assert d["ExecStart"] == f"{SHIPPED} --config /etc/tuninetd/tuninetd.toml"

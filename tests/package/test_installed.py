@@ -108,11 +108,12 @@ def test_bash_completion(tmp_path: Path) -> None:
     options |= set(re.findall(r"^  -\w, (--[\w-]+)", help_text, re.M))
     assert {"-i", "--user", "--version"} <= options
     assert options <= completions("tuninetd -"), options - completions("tuninetd -")
-    assert completions("tuninetd ") == {"status"}
+    assert completions("tuninetd ") == {"status", "up", "down"}
     assert completions("tuninetd status --") == {"--json", "--control", "--help"}
+    assert completions("tuninetd down --") == {"--control", "--help"}
 
 
-def test_control_completes_the_running_daemons_sockets() -> None:
+def test_completes_the_running_daemons_names_and_sockets() -> None:
     folder = Path("/run/tuninetd")
     folder.mkdir(mode=0o755, exist_ok=True)
     path = folder / f"test-{uuid.uuid4().hex[:8]}.sock"
@@ -120,6 +121,8 @@ def test_control_completes_the_running_daemons_sockets() -> None:
         listener.bind(str(path))
         try:
             assert str(path) in completions("tuninetd status --control ")
+            for verb in ("status", "up", "down"):
+                assert path.stem in completions(f"tuninetd {verb} ")
         finally:
             path.unlink()
     assert str(path) not in completions("tuninetd status --control ")
