@@ -77,7 +77,11 @@ def statuses(enter: Enter, *args: str) -> list[dict[str, Any]]:
 
 
 def addressed(ns: Netns) -> Netns:
-    """tap0 with an address; what the namespace sends to PEER leaves through it."""
+    """tap0 with an address; what the namespace sends to PEER leaves through it.
+    No IPv6: the original's command lines have no filter, and a new link's
+    own IPv6 chatter (DAD, router solicitations) would fire them."""
+    for key in ("all", "default"):
+        sh(*ns.exec_argv("sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"))
     ns.add_veth()
     ns.ip("addr", "add", "10.77.0.1/24", "dev", "tap0")
     ns.ip("neigh", "add", PEER, "lladdr", PEER_MAC, "dev", "tap0", "nud", "permanent")
