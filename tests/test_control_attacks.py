@@ -163,7 +163,7 @@ def test_status_prints_no_terminal_escapes(tmp_path: Path) -> None:
     for r in (text, as_json):
         assert r.returncode == 0, r
         assert all(0x20 <= b < 0x7F or b == 0x0A for b in r.stdout), r.stdout
-    parsed = json.loads(as_json.stdout)
+    [parsed] = json.loads(as_json.stdout)  # an array, one object per daemon
     shown = "".join(c if " " <= c <= "~" else "?" for c in NASTY)
     assert shown == "?[2J?]0;owned???2J??"
     assert parsed["state"] == f"up{shown}"

@@ -107,6 +107,9 @@ def test_a_flooding_sensor_is_killed_and_the_log_stays_short(tmp_path: Path) -> 
         first = fake.next_sensor(Plan(True, [], hangup=False).json())
         wait_for("started", lambda: status.query(control)["state"] == "down")
         os.kill(first, signal.SIGKILL)
+        # Its death is logged before the first flood's lines are counted.
+        wait_for("the first fake's end logged",
+                 lambda: any(f"(pid {first}) killed by signal 9" in x for x in fake.lines()))
         figures = []
         for what in ("errors", "mode changes", "messages"):
             before = len(fake.lines())

@@ -84,8 +84,10 @@ class Lab:
         return recorder(self.folder, name=name, body=body)
 
     def run(self, script: Path, *args: str) -> Daemon:
+        # One name for every run: a restart resumes the state of its name.
         return self.start_daemon(self.ns, "-i", self.ifname, "-f", "udp", "-c", str(script),
-                                 "--beat", str(BEAT), "-t", str(TTL), *args)
+                                 "--beat", str(BEAT), "-t", str(TTL), "--name", self.ifname,
+                                 *args)
 
     def send(self) -> None:
         sock = self.ns.sender("p" + self.ifname[1:])
@@ -111,7 +113,7 @@ def lab(netns: Netns, tmp_path: Path,
 
 def sensor(d: Daemon, ifname: str, state: str) -> int:
     """The pid of the sensor once it is in ``state`` and the executor is idle."""
-    worker(d, "tuninetd: executor", "idle")
+    worker(d, f"tuninetd: executor {d.name}", "idle")
     return worker(d, f"tuninetd: sensor pcap {ifname}", state)
 
 
