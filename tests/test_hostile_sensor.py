@@ -119,8 +119,8 @@ def test_a_flooding_sensor_is_killed_and_the_log_stays_short(tmp_path: Path) -> 
                 t0 = time.monotonic()
                 assert status.query(control, timeout=2.0)["state"] == "down"
                 answered.append(time.monotonic() - t0)
-            wait_for(f"the {what} flooder replaced", lambda before=before: any(  # type: ignore[misc]
-                " is back (pid " in x for x in fake.lines()[before:]), 5)
+            wait_for(f"the {what} flooder's restart logged", lambda pid=pid: any(  # type: ignore[misc]
+                f"(pid {pid})" in x and "restarting it" in x for x in fake.lines()), 5)
             new = fake.lines()[before:]
             said = [m.group(1) for x in new if (m := BAD.fullmatch(x))]
             assert said == [f"more than {LIMITS[what]} {what} in "
