@@ -26,7 +26,7 @@ class Settings:
     latency_cycles: int  # start latency, per sensor kind
     stop_runs: list[StopRun]  # stop precision: (ttl, beat, cycles per sensor kind)
     restart_rounds: int  # restart, per sensor kind and state
-    idle_seconds: float  # one idle window: a whole number of 6-beat periods
+    idle_seconds: float  # one idle window: a whole number of heartbeats (6 beats)
     idle_rounds: int  # idle windows per state
     memory_trees: list[tuple[int, int]] = field(
         default_factory=lambda: [(1, 0), (1, 1), (2, 2), (8, 8)]
@@ -42,7 +42,7 @@ class Settings:
     @classmethod
     def fast(cls) -> Settings:
         return cls(quick=True, beat=0.25, cost_seconds=0.5, cost_idle_seconds=0.5,
-                   latency_cycles=10, restart_rounds=1, idle_seconds=1.5, idle_rounds=2,
+                   latency_cycles=10, restart_rounds=1, idle_seconds=3.0, idle_rounds=2,
                    stop_runs=[StopRun(1, 0.25, 3)])
 
     def progress(self, text: str) -> None:

@@ -26,7 +26,18 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
 
+# A worker with nothing to report says it is alive every HEARTBEAT_BEATS
+# beats (the supervisor's silence limit allows for it). Its wake-ups fall on
+# multiples of the period on CLOCK_MONOTONIC, which every process shares, so
+# the heartbeats of all workers reach the supervisor together: one wake-up.
+HEARTBEAT_BEATS = 6
+
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def next_tick(now: float, period: float) -> float:
+    """The first multiple of ``period`` after ``now`` (CLOCK_MONOTONIC seconds)."""
+    return (now // period + 1) * period
 
 
 def prctl(option: int, arg: int | bytes = 0) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from tuninetd.common import wire
 from tuninetd.common.logs import log
-from tuninetd.executor import tree
 from tuninetd.supervisor import wording
 from tuninetd.supervisor.children import Worker
 from tuninetd.supervisor.config import Settings
@@ -56,6 +55,7 @@ class ExecutorLink:
             self.worker.mode = wire.clean_text(msg.get("mode", ""), 40)
         elif kind == "started" and job is not None and msg["id"] == job.id:
             self.command_pid = msg["pid"]
+            self.worker.mode = "running"  # before its next heartbeat says so
         elif kind == "out":
             event = job.event if job is not None and msg["id"] == job.id else "command"
             wording.command_output(event, wire.clean_text(msg["line"]))
@@ -63,6 +63,7 @@ class ExecutorLink:
             finished = self.queue.finish(msg["id"])
             if finished is not None:
                 self.command_pid = 0
+                self.worker.mode = "idle"
                 outcome = Outcome(
                     error=wire.clean_text(msg["error"]) if msg.get("error") else None,
                     timeout=bool(msg["timeout"]), signal=msg["sig"], exit_code=msg["rc"],
@@ -84,6 +85,9 @@ class ExecutorLink:
         job = self.queue.running
         if job is None:
             return
+        # psutil comes with it: loaded only the day an executor dies mid-run.
+        from tuninetd.executor import tree
+
         self.queue.finish(job.id)
         self.observers.publish(CommandEnded(job.event, Outcome(lost=True)))
         wording.executor_lost(job.event, tree.kill_run(job.id).describe())
@@ -101,4 +105,6 @@ class ExecutorLink:
 
     def kill_running(self) -> None:
         if self.queue.running is not None:
+            from tuninetd.executor import tree
+
             tree.kill_run(self.queue.running.id)

@@ -28,7 +28,7 @@ from tuninetd.common import wire
 from tuninetd.executor import cgroup
 
 BEAT = 0.2
-SILENT_BEATS = 5  # the supervisor kills a worker silent for this many beats
+SILENT_BEATS = 10  # the supervisor kills a worker silent for this many beats
 PATH_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 # Records pids atomically (write then rename) so a test never reads half a pid.
 NOTE_PID = """
