@@ -13,8 +13,7 @@ import os
 import signal
 import socket
 import sys
-
-from setproctitle import setproctitle
+from collections.abc import Callable
 
 from tuninetd.common import wire
 
@@ -33,6 +32,33 @@ CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
 HEARTBEAT_BEATS = 6
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _title_setter() -> Callable[[str], None]:
+    """setproctitle's C function, loaded without its package: the package's
+    ``__init__`` imports logging for one debug line, 0.7 MiB of every worker."""
+    import importlib.machinery
+    import importlib.util
+
+    spec = importlib.util.find_spec("setproctitle")  # found, not run
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, f"_setproctitle{suffix}")
+            if os.path.exists(path):
+                name = "setproctitle._setproctitle"
+                loader = importlib.machinery.ExtensionFileLoader(name, path)
+                module = importlib.util.module_from_spec(
+                    importlib.util.spec_from_file_location(name, path, loader=loader)
+                    or importlib.machinery.ModuleSpec(name, loader))
+                loader.exec_module(module)
+                setter: Callable[[str], None] = module.setproctitle
+                return setter
+    from setproctitle import setproctitle  # a build without the package layout
+
+    return setproctitle
+
+
+setproctitle = _title_setter()
 
 
 def next_tick(now: float, period: float) -> float:
