@@ -42,7 +42,7 @@ class Settings:
     @classmethod
     def fast(cls) -> Settings:
         return cls(quick=True, beat=0.25, cost_seconds=0.5, cost_idle_seconds=0.5,
-                   latency_cycles=10, restart_rounds=1, idle_seconds=3.0, idle_rounds=2,
+                   latency_cycles=10, restart_rounds=1, idle_seconds=3.0, idle_rounds=1,
                    stop_runs=[StopRun(1, 0.25, 3)])
 
     def progress(self, text: str) -> None:
