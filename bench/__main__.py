@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import cost, memory, restart, timing
+from bench import cost, idle, memory, restart, timing
 from bench.lab import Lab
 from bench.report import as_json, table, targets
 from bench.settings import Settings
@@ -28,6 +28,7 @@ from bench.settings import Settings
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 Section = Callable[[Lab, Settings], dict[str, Any]]
 SECTIONS: dict[str, Section] = {
+    "idle": idle.measure,
     "cost": cost.measure,
     "start_latency": timing.start_latency,
     "stop": timing.stop_precision,

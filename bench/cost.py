@@ -107,8 +107,10 @@ def measure(lab: Lab, cfg: Settings) -> dict[str, Any]:
         windows += more
     lab.rules(log_tap0=False)
     ratios: dict[str, dict[str, float]] = {}
+    net: dict[str, dict[str, float]] = {}
     for sensor in ("pcap", "nflog"):
         ratios[sensor] = {}
+        net[sensor] = {}
         for rate in RATES:
             ours = next(w for w in windows
                         if (w.consumer, w.sensor, w.rate) == ("tuninetd", sensor, rate))
@@ -117,9 +119,14 @@ def measure(lab: Lab, cfg: Settings) -> dict[str, Any]:
             ratios[sensor][str(rate or "max")] = (
                 ours.per_million / ref.per_million if ref.per_million > 0 else float("inf")
             )
+            net[sensor][str(rate or "max")] = (
+                ours.per_million_net / ref.per_million_net
+                if ref.per_million_net > 0 else float("inf")
+            )
     return {
         "windows": [asdict(w) for w in windows],
         "ratio_to_tcpdump": ratios,
+        "ratio_net_to_tcpdump": net,  # both net of their idle cost
         "tcpdump_counts": tcpdump_counts,
     }
 

@@ -26,6 +26,8 @@ class Settings:
     latency_cycles: int  # start latency, per sensor kind
     stop_runs: list[StopRun]  # stop precision: (ttl, beat, cycles per sensor kind)
     restart_rounds: int  # restart, per sensor kind and state
+    idle_seconds: float  # one idle window: a whole number of heartbeats (6 beats)
+    idle_rounds: int  # idle windows per state
     memory_trees: list[tuple[int, int]] = field(
         default_factory=lambda: [(1, 0), (1, 1), (2, 2), (8, 8)]
     )  # (pcap sensors, nflog sensors)
@@ -34,13 +36,14 @@ class Settings:
     @classmethod
     def full(cls) -> Settings:
         return cls(quick=False, beat=1.0, cost_seconds=8.0, cost_idle_seconds=4.0,
-                   latency_cycles=50, restart_rounds=5,
+                   latency_cycles=50, restart_rounds=5, idle_seconds=12.0, idle_rounds=3,
                    stop_runs=[StopRun(2, 1.0, 20), StopRun(1, 1.0, 10)])
 
     @classmethod
     def fast(cls) -> Settings:
         return cls(quick=True, beat=0.25, cost_seconds=0.5, cost_idle_seconds=0.5,
-                   latency_cycles=10, restart_rounds=1, stop_runs=[StopRun(1, 0.25, 3)])
+                   latency_cycles=10, restart_rounds=1, idle_seconds=3.0, idle_rounds=1,
+                   stop_runs=[StopRun(1, 0.25, 3)])
 
     def progress(self, text: str) -> None:
         print(f"[{time.monotonic() - self.began:6.1f} s] {text}", file=sys.stderr, flush=True)

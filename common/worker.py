@@ -13,8 +13,7 @@ import os
 import signal
 import socket
 import sys
-
-from setproctitle import setproctitle
+from collections.abc import Callable
 
 from tuninetd.common import wire
 
@@ -26,7 +25,45 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
 
+# A worker with nothing to report says it is alive every HEARTBEAT_BEATS
+# beats (the supervisor's silence limit allows for it). Its wake-ups fall on
+# multiples of the period on CLOCK_MONOTONIC, which every process shares, so
+# the heartbeats of all workers reach the supervisor together: one wake-up.
+HEARTBEAT_BEATS = 6
+
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _title_setter() -> Callable[[str], None]:
+    """setproctitle's C function, loaded without its package: the package's
+    ``__init__`` imports logging for one debug line, 0.7 MiB of every worker."""
+    import importlib.machinery
+    import importlib.util
+
+    spec = importlib.util.find_spec("setproctitle")  # found, not run
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, f"_setproctitle{suffix}")
+            if os.path.exists(path):
+                name = "setproctitle._setproctitle"
+                loader = importlib.machinery.ExtensionFileLoader(name, path)
+                module = importlib.util.module_from_spec(
+                    importlib.util.spec_from_file_location(name, path, loader=loader)
+                    or importlib.machinery.ModuleSpec(name, loader))
+                loader.exec_module(module)
+                setter: Callable[[str], None] = module.setproctitle
+                return setter
+    from setproctitle import setproctitle  # a build without the package layout
+
+    return setproctitle
+
+
+setproctitle = _title_setter()
+
+
+def next_tick(now: float, period: float) -> float:
+    """The first multiple of ``period`` after ``now`` (CLOCK_MONOTONIC seconds)."""
+    return (now // period + 1) * period
 
 
 def prctl(option: int, arg: int | bytes = 0) -> None:

@@ -107,11 +107,18 @@ class RunGroups:
                 raise Unavailable("cgroup.kill is missing (Linux 5.14 or later has it)")
             _write(os.path.join(leaf, "cgroup.procs"), "0")
             if uid is not None:
-                for path in (directory, os.path.join(directory, "cgroup.procs")):
+                # Its own leaf's too: it goes back there after each spawn.
+                for path in (directory, os.path.join(directory, "cgroup.procs"),
+                             os.path.join(leaf, "cgroup.procs")):
                     os.chown(path, uid, -1)
         except OSError as exc:
             raise Unavailable(f"{exc.filename or 'cgroup'}: {exc.strerror or exc}") from None
         return cls(directory)
+
+    @property
+    def home(self) -> str:
+        """The executor's own leaf's ``cgroup.procs``."""
+        return os.path.join(self.directory, EXECUTOR_LEAF, "cgroup.procs")
 
     def path(self, run_id: int) -> str:
         return os.path.join(self.directory, f"{RUN_PREFIX}{run_id}")
@@ -158,8 +165,12 @@ def remove_stale(parent: str) -> None:
 
 
 def enter(procs: str) -> None:
-    """Run in the child between fork and exec: join the run's cgroup, so that
-    nothing the command does happens outside it."""
+    """Move this process into the cgroup whose ``cgroup.procs`` is ``procs``.
+
+    The executor joins a run's cgroup while it spawns the command, which so
+    starts there: nothing the command does happens outside it, and the spawn
+    needs no code between fork and exec (a preexec_fn forces a full fork;
+    without one, subprocess uses vfork, about 0.5 ms instead of several)."""
     _write(procs, "0")
 
 

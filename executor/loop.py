@@ -1,6 +1,6 @@
 """The executor's event loop: one selector over the supervisor socket, the
 signal wake-up pipe, the running command's pidfd and every output pipe, plus
-timers for the beat, the timeout, the tree kill and the rate limiter.
+timers for the heartbeat, the timeout, the tree kill and the rate limiter.
 
 Nothing in here blocks: a hung or chatty command never delays a beat.
 """
@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any
 
 from tuninetd.common import wire
-from tuninetd.common.worker import Title
+from tuninetd.common.worker import HEARTBEAT_BEATS, Title, next_tick
 from tuninetd.executor.cgroup import RunGroups
 from tuninetd.executor.config import Config
 from tuninetd.executor.output import Output
@@ -51,7 +51,10 @@ class Executor:
         self.selector.register(wakeup, selectors.EVENT_READ, self._on_signal)
         self.run: Run | None = None
         self.lingering: deque[Output] = deque()
-        self.next_beat = time.monotonic() + config.beat
+        # Nothing the supervisor waits on comes with a beat: the executor only
+        # shows it is alive, every heartbeat.
+        self.heartbeat = config.beat * HEARTBEAT_BEATS
+        self.next_beat = next_tick(time.monotonic(), self.heartbeat)
         self.quitting = False
         self.gone = False
 
@@ -174,9 +177,7 @@ class Executor:
         now = time.monotonic()
         if now >= self.next_beat and not self.gone:
             self._send("beat", n=0, mode="idle" if self.run is None else "running")
-            self.next_beat += self.config.beat
-            if self.next_beat <= now:
-                self.next_beat = now + self.config.beat
+            self.next_beat = next_tick(now, self.heartbeat)
         for output in self._open_outputs():
             self._forward(output, output.tick(now))
         run = self.run

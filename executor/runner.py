@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from functools import partial
 from typing import Any, NamedTuple
 
 from tuninetd.common import wire
@@ -41,16 +40,19 @@ class SpawnError(Exception):
     """The command could not be started at all; the message says why."""
 
 
-def spawn(request: Request, procs: str | None) -> subprocess.Popen[bytes]:
+def spawn(request: Request, procs: str | None, home: str | None) -> subprocess.Popen[bytes]:
     """Start the command, in the cgroup whose ``cgroup.procs`` is ``procs``
-    if there is one. It gets only fds 0, 1 and 2 (``close_fds``): nothing
-    the executor holds, its socket to the supervisor included."""
+    if there is one (``home``: the executor's own). It gets only fds 0, 1
+    and 2 (``close_fds``): nothing the executor holds, its socket to the
+    supervisor included."""
     # The daemon's own environment (inherited from the supervisor) plus the
     # event's variables: the run message carries only the latter.
     env = {**os.environ, **request.env, RUN_ID_VAR: str(request.id)}
-    # The executor is single-threaded, so code between fork and exec is safe;
-    # the command is in its cgroup before it runs a single instruction.
-    enter = None if procs is None else partial(cgroup.enter, procs)
+    if procs is not None:
+        try:
+            cgroup.enter(procs)
+        except OSError:
+            raise SpawnError(f"{request.argv[0]}: could not join the cgroup {procs}") from None
     try:
         return subprocess.Popen(
             request.argv,
@@ -60,14 +62,16 @@ def spawn(request: Request, procs: str | None) -> subprocess.Popen[bytes]:
             env=env,
             start_new_session=True,
             close_fds=True,
-            preexec_fn=enter,
         )
     except OSError as exc:
         raise SpawnError(f"{request.argv[0]}: {exc.strerror or exc}") from None
     except ValueError as exc:  # an embedded NUL byte in argv or env
         raise SpawnError(str(exc)) from None
-    except subprocess.SubprocessError:  # the child could not join its cgroup
-        raise SpawnError(f"{request.argv[0]}: could not join the cgroup {procs}") from None
+    finally:
+        if procs is not None and home is not None:
+            # Back to its own leaf: staying would put the executor under the
+            # run's cgroup.kill. An OSError here ends the executor.
+            cgroup.enter(home)
 
 
 class Run:
@@ -80,7 +84,8 @@ class Run:
         self.id = request.id
         self.event = request.event
         self.group = self._group(groups)
-        self.popen = spawn(request, None if self.group is None else self.group.procs)
+        self.popen = spawn(request, None if self.group is None else self.group.procs,
+                           None if groups is None else groups.home)
         self.pid = self.popen.pid
         # Completion is the process exit, seen on a pidfd: the output pipe may
         # stay open for as long as a daemon started by the command lives.

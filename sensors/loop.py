@@ -7,7 +7,8 @@ the supervisor goes away:
 - armed: wait for the first matching packet, decode it, send ``trigger``,
   switch to counting by itself (so no packet falls between the two modes);
 - counting: read (almost) nothing; each beat, ask the capture how many
-  matching packets went by and send that as ``beat``.
+  matching packets went by and send that as ``beat`` (when there is news);
+  after a quiet beat, sleep until the next packet or the heartbeat.
 
 The supervisor sends ``count`` (another sensor fired, stop waiting),
 ``arm`` (the state went down), ``report`` (beat now: the ttl ran out and
@@ -110,24 +111,37 @@ def run(kind: str, open_capture: Callable[[wire.Message], Capture]) -> None:
 
 
 def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) -> None:
+    """Armed, the sensor wakes for a packet or for its heartbeat. Counting,
+    it reads the count every beat while packets go by (that bounds how late
+    a stop can be) and sends it when packets went by, its mode changed, the
+    supervisor asked, or the heartbeat is due. After a beat with no packet it
+    listens instead: the next packet wakes it and it counts every beat again,
+    and until then only the heartbeat does. A quiet sensor costs no wake-up
+    but its heartbeat, and its supervisor none at all in between."""
+    heartbeat = beat * worker.HEARTBEAT_BEATS
     armed = True
+    listening = False  # counting, quiet: woken by the next packet
     trouble = cap.check()
     pending = cap.arm()
     poller = select.poll()
     poller.register(sock, select.POLLIN)
-    next_beat = time.monotonic() + beat
+    next_wake = worker.next_tick(time.monotonic(), heartbeat)
+    next_heartbeat = next_wake
+    said = ""  # the mode of the last beat sent
     report_now = False
     while True:
         if pending is not None:
             _send_trigger(sock, pending)
             pending = None
-            armed = False
+            armed = listening = False
             cap.count()
-            next_beat = min(next_beat, time.monotonic() + min(beat, FIRST_COUNT))
-        # While counting, the capture fd is polled for errors only (events 0).
-        poller.register(cap.fileno(), select.POLLIN if armed and not trouble else 0)
+            next_wake = min(next_wake, time.monotonic() + min(beat, FIRST_COUNT))
+        # Counting between packets, the capture fd is polled for errors only (events 0).
+        wake_on_packets = (armed or listening) and not trouble
+        poller.register(cap.fileno(), select.POLLIN if wake_on_packets else 0)
         title.set(trouble or ("armed" if armed else "counting"))
-        timeout = max(0.0, next_beat - time.monotonic())
+        timeout = max(0.0, next_wake - time.monotonic())
+        packet_came = False
         for fd, events in poller.poll(timeout * 1000):
             if fd == sock.fileno():
                 data, fds, _flags, _addr = socket.recv_fds(
@@ -145,23 +159,41 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) 
                     else:
                         cap.count()
                 elif verb == "arm" and not armed:
-                    armed = True
+                    armed, listening = True, False
                     pending = cap.arm()
                 elif verb == "count" and armed:
                     armed = False
                     cap.count()
-                    next_beat = min(next_beat, time.monotonic() + min(beat, FIRST_COUNT))
+                    next_wake = min(next_wake, time.monotonic() + min(beat, FIRST_COUNT))
                 elif verb == "report":
                     report_now = True  # the supervisor is about to decide a stop
             elif events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
-                trouble = cap.check()
+                was, trouble = trouble, cap.check()
+                packet_came = listening  # e.g. nflog's overrun: activity
+                report_now = report_now or trouble != was  # the supervisor logs it now
             elif armed and pending is None:
                 pending = cap.read_trigger()
+            elif listening:
+                packet_came = True
         now = time.monotonic()
-        if now >= next_beat or report_now:
+        if packet_came:
+            # Counted at the next beat, like any packet while counting: left
+            # unreported until then, one that races an arm still fires it.
+            listening = False
+            next_wake = min(next_wake, worker.next_tick(now, beat))
+        scheduled = now >= next_wake
+        if scheduled or report_now:
             trouble = cap.check()
             n = 0 if armed or trouble else cap.take_count()
-            wire.send(sock, "beat", n=n, mode=trouble or ("armed" if armed else "counting"))
-            if not report_now:
-                next_beat = max(next_beat + beat, now)
+            mode = trouble or ("armed" if armed else "counting")
+            # In trouble, every beat: the supervisor answers a lost
+            # interface with fresh sockets once it is back (handover).
+            if n or report_now or trouble or mode != said or now >= next_heartbeat - beat / 2:
+                wire.send(sock, "beat", n=n, mode=mode)
+                said = mode
+                next_heartbeat = worker.next_tick(now, heartbeat)
+            if scheduled:
+                listening = not armed and not trouble and n == 0
+                slow = (armed or listening) and not trouble
+                next_wake = worker.next_tick(now, heartbeat if slow else beat)
             report_now = False

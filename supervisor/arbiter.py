@@ -21,7 +21,7 @@ from typing import Any
 from tuninetd.common import signals, wire, worker
 from tuninetd.common.logs import log
 from tuninetd.supervisor import wording
-from tuninetd.supervisor.children import Worker
+from tuninetd.supervisor.children import SILENT_BEATS, Worker
 from tuninetd.supervisor.config import SensorSpec, Settings
 from tuninetd.supervisor.errors import StartupError
 from tuninetd.supervisor.events import (
@@ -146,7 +146,8 @@ class Arbiter:
             self.spawn(w, now)
         while True:
             now = time.monotonic()
-            timeout = max(0.0, self._next_wakeup(now) - now)
+            due = self._next_wakeup(now)
+            timeout = None if due is None else max(0.0, due - now)
             caught: list[int] = []
             for key, events in self.selector.select(timeout):
                 if key.data is None:
@@ -341,7 +342,7 @@ class Arbiter:
             hung_up = w.hung_up_at if w.alive else None
             if w.silent(now, self.cfg.beat):
                 log.warning("CORE: %s (pid %d) silent for %d beats: killing it",
-                            w.log_name, w.pid, 5)
+                            w.log_name, w.pid, SILENT_BEATS)
                 w.kill("was silent")
             elif hung_up is not None and now - hung_up >= self.cfg.beat:
                 w.kill("closed its channel")
@@ -383,13 +384,22 @@ class Arbiter:
         self.proctitle.set(self.service.title(now))
         self.observers.tick(now)
 
-    def _next_wakeup(self, now: float) -> float:
-        wakeups = [now + self.cfg.beat]
+    def _next_wakeup(self, now: float) -> float | None:
+        """The next deadline; None: only a message or a signal can change
+        anything. The workers' messages wake us; no timer of our own runs
+        while they keep talking."""
+        wakeups: list[float] = []
+        if self.starting:
+            wakeups.append(self.startup_deadline)
+        if not self.stopping:
+            wakeups += [t for w in self.workers if (t := w.deadline(self.cfg.beat)) is not None]
         if (due := self.service.next_wakeup(now)) is not None:
             wakeups.append(due)
+        if (look := self.late.deadline()) is not None:
+            wakeups.append(look)
         wakeups += [w.respawn_at for w in self.workers if w.respawn_at is not None]
         if self.stop_deadline is not None:
             wakeups.append(self.stop_deadline)
         if (clients := self.observers.deadline()) is not None:
             wakeups.append(clients)
-        return min(wakeups)
+        return min(wakeups, default=None)

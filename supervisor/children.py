@@ -24,7 +24,11 @@ from typing import Any
 
 from tuninetd.common import wire
 
-SILENT_BEATS = 5
+# Workers with nothing to say beat every HEARTBEAT_BEATS (6) beats; one not
+# heard from for SILENT_BEATS is frozen: found 4 to 10 beats after it stopped
+# (10 s at the default beat). A heartbeat may come 4 beats late, as a beat
+# could when every worker beat every beat and 5 silent beats were the limit.
+SILENT_BEATS = 10
 HELLO_GRACE = 10.0
 
 
@@ -183,11 +187,24 @@ class Worker:
                 break
         return records
 
-    def silent(self, now: float, beat: float) -> bool:
+    def silent_at(self, beat: float) -> float:
         # Before hello the interpreter is still starting, which on a loaded
         # machine can take longer than a few short beats.
         limit = SILENT_BEATS * beat if self.ready else max(SILENT_BEATS * beat, HELLO_GRACE)
-        return self.alive and now - self.last_heard > limit
+        return self.last_heard + limit
+
+    def silent(self, now: float, beat: float) -> bool:
+        return self.alive and now >= self.silent_at(beat)
+
+    def deadline(self, beat: float) -> float | None:
+        """When the supervisor must look at this worker again if it hears
+        nothing: its silence limit, or a beat after it closed its channel.
+        None once it is being killed: its reap wakes the supervisor."""
+        if not self.alive or self.exit_reason:
+            return None
+        if self.hung_up_at is not None:
+            return self.hung_up_at + beat
+        return self.silent_at(beat)
 
     def kill(self, reason: str) -> None:
         """SIGKILL; the reap brings the replacement. The first reason sticks."""

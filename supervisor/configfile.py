@@ -9,10 +9,8 @@ prints an effective configuration back as TOML (``--check-config``).
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +119,9 @@ def _key_lines(text: str) -> dict[str, int]:
 
 
 def load(path: str) -> ConfigFile:
+    # Imported here: a daemon started without --config never needs them.
+    import tomllib
+
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -139,6 +140,8 @@ def load(path: str) -> ConfigFile:
     for key, value in data.items():
         kind = KEYS.get(key)
         if kind is None:
+            import difflib
+
             close = difflib.get_close_matches(key, KEYS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UsageError(f"{result.where(key)}: unknown key {key!r}{hint}")

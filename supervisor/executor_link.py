@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from tuninetd.common import wire
 from tuninetd.common.logs import log
-from tuninetd.executor import tree
 from tuninetd.supervisor import wording
 from tuninetd.supervisor.children import Worker
 from tuninetd.supervisor.config import Settings
@@ -64,6 +63,7 @@ class ExecutorLink:
             self.worker.mode = wire.clean_text(msg.get("mode", ""), 40)
         elif kind == "started" and job is not None and msg["id"] == job.id:
             self.command_pid = msg["pid"]
+            self.worker.mode = "running"  # before its next heartbeat says so
         elif kind == "out":
             event = job.event if job is not None and msg["id"] == job.id else "command"
             wording.command_output(event, wire.clean_text(msg["line"]))
@@ -71,6 +71,7 @@ class ExecutorLink:
             finished = self.queue.finish(msg["id"])
             if finished is not None:
                 self.command_pid = 0
+                self.worker.mode = "idle"
                 outcome = Outcome(
                     error=wire.clean_text(msg["error"]) if msg.get("error") else None,
                     timeout=bool(msg["timeout"]), signal=msg["sig"], exit_code=msg["rc"],
@@ -97,6 +98,9 @@ class ExecutorLink:
         job = self.queue.running
         if job is None:
             return None
+        # psutil comes with it: loaded only the day an executor dies mid-run.
+        from tuninetd.executor import tree
+
         self.queue.finish(job.id)
         ended = CommandEnded(job.event, Outcome(lost=True))
         self.observers.publish(ended)
@@ -120,4 +124,6 @@ class ExecutorLink:
 
     def kill_running(self) -> None:
         if self.queue.running is not None:
+            from tuninetd.executor import tree
+
             tree.kill_run(self.queue.running.id)

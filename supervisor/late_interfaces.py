@@ -22,6 +22,10 @@ class LateInterfaces:
         self.waiting = {s.label: s for s in specs if s.waiting}
         self.next_look = 0.0
 
+    def deadline(self) -> float | None:
+        """When to look next; None once no interface is awaited."""
+        return self.next_look if self.waiting else None
+
     def appeared(self, now: float, every: float) -> list[SensorSpec]:
         """The waiting sensors whose interface is there now, with their
         programs for its link type; at most one look per ``every`` seconds."""

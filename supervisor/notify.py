@@ -109,12 +109,15 @@ class SystemdNotify(Observer):
         self.view = view
         self.beat = beat
         self.next_watchdog = 0.0
+        self.watching = False  # between ready and stopping
 
     def observe(self, event: Event) -> None:
         if isinstance(event, Ready):
             self.notifier.ready(status_line(self.view()))
             self.next_watchdog = 0.0
+            self.watching = self.notifier.watchdog_interval is not None
         elif isinstance(event, Stopping):
+            self.watching = False
             self.notifier.stopping(status_line(self.view()))
 
     def tick(self, now: float) -> None:
@@ -124,10 +127,15 @@ class SystemdNotify(Observer):
         if snap.state in ("starting", "stopping"):
             return
         self.notifier.set_status(status_line(snap))
-        if (self.notifier.watchdog_interval is not None and now >= self.next_watchdog
-                and all(w.alive and w.ready and not w.silent for w in snap.workers)):
-            self.notifier.watchdog()
+        if self.notifier.watchdog_interval is not None and now >= self.next_watchdog:
+            # Not fed while a worker is unwell; looked at again a beat later.
+            if all(w.alive and w.ready and not w.silent for w in snap.workers):
+                self.notifier.watchdog()
             self.next_watchdog = now + self.beat
+
+    def deadline(self) -> float | None:
+        """Systemd's watchdog wakes us every beat; nothing else here does."""
+        return self.next_watchdog if self.watching and self.notifier.enabled else None
 
     def close(self) -> None:
         self.notifier.close()

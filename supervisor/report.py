@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import psutil
-
 from tuninetd.common import __version__
 from tuninetd.supervisor.events import Snapshot
 from tuninetd.supervisor.history import History
@@ -84,6 +82,8 @@ class StatusReport:
                                "restarts": restarts, "cpu_percent": None, "rss_bytes": None}
         if not pid:
             return row
+        import psutil  # loaded by the first status request, not by every daemon
+
         with contextlib.suppress(psutil.Error):
             proc = psutil.Process(pid)
             with proc.oneshot():

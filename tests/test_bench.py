@@ -15,7 +15,7 @@ import pytest
 from tests.netlab import need_root
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("cost", "start_latency", "stop", "memory", "restart")
+SECTIONS = ("idle", "cost", "start_latency", "stop", "memory", "restart")
 
 
 def _number(value: Any) -> bool:
@@ -40,6 +40,14 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     for section in SECTIONS:
         assert results.get(section), f"no {section} section"
 
+    # The floor runs beside the daemon in every idle window, in both states.
+    for state in ("armed", "up_quiet"):
+        idle = results["idle"][state]
+        assert idle["windows"], state
+        for window in idle["windows"]:
+            assert window["floor_ms_per_s"] > 0 and window["tree_ms_per_s"] > 0, window
+            assert _number(window["ratio"]), window
+
     windows = results["cost"]["windows"]
     assert {(w["consumer"], w["sensor"]) for w in windows} == {
         (c, s) for c in ("tuninetd", "tcpdump") for s in ("pcap", "nflog")
@@ -61,7 +69,8 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert [t["sensors"] for t in trees] == [1, 2, 4, 16]
     for tree in trees:
         assert len(tree["processes"]) == tree["sensors"] + 2
-        for key in ("tree_rss", "tree_pss", "sensor_rss_max", "executor_rss"):
+        for key in ("tree_rss", "tree_pss", "tree_pss_sandboxed", "sensor_rss_max",
+                    "executor_rss"):
             assert _number(tree[key]) and tree[key] > 0, (key, tree)
 
     restart = results["restart"]
@@ -69,6 +78,9 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
         keys = ["hello", "first_trigger"] + (["first_count"] if restart["strace"] else [])
         for key in keys:
             assert _number(restart[kind][key]["max"]), (kind, key)
+
+    binding = results["memory"]["seccomp_binding"]
+    assert binding is None or _number(binding["pss_mib"])
 
     assert results["targets"], "no targets checked"
     for target in results["targets"]:

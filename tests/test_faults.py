@@ -5,8 +5,8 @@ row's full wording are not repeated here; the map:
 
  1. sensor kill -9, each kind, capturing again within 1 s ... here:
     test_killed_sensor_captures_again[pcap|nflog] (the delay: bench restart)
- 2. sensor SIGSTOP, found silent within 5 beats, replaced ... test_processes.py:
-    test_sensor_frozen_is_killed_after_five_beats
+ 2. sensor SIGSTOP, found silent within 10 beats, replaced ... test_processes.py:
+    test_sensor_frozen_is_killed_after_ten_silent_beats
  3. executor kill -9 while a command runs ... test_processes.py:
     test_executor_killed_while_a_command_runs; idle (while up) ... here:
     test_executor_killed_while_idle_and_up_keeps_the_state

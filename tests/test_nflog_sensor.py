@@ -29,7 +29,7 @@ V4_LOCAL, V4_PEER = "10.201.0.1", "10.201.0.2"
 V6_LOCAL, V6_PEER = "fd00:201::1", "fd00:201::2"
 MAC_LOCAL, MAC_PEER = "02:00:00:00:01:01", "02:00:00:00:02:02"
 PORT = 9999
-SILENT_BEATS = 5  # the supervisor kills a worker silent for this many beats
+SILENT_BEATS = 10  # the supervisor kills a worker silent for this many beats
 
 
 @pytest.fixture
