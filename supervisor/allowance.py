@@ -1,7 +1,8 @@
 """How much a sensor may say: its messages, errors and mode changes, per window.
 
-A sensor that works sends a beat a beat, a few more when asked to report or
-when it fires, at most one error (a sensor's errors are fatal: it exits after
+A sensor that works sends at most a beat a beat (while packets flow or it is
+in trouble; a heartbeat every few beats when idle), a few more when asked to
+report or when it fires, at most one error (a sensor's errors are fatal: it exits after
 one) and changes its mode (into trouble, e.g. its interface is gone, and
 back) rarely. A sensor that sends more is flooding the supervisor's CPU and
 log: it is misbehaving, and the sensor link has it killed and replaced. So the
