@@ -193,7 +193,8 @@ class Daemon:
         self.name = args[args.index("--name") + 1] if "--name" in args else None
         if not plain and "--control" not in args and "--config" not in args:
             args = [*args, "--control", self.control]
-        if not plain and self.name is None and "--config" not in args:
+        self.generated = not plain and self.name is None and "--config" not in args
+        if self.generated:
             self.name = f"test-{uuid.uuid4().hex[:12]}"
             args = [*args, "--name", self.name]
         self.logf = open(log, "wb")  # noqa: SIM115 - closed in stop()
@@ -249,6 +250,9 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
         self.logf.close()
+        if self.generated:  # what a daemon keeps for its next run: no next run here
+            for suffix in (".state", ".lock"):
+                Path(f"/run/tuninetd/{self.name}{suffix}").unlink(missing_ok=True)
         return self.proc.returncode
 
 
