@@ -50,7 +50,9 @@ def test_planted_temporary_names_gain_nothing(veth: Netns, tmp_path: Path, share
     assert code == 0, out
     nobody = pwd.getpwnam("nobody").pw_uid
     script, _ = recorder(tmp_path)
-    d = start_daemon(veth, "-i", "tap0", "-c", str(script), "--pidfile", str(pidfile))
+    # A filter: a new link's own IPv6 chatter would fire an unfiltered daemon.
+    d = start_daemon(veth, "-i", "tap0", "-f", "udp", "-c", str(script), "--pidfile",
+                     str(pidfile))
     ready(d)
     wait_for("the pidfile", pidfile.exists)
     # The attack was really in place: the daemon's own old name was planted.
