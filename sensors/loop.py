@@ -125,6 +125,7 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) 
     pending = cap.arm()
     poller = select.poll()
     poller.register(sock, select.POLLIN)
+    polled = False  # the capture fd is in the poller
     next_wake = worker.next_tick(time.monotonic(), heartbeat)
     next_heartbeat = next_wake
     said = ""  # the mode of the last beat sent
@@ -136,9 +137,16 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) 
             armed = listening = False
             cap.count()
             next_wake = min(next_wake, time.monotonic() + min(beat, FIRST_COUNT))
-        # Counting between packets, the capture fd is polled for errors only (events 0).
-        wake_on_packets = (armed or listening) and not trouble
-        poller.register(cap.fileno(), select.POLLIN if wake_on_packets else 0)
+        # Armed, or counting and quiet: woken by the next packet. Otherwise the
+        # capture fd is not polled at all, errors included: under load an nflog
+        # overrun raises POLLERR at every drop, and the beat's check() reads
+        # the overrun (and any trouble) anyway.
+        if (armed or listening) and not trouble:
+            poller.register(cap.fileno(), select.POLLIN)
+            polled = True
+        elif polled:
+            poller.unregister(cap.fileno())
+            polled = False
         title.set(trouble or ("armed" if armed else "counting"))
         timeout = max(0.0, next_wake - time.monotonic())
         packet_came = False
@@ -151,7 +159,9 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) 
                     return
                 verb = wire.decode(data)["t"]
                 if verb == "sockets":
-                    poller.unregister(cap.fileno())
+                    if polled:
+                        poller.unregister(cap.fileno())
+                        polled = False
                     cap.adopt(fds)
                     trouble = cap.check()
                     if armed:
