@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
@@ -34,17 +34,26 @@ IFF_NO_PI = 0x1000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def missing(problem: str) -> NoReturn:
+    """Skip; in CI a skip would hide a broken machine, so fail."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true: {problem}")
+    pytest.skip(problem)
+
+
 def need_root() -> None:
-    """Skip without root; in CI a skip would hide a broken machine, so fail."""
-    problem = None
     if os.geteuid() != 0:
-        problem = "needs root for network namespaces and capture sockets"
+        missing("needs root for network namespaces and capture sockets")
     elif shutil.which("ip") is None:
-        problem = "needs iproute2 (ip)"
-    if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {problem}")
-        pytest.skip(problem)
+        missing("needs iproute2 (ip)")
+
+
+def need(tool: str, package: str) -> str:
+    """The path of ``tool``, which ``package`` installs."""
+    found = shutil.which(tool)
+    if found is None:
+        missing(f"needs {tool} (apt-get install {package})")
+    return found
 
 
 def default_sensor_account() -> pwd.struct_passwd:

@@ -12,7 +12,6 @@ a real rsyslogd listening on a socket of ours.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,22 +20,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.netlab import Netns, wait_for
+from tests.netlab import Netns, need, wait_for
 from tests.test_tuntapd import console_script, has_carrier, holders
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 SCRIPTS = sorted(EXAMPLES.glob("*.sh"))
 START_STOP = ["ssh-tunnel.sh", "wireguard.sh", "systemd-service.sh", "wake-on-lan.sh"]
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {tool} is missing")
-        pytest.skip(f"{tool} is not installed")
-    return path
 
 
 def fake(bin_dir: Path, name: str, body: str) -> Path:
@@ -72,7 +62,7 @@ def test_every_start_stop_example_is_there() -> None:
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_shellcheck(script: Path) -> None:
-    shellcheck = need("shellcheck")
+    shellcheck = need("shellcheck", "shellcheck")
     out = subprocess.run([shellcheck, "-x", str(script)], capture_output=True, text=True,
                          timeout=60, cwd=EXAMPLES)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -373,7 +363,7 @@ def test_ssh_tunnel_hands_the_device_between_tuntapd_and_ssh(
 
 
 def test_rsyslog_snippet_routes_both_programs(tmp_path: Path) -> None:
-    rsyslogd = need("rsyslogd")
+    rsyslogd = need("rsyslogd", "rsyslog")
     snippet = (ROOT / "conf" / "rsyslog.d" / "tuninetd.conf").read_text()
     assert "/var/log/tuninetd.log" in snippet
     ours, other = tmp_path / "tuninetd.log", tmp_path / "other.log"

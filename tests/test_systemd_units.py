@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.netlab import need
+
 CONF = Path(__file__).resolve().parent.parent / "conf"
 SHIPPED = "/usr/bin/tuninetd"
 CAPS = {"CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP",
@@ -44,19 +46,10 @@ def directives(unit: Path) -> dict[str, str]:
     return out
 
 
-def need(tool: str) -> str:
-    found = shutil.which(tool)
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: needs {tool} (apt-get install systemd)")
-        pytest.skip(f"needs {tool} (apt-get install systemd)")
-    return found
-
-
 def verify(folder: Path, unit: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """``systemd-analyze verify`` of ``folder``/``unit``; /usr/bin gets this
     interpreter's tuninetd (in a private mount namespace) if it has none."""
-    analyze = need("systemd-analyze")
+    analyze = need("systemd-analyze", "systemd")
     # The man pages the units name are there once the package is installed
     # (the package CI verifies the installed units with them).
     argv = [analyze, "verify", "--man=no", str(folder / unit)]
