@@ -14,6 +14,7 @@ from tuninetd.common import signals, wire, worker
 from tuninetd.executor import RUN_ID_VAR, cgroup
 from tuninetd.executor.config import Config, parse_config, switch_user
 from tuninetd.executor.loop import Executor
+from tuninetd.executor.runner import close_on_exec
 
 WATCHED_SIGNALS = (signal.SIGTERM, signal.SIGCHLD, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
@@ -34,10 +35,12 @@ def start(sock: socket.socket, ppid: int) -> Executor:
     # us, not to init: it can be reaped, and killed when its run times out.
     worker.prctl(worker.PR_SET_CHILD_SUBREAPER, 1)
     config = receive_config(sock)
+    close_on_exec()
     title.prefix = f"tuninetd: executor {config.name}".rstrip()
     # Made while still root: an --exec-user could not.
     try:
-        groups: cgroup.RunGroups | None = cgroup.RunGroups.setup(ppid, config.uid)
+        groups: cgroup.RunGroups | None = cgroup.RunGroups.setup(
+            ppid, config.uid, config.first_run)
         no_cgroup = ""
     except cgroup.Unavailable as exc:
         groups, no_cgroup = None, str(exc)

@@ -5,15 +5,19 @@ setsid, double forks or a clean environment.
 The layout, under the cgroup the supervisor runs in (the unit's own cgroup
 under systemd with ``Delegate=yes``)::
 
-    <supervisor's cgroup>/tuninetd-<supervisor pid>/executor    the executor
     <supervisor's cgroup>/tuninetd-<supervisor pid>/run-<id>    one per run
 
-The daemon's directory holds no process itself, and the executor sits in a
-leaf beside its runs: that keeps cgroup v2's no-internal-processes rule, and
-an executor running as ``--exec-user`` can move its children into their run
-(moving needs write access to the common ancestor, the daemon's directory,
-which is handed to that user). The supervisor finds a run from its own pid
-and the run id alone, so it can kill the run of an executor that died.
+The executor waits in the cgroup of the run it expects next (the supervisor
+numbers the runs it hands over 1, 2, 3 ...), so the command it spawns starts
+there without a migration on the way: moving a process between cgroups
+takes the kernel's cgroup thread-group lock for writing, which waits for an
+RCU grace period, milliseconds on a small VM. The executor moves on to the
+next run's cgroup once the command runs. The daemon's directory holds no
+process itself (cgroup v2's no-internal-processes rule), and an executor
+running as ``--exec-user`` can move itself between the runs' cgroups (that
+needs write access to the common ancestor, the daemon's directory, which is
+handed to that user). The supervisor finds a run from its own pid and the
+run id alone, so it can kill the run of an executor that died.
 
 Where no writable cgroup v2 hierarchy with ``cgroup.kill`` (Linux 5.14) is
 found, ``setup`` says why and the executor falls back to the run-id marker.
@@ -26,7 +30,6 @@ import os
 import signal
 
 GROUP_PREFIX = "tuninetd-"
-EXECUTOR_LEAF = "executor"
 RUN_PREFIX = "run-"
 
 
@@ -86,53 +89,68 @@ def _write(path: str, text: str) -> None:
 
 
 class RunGroups:
-    """The run cgroups of one daemon, in ``directory``."""
+    """The run cgroups of one daemon, in ``directory``; the executor is in
+    the one of run ``standby``."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, standby: int = 0) -> None:
         self.directory = directory
+        self.standby = standby
 
     @classmethod
-    def setup(cls, supervisor_pid: int, uid: int | None) -> RunGroups:
-        """Create the daemon's directory, move this process into its executor
-        leaf and, for an executor that will run as ``uid``, hand the
-        directory over. Raises Unavailable with the reason."""
+    def setup(cls, supervisor_pid: int, uid: int | None, first_run: int) -> RunGroups:
+        """Create the daemon's directory, move this process into the cgroup
+        of ``first_run`` and, for an executor that will run as ``uid``, hand
+        them over. Raises Unavailable with the reason."""
         try:
             directory = daemon_group(supervisor_pid)
             remove_stale(os.path.dirname(directory))
-            leaf = os.path.join(directory, EXECUTOR_LEAF)
-            for path in (directory, leaf):
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(path, 0o755)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory, 0o755)
             if not os.path.exists(os.path.join(directory, "cgroup.kill")):
                 raise Unavailable("cgroup.kill is missing (Linux 5.14 or later has it)")
-            _write(os.path.join(leaf, "cgroup.procs"), "0")
+            groups = cls(directory)
+            groups.enter(first_run)
             if uid is not None:
-                # Its own leaf's too: it goes back there after each spawn.
+                # The cgroups it makes later are its own already.
                 for path in (directory, os.path.join(directory, "cgroup.procs"),
-                             os.path.join(leaf, "cgroup.procs")):
+                             groups.procs(first_run)):
                     os.chown(path, uid, -1)
         except OSError as exc:
             raise Unavailable(f"{exc.filename or 'cgroup'}: {exc.strerror or exc}") from None
-        return cls(directory)
-
-    @property
-    def home(self) -> str:
-        """The executor's own leaf's ``cgroup.procs``."""
-        return os.path.join(self.directory, EXECUTOR_LEAF, "cgroup.procs")
+        return groups
 
     def path(self, run_id: int) -> str:
         return os.path.join(self.directory, f"{RUN_PREFIX}{run_id}")
 
-    def create(self, run_id: int) -> RunGroup:
-        self.sweep()
-        path = self.path(run_id)
+    def procs(self, run_id: int) -> str:
+        return os.path.join(self.path(run_id), "cgroup.procs")
+
+    def join(self, run_id: int) -> RunGroup:
+        """The run's cgroup, with this process in it: at once when it waits
+        there already, as it does for every run numbered as expected."""
+        if run_id != self.standby:
+            self.enter(run_id)
+        return RunGroup(self.path(run_id))
+
+    def move_on(self, run_id: int) -> None:
+        """Out of the cgroup of ``run_id``, which has its command, into the
+        next run's. An OSError here ends the executor: staying would put it
+        under the run's ``cgroup.kill``."""
+        self.enter(run_id + 1)
+
+    def enter(self, run_id: int) -> None:
+        """Make the run's cgroup, remove the empty ones of earlier runs, and
+        move this process in."""
         with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o755)
-        return RunGroup(path)
+            os.mkdir(self.path(run_id), 0o755)
+        _write(self.procs(run_id), "0")
+        self.standby = run_id
+        self.sweep()
 
     def sweep(self, prefix: str = RUN_PREFIX) -> None:
         """Remove the cgroups of earlier runs that nothing lives in any more
-        (one that a started daemon still lives in stays)."""
+        (one that a started daemon still lives in stays, and so does the
+        executor's)."""
         with contextlib.suppress(OSError), os.scandir(self.directory) as entries:
             for entry in entries:
                 if entry.is_dir() and entry.name.startswith(prefix):
@@ -164,16 +182,6 @@ def remove_stale(parent: str) -> None:
                 RunGroups(entry.path).remove()
 
 
-def enter(procs: str) -> None:
-    """Move this process into the cgroup whose ``cgroup.procs`` is ``procs``.
-
-    The executor joins a run's cgroup while it spawns the command, which so
-    starts there: nothing the command does happens outside it, and the spawn
-    needs no code between fork and exec (a preexec_fn forces a full fork;
-    without one, subprocess uses vfork, about 0.5 ms instead of several)."""
-    _write(procs, "0")
-
-
 class RunGroup:
     """One run's cgroup: the processes in it, which none of them can leave
     (``treekill.Processes``)."""
@@ -182,7 +190,6 @@ class RunGroup:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.procs = os.path.join(path, "cgroup.procs")  # a process writes "0" to join
 
     def pids(self) -> list[int]:
         """Every process in it and in any cgroup it made below."""

@@ -15,6 +15,7 @@ class Config(NamedTuple):
     gid: int | None = None
     user: str | None = None
     name: str = ""  # the daemon's, for the process title
+    first_run: int = 1  # the id of the first run the supervisor will hand over
 
 
 def _number(msg: wire.Message, name: str) -> float:
@@ -48,6 +49,7 @@ def parse_config(msg: wire.Message) -> Config:
         gid=_optional_int(msg, "gid"),
         user=_optional_str(msg, "user"),
         name=_optional_str(msg, "name") or "",
+        first_run=_optional_int(msg, "first_run") or 1,
     )
     if config.timeout < 0 or config.beat <= 0:
         raise ValueError("config: timeout must be >= 0 and beat > 0")

@@ -151,12 +151,15 @@ class Executor:
                 timeout=False,
                 error=wire.clean_text(str(exc)),
             )
-            return
-        self.run = run
-        self.selector.register(run.pidfd, selectors.EVENT_READ, self._on_exit)
-        self._watch(run.output)
-        self._send("started", id=run.id, pid=run.pid)
-        self.title.set(f"running {run.event} pid {run.pid}")
+        else:
+            self.run = run
+            self.selector.register(run.pidfd, selectors.EVENT_READ, self._on_exit)
+            self._watch(run.output)
+            self._send("started", id=run.id, pid=run.pid)
+            self.title.set(f"running {run.event} pid {run.pid}")
+        if self.groups is not None:
+            # The slow part of a cgroup, the migration, once the command runs.
+            self.groups.move_on(request.id)
 
     def _on_exit(self) -> None:
         run = self.run

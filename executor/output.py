@@ -7,7 +7,6 @@ forward, so the event loop stays the only place that sends.
 from __future__ import annotations
 
 import os
-from typing import IO
 
 from tuninetd.common import wire
 
@@ -93,11 +92,10 @@ def to_text(line: bytes) -> str:
 class Output:
     """The read end of one command's stdout+stderr pipe, made non-blocking."""
 
-    def __init__(self, run_id: int, pipe: IO[bytes]) -> None:
+    def __init__(self, run_id: int, fd: int) -> None:
         self.run_id = run_id
-        self.pipe = pipe
-        self.fd = pipe.fileno()
-        os.set_blocking(self.fd, False)
+        self.fd = fd  # the read end of the command's stdout and stderr
+        os.set_blocking(fd, False)
         self.splitter = LineSplitter()
         self.limiter = RateLimiter()
         self.eof = False
@@ -127,7 +125,7 @@ class Output:
         return self.limiter.deadline()
 
     def close(self) -> None:
-        self.pipe.close()
+        os.close(self.fd)
 
     def _read_chunk(self) -> bytes | None:
         """The next bytes, b"" at EOF, None when nothing is there yet."""

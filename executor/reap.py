@@ -12,9 +12,9 @@ import os
 def reap_orphans(running_pid: int | None) -> None:
     """Collect the exit status of adopted orphans so no zombies pile up.
 
-    The status of the running command belongs to its Popen: each child is
+    The status of the running command belongs to its ``Run``: each child is
     peeked at (WNOWAIT) before being reaped, and the command is left alone;
-    once Popen has reaped it, the next call goes on with the others.
+    once its run has reaped it, the next call goes on with the others.
     """
     while True:
         try:

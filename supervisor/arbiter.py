@@ -105,6 +105,7 @@ class Arbiter:
                 "gid": exec_user.gid if exec_user else None,
                 "user": exec_user.name if exec_user else None,
                 "name": me.name,
+                "first_run": 1,
             },
             schema=wire.EXECUTOR_MESSAGES,
             log_name="executor",

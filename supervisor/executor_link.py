@@ -43,6 +43,8 @@ class ExecutorLink:
         job = self.queue.take()
         if job is None:
             return
+        # A replacement executor waits in the cgroup of the next run.
+        self.worker.config["first_run"] = self.queue.next_id
         if job.event == "stop":
             wording.executing_stop()
         sent = self.worker.send("run", id=job.id, event=job.event,

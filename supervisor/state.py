@@ -66,7 +66,7 @@ class Machine:
 
 @dataclass(slots=True)
 class Job:
-    id: int
+    id: int  # 0 until handed over
     event: str  # "start" or "stop"
     env: dict[str, str] = field(default_factory=dict)
     sensor: str = ""  # for start: the sensor kind that fired ("pcap", "nflog")
@@ -86,7 +86,7 @@ class CommandQueue:
         self.pending: deque[Job] = deque()
         self.running: Job | None = None
         self.last_event: str | None = None
-        self._next_id = 1
+        self.next_id = 1
 
     def push(
         self,
@@ -102,14 +102,17 @@ class CommandQueue:
         if self.last_event == event:
             raise ValueError(f"two {event} commands in a row")
         self.last_event = event
-        self.pending.append(Job(self._next_id, event, env or {}, sensor, lines or []))
-        self._next_id += 1
+        self.pending.append(Job(0, event, env or {}, sensor, lines or []))
         return None
 
     def take(self) -> Job | None:
-        """The next job to hand to the executor, when it is free."""
+        """The next job to hand to the executor, when it is free. Jobs are
+        numbered as they are handed over, 1, 2, 3 ...: the executor waits
+        in the cgroup of the next one."""
         if self.running is None and self.pending:
             self.running = self.pending.popleft()
+            self.running.id = self.next_id
+            self.next_id += 1
             return self.running
         return None
 

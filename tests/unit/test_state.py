@@ -114,11 +114,14 @@ def test_drop_pending_keeps_the_running_one() -> None:
 @given(st.lists(st.sampled_from(["edge", "take", "finish"]), max_size=200))
 def test_executed_commands_strictly_alternate(steps: list[str]) -> None:
     """Whatever the interleaving of state changes and executor progress, the
-    commands the executor runs alternate start/stop, one at a time."""
+    commands the executor runs alternate start/stop, one at a time, and are
+    numbered 1, 2, 3 ... as handed over (the executor waits in the next
+    one's cgroup), jobs that cancelled out included."""
     q = CommandQueue()
     m = Machine(ttl=1)
     now = 0.0
     executed: list[str] = []
+    ids: list[int] = []
     for step in steps:
         now += 1
         if step == "edge":
@@ -132,9 +135,12 @@ def test_executed_commands_strictly_alternate(steps: list[str]) -> None:
             job = q.take()
             if job is not None:
                 executed.append(job.event)
+                ids.append(job.id)
         elif q.running is not None:
             q.finish(q.running.id)
         assert len(q.pending) <= 1
     assert all(a != b for a, b in itertools.pairwise(executed))
+    assert ids == list(range(1, len(ids) + 1))
+    assert q.next_id == len(ids) + 1
     if executed:
         assert executed[0] == "start"
