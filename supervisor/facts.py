@@ -12,7 +12,6 @@ link kills the sensor. What passes is safe to word (supervisor/wording.py).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import socket
 from dataclasses import dataclass
@@ -113,10 +112,11 @@ def _network(msg: dict[str, Any]) -> Network | None:
 def _address(text: str, version: int, name: str) -> str:
     """The address as inet_ntop writes it (the original's text), which is also
     the only form taken: no scope id, no padding, nothing else."""
+    family = _FAMILY[version]
     try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
+        canonical = socket.inet_ntop(family, socket.inet_pton(family, text))
+    except (OSError, ValueError):  # not an address of that version; a NUL byte
         raise Bad(name) from None
-    if addr.version != version or socket.inet_ntop(_FAMILY[version], addr.packed) != text:
+    if canonical != text:
         raise Bad(name)
     return text

@@ -75,11 +75,13 @@ class Service:
             self.observers.publish(Triggered(role, (), False, now))
             return  # another sensor fired first: this is only activity
         self.trigger_sensor, self.trigger_lines = role, t.lines
-        self._save()
-        self.observers.publish(Triggered(role, t.lines, True, now))
         env = wording.command_env("start", role, self.cfg.ttl, t.facts)
         self.executor.start(env, role.partition(":")[0], t.lines)
-        self.executor.dispatch()  # first: the start latency is what users wait on
+        # First: the start latency is what users wait on. The state file and
+        # the observers (the log's lines among them) follow.
+        self.executor.dispatch()
+        self._save()
+        self.observers.publish(Triggered(role, t.lines, True, now))
         self.sensors.order_all("count", but=t.worker)
         if t.packet is not None and self.dump is not None:
             self.dump.append(t.packet, t.facts.link)
