@@ -58,16 +58,16 @@ def close_on_exec() -> None:
                 os.set_inheritable(fd, False)
 
 
-def spawn(request: Request) -> tuple[int, int]:
+def spawn(request: Request, environment: dict[str, str]) -> tuple[int, int]:
     """Start the command in a session of its own, in the executor's cgroup
     (the run's, by now); returns its pid and the read end of its output.
 
     posix_spawn (a vfork, in glibc) keeps the start short: subprocess adds
     a quarter of a millisecond here. The command gets fds 0, 1 and 2 only
     (see ``close_on_exec``)."""
-    # The daemon's own environment (inherited from the supervisor) plus the
-    # event's variables: the run message carries only the latter.
-    env = {**os.environ, **request.env, RUN_ID_VAR: str(request.id)}
+    # The daemon's own environment plus the event's variables: the run
+    # message carries only the latter.
+    env = {**environment, **request.env, RUN_ID_VAR: str(request.id)}
     out, into = os.pipe()
     try:
         pid = os.posix_spawnp(
@@ -99,12 +99,17 @@ class Run:
     killed, until nothing of it is left."""
 
     def __init__(
-        self, request: Request, timeout: float, now: float, groups: cgroup.RunGroups | None
+        self,
+        request: Request,
+        timeout: float,
+        now: float,
+        groups: cgroup.RunGroups | None,
+        environment: dict[str, str],
     ) -> None:
         self.id = request.id
         self.event = request.event
         self.group = self._join(groups)
-        self.pid, out = spawn(request)
+        self.pid, out = spawn(request, environment)
         # Completion is the process exit, seen on a pidfd: the output pipe may
         # stay open for as long as a daemon started by the command lives.
         self.pidfd = os.pidfd_open(self.pid)
