@@ -133,6 +133,9 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) 
     while True:
         if pending is not None:
             _send_trigger(sock, pending)
+            # The supervisor first, if woken on this CPU: what follows here
+            # (counting from now on) is not on the start's way.
+            os.sched_yield()
             pending = None
             armed = listening = False
             cap.count()

@@ -6,7 +6,8 @@ sockets), sending on the supervisor's socket only (sendto, by descriptor),
 reading counters and errors (getsockopt, getsockname), the one option the
 loop changes (SO_RCVBUF), the one ioctl the socket module makes (an
 interface's name from its index), memory without new executable pages,
-closing a replaced socket, its ``ps`` name, and exiting. No socket, bind, connect,
+closing a replaced socket, its ``ps`` name, stepping aside for the supervisor
+after a trigger (sched_yield), and exiting. No socket, bind, connect,
 execve, ptrace, open, kill, dup: any other system call kills the whole
 process with SIGSYS, which the supervisor logs and answers with a
 replacement.
@@ -40,7 +41,7 @@ PLAIN = (
     "brk", "munmap", "mremap", "madvise", "futex",
     "clock_gettime", "gettimeofday",
     "rt_sigreturn", "rt_sigprocmask", "restart_syscall",
-    "getpid",
+    "getpid", "sched_yield",
     "exit", "exit_group",
 )
 

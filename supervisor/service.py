@@ -11,6 +11,7 @@ again, the sensors re-armed later.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from tuninetd.supervisor import wording
@@ -80,6 +81,8 @@ class Service:
         # First: the start latency is what users wait on. The state file and
         # the observers (the log's lines among them) follow.
         self.executor.dispatch()
+        # The executor, if woken on this CPU, goes first too.
+        os.sched_yield()
         self._save()
         self.observers.publish(Triggered(role, t.lines, True, now))
         self.sensors.order_all("count", but=t.worker)
