@@ -89,8 +89,8 @@ def command_floor(lab: Lab, cycles: int) -> list[float]:
         time.sleep(0.02)
         sent = time.time_ns()
         pid = os.posix_spawn(str(rec.script), [str(rec.script), "start"], env)
+        out.append((rec.wait(i + 1)[1] - sent) / 1e6)  # as for the daemon's start
         os.waitpid(pid, 0)
-        out.append((rec.wait(i + 1)[1] - sent) / 1e6)
     return out
 
 
