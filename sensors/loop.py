@@ -16,8 +16,9 @@ the supervisor wants to know of every packet up to now before it stops) and
 ``sockets`` (fresh capture handles, passed along with it, for a capture in
 trouble). The capture decides what a mode costs.
 
-From the drop on, the process runs under the seccomp allow-list of
-sandbox.py: what this loop and the captures do at run time must stay in it.
+From the drop on, the process runs under the seccomp allow-list that the
+supervisor built (supervisor/allowlist.py) and sandbox.py installs: what this
+loop and the captures do at run time must stay in it.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def run(kind: str, open_capture: Callable[[wire.Message], Capture]) -> None:
     try:
         cap = open_capture(cfg)
         worker.drop_privileges(cfg["uid"], cfg["gid"], ppid, cfg.get("jail"))
-        sandbox.confine(sock.fileno())
+        sandbox.confine(cfg["seccomp"])
     except OSError as exc:
         worker.fatal(sock, f"{kind} {cfg['name']}: {exc.strerror or exc}")
     except Exception as exc:
