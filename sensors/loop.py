@@ -29,10 +29,16 @@ import select
 import socket
 import time
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
 
 from tuninetd.common import wire, worker
 from tuninetd.sensors import decode, sandbox
+
+# typing is for the type checker alone: a sensor would carry half a MiB of it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object
 
 # Seconds from the switch to counting (after a trigger, or ordered) to the beat
 # that reports it: a sensor that just (re)started while the state is up shows
@@ -42,10 +48,13 @@ FIRST_COUNT = 0.1
 MAX_HANDLES = 2
 
 
-class Trigger(NamedTuple):
-    link: str
-    facts: decode.Facts  # what the packet holds (and the NFLOG prefix), not words
-    packet: bytes | None = None
+class Trigger:
+    __slots__ = ("facts", "link", "packet")
+
+    def __init__(self, link: str, facts: decode.Facts, packet: bytes | None = None) -> None:
+        self.link = link
+        self.facts = facts  # what the packet holds (and the NFLOG prefix), not words
+        self.packet = packet
 
 
 class Capture(Protocol):
