@@ -13,10 +13,10 @@ sockets: the trigger one, whose buffer is at the minimum while counting, and
 the counting one. The kernel drops a packet for a full buffer before copying
 it, so the idle socket costs one filter run per packet.
 
-Binding needs no privilege, so the seccomp allow-list (sandbox.py) forbids it:
-when the interface is deleted, the socket stays tied to the old one, and the
-sensor asks the supervisor (its trouble mode, LOST, in a beat) for fresh
-sockets, which it hands over the socketpair.
+Binding needs no privilege, so the seccomp allow-list (supervisor/
+allowlist.py) forbids it: when the interface is deleted, the socket stays
+tied to the old one, and the sensor asks the supervisor (its trouble mode,
+LOST, in a beat) for fresh sockets, which it hands over the socketpair.
 """
 
 from __future__ import annotations
