@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any
+
+# typing is for the type checker alone: at run time it would cost every
+# worker half a MiB.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    Message = dict[str, Any]
 
 VERSION = 1
 # A trigger carries up to SNAPLEN packet bytes in base64 plus its typed facts.
@@ -18,8 +25,6 @@ SNAPLEN = 65535
 MAX_MESSAGE = 128 * 1024
 MAX_TEXT = 512
 MAX_PREFIX = 128  # NF_LOG_PREFIXLEN: the kernel's bound on an NFLOG prefix
-
-Message = dict[str, Any]
 
 
 class ProtocolError(Exception):

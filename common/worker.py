@@ -30,6 +30,10 @@ CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
 # multiples of the period on CLOCK_MONOTONIC, which every process shares, so
 # the heartbeats of all workers reach the supervisor together: one wake-up.
 HEARTBEAT_BEATS = 6
+# Where every worker finds its end of the socketpair: the supervisor puts it
+# there at the spawn. A fixed number lets the sensors' seccomp allow-list,
+# built once, name the one descriptor they may send on.
+CHANNEL_FD = 3
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -66,8 +70,8 @@ def next_tick(now: float, period: float) -> float:
     return (now // period + 1) * period
 
 
-def prctl(option: int, arg: int | bytes = 0) -> None:
-    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+def prctl(option: int, arg: int | bytes = 0, arg3: int | bytes = 0) -> None:
+    if _libc.prctl(option, arg, arg3, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl({option}): {os.strerror(err)}")
 

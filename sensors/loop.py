@@ -16,8 +16,9 @@ the supervisor wants to know of every packet up to now before it stops) and
 ``sockets`` (fresh capture handles, passed along with it, for a capture in
 trouble). The capture decides what a mode costs.
 
-From the drop on, the process runs under the seccomp allow-list of
-sandbox.py: what this loop and the captures do at run time must stay in it.
+From the drop on, the process runs under the seccomp allow-list that the
+supervisor built (supervisor/allowlist.py) and sandbox.py installs: what this
+loop and the captures do at run time must stay in it.
 """
 
 from __future__ import annotations
@@ -28,10 +29,16 @@ import select
 import socket
 import time
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
 
 from tuninetd.common import wire, worker
 from tuninetd.sensors import decode, sandbox
+
+# typing is for the type checker alone: a sensor would carry half a MiB of it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object
 
 # Seconds from the switch to counting (after a trigger, or ordered) to the beat
 # that reports it: a sensor that just (re)started while the state is up shows
@@ -41,10 +48,13 @@ FIRST_COUNT = 0.1
 MAX_HANDLES = 2
 
 
-class Trigger(NamedTuple):
-    link: str
-    facts: decode.Facts  # what the packet holds (and the NFLOG prefix), not words
-    packet: bytes | None = None
+class Trigger:
+    __slots__ = ("facts", "link", "packet")
+
+    def __init__(self, link: str, facts: decode.Facts, packet: bytes | None = None) -> None:
+        self.link = link
+        self.facts = facts  # what the packet holds (and the NFLOG prefix), not words
+        self.packet = packet
 
 
 class Capture(Protocol):
@@ -97,7 +107,7 @@ def run(kind: str, open_capture: Callable[[wire.Message], Capture]) -> None:
     try:
         cap = open_capture(cfg)
         worker.drop_privileges(cfg["uid"], cfg["gid"], ppid, cfg.get("jail"))
-        sandbox.confine(sock.fileno())
+        sandbox.confine(cfg["seccomp"])
     except OSError as exc:
         worker.fatal(sock, f"{kind} {cfg['name']}: {exc.strerror or exc}")
     except Exception as exc:

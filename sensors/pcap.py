@@ -13,22 +13,21 @@ sockets: the trigger one, whose buffer is at the minimum while counting, and
 the counting one. The kernel drops a packet for a full buffer before copying
 it, so the idle socket costs one filter run per packet.
 
-Binding needs no privilege, so the seccomp allow-list (sandbox.py) forbids it:
-when the interface is deleted, the socket stays tied to the old one, and the
-sensor asks the supervisor (its trouble mode, LOST, in a beat) for fresh
-sockets, which it hands over the socketpair.
+Binding needs no privilege, so the seccomp allow-list (supervisor/
+allowlist.py) forbids it: when the interface is deleted, the socket stays
+tied to the old one, and the sensor asks the supervisor (its trouble mode,
+LOST, in a beat) for fresh sockets, which it hands over the socketpair.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import socket
 import struct
 
 from tuninetd.common import wire
-from tuninetd.sensors import decode, loop
+from tuninetd.sensors import decode, fprog, loop
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -41,15 +40,6 @@ TP_STATUS_VLAN_TPID_VALID = 0x40
 AUXDATA = struct.Struct("IIIHHHH")
 ARMED_RCVBUF = 256 * 1024
 LOST = "waiting for interface"
-
-
-class Filter:
-    """A classic BPF program in the layout SO_ATTACH_FILTER takes (struct sock_fprog)."""
-
-    def __init__(self, insns: list[list[int]]) -> None:
-        code = b"".join(struct.pack("HBBI", c, jt, jf, k) for c, jt, jf, k in insns)
-        self._buf = ctypes.create_string_buffer(code, len(code))
-        self.fprog = struct.pack("HL", len(insns), ctypes.addressof(self._buf))
 
 
 def open_sockets(cfg: wire.Message) -> list[socket.socket]:
@@ -65,7 +55,7 @@ def open_sockets(cfg: wire.Message) -> list[socket.socket]:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
             socks.append(sock)
             sock.setblocking(False)
-            prog = Filter(insns)  # its buffer must live through the call
+            prog = fprog.Program(insns)  # its buffer must live through the call
             sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog.fprog)
             sock.setsockopt(socket.SOL_SOCKET, SO_LOCK_FILTER, 1)
             sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)

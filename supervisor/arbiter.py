@@ -20,9 +20,9 @@ from typing import Any
 
 from tuninetd.common import signals, wire, worker
 from tuninetd.common.logs import log
-from tuninetd.supervisor import wording
+from tuninetd.supervisor import allowlist, wording
 from tuninetd.supervisor.children import SILENT_BEATS, Worker
-from tuninetd.supervisor.config import SensorSpec, Settings
+from tuninetd.supervisor.config import Program, SensorSpec, Settings
 from tuninetd.supervisor.errors import StartupError
 from tuninetd.supervisor.events import (
     Observers,
@@ -53,10 +53,12 @@ def describe_status(status: int) -> str:
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
-def sensor_config(spec: SensorSpec, cfg: Settings, jail: str) -> dict[str, Any]:
+def sensor_config(spec: SensorSpec, cfg: Settings, jail: str,
+                  seccomp: Program) -> dict[str, Any]:
     common = {
         "kind": spec.kind,
         "jail": jail,
+        "seccomp": [list(i) for i in seccomp],
         "name": spec.name,
         "uid": cfg.sensor_user.uid,
         "gid": cfg.sensor_user.gid,
@@ -84,11 +86,12 @@ class Arbiter:
         self.selector = selectors.DefaultSelector()
         self.observers = Observers()
         jail = empty_dir()
+        seccomp = allowlist.build(worker.CHANNEL_FD)
         self.sensors = [
             Worker(
                 role=spec.label,
                 module=f"tuninetd.sensors.{spec.kind}",
-                config=sensor_config(spec, cfg, jail),
+                config=sensor_config(spec, cfg, jail, seccomp),
                 schema=wire.SENSOR_MESSAGES,
                 log_name=f"sensor {spec.kind} {spec.name}",
             )
@@ -358,7 +361,8 @@ class Arbiter:
         """A sensor that waited for its interface is started anew on it."""
         for spec in self.late.appeared(now, self.cfg.beat):
             w = next(s for s in self.sensors if s.role == spec.label)
-            w.config = sensor_config(spec, self.cfg, w.config["jail"])
+            w.config = sensor_config(spec, self.cfg, w.config["jail"],
+                                     w.config["seccomp"])
             if w.alive:  # else its respawn, due anyway, takes the new config
                 self.replacing.append(w)
                 self._forget_channel(w)

@@ -1,15 +1,13 @@
-"""Packet filters: libpcap compiles them (through scapy) here, in the
-supervisor, so a bad filter is refused before anything starts; the sensors
-only attach the bytecode."""
+"""Packet filters: libpcap compiles them (through scapy) for the supervisor,
+in a forked child (forked.py), so a bad filter is refused before anything
+starts; the sensors only attach the bytecode."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections.abc import Iterable
-from typing import NoReturn
 
+from tuninetd.supervisor import forked
 from tuninetd.supervisor.config import Program
 
 # ARPHRD_* types whose frames start with an Ethernet header on an AF_PACKET
@@ -18,7 +16,6 @@ from tuninetd.supervisor.config import Program
 _ETHERNET_ARPHRD = {1, 772}  # ARPHRD_ETHER, ARPHRD_LOOPBACK
 _DLT = {"ether": 1, "raw": 12}  # DLT_EN10MB, DLT_RAW
 LINKS = tuple(_DLT)
-_MAX_REASON = 300  # characters of a compiler failure's reason
 
 # tcp[] in libpcap reaches IPv4 only; for IPv6 without extension headers the
 # TCP flags byte sits at 40 + 13.
@@ -57,52 +54,17 @@ def compile_filters(
     unique = sorted(set(requests))
     if not unique:
         return {}
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(rfd)
-        _compile_in_child(unique, wfd)
-    os.close(wfd)
-    with os.fdopen(rfd, "rb") as r:
-        data = r.read()
-    _, status = os.waitpid(pid, 0)
     try:
-        reply = json.loads(data) if status == 0 else None
-    except ValueError:
-        reply = None
-    if not isinstance(reply, dict):
-        if os.WIFSIGNALED(status):
-            ended = f"was killed by signal {os.WTERMSIG(status)}"
-        else:
-            ended = f"exited with status {os.waitstatus_to_exitcode(status)} and no answer"
-        raise CompilerError(f"the compiler process {ended}")
-    if "error" in reply:
-        raise CompilerError(str(reply["error"]))
+        programs = forked.answer(lambda: [_compile(e, link) for e, link in unique], "compiler")
+    except forked.Failed as exc:
+        raise CompilerError(str(exc)) from None
     results: dict[tuple[str, str], Program | FilterError] = {}
-    for key, result in zip(unique, reply["programs"], strict=True):
+    for key, result in zip(unique, programs, strict=True):
         if isinstance(result, str):
             results[key] = FilterError(result)
         else:
             results[key] = tuple((c, jt, jf, k) for c, jt, jf, k in result)
     return results
-
-
-def _compile_in_child(requests: list[tuple[str, str]], wfd: int) -> NoReturn:
-    """Answer ``{"programs": [...]}``, or ``{"error": reason}`` when the
-    compiler could not run (libpcap missing or broken): one line, bounded,
-    so the parent can refuse with the reason instead of a traceback."""
-    try:
-        reply: dict[str, object] = {
-            "programs": [_compile(expr, link) for expr, link in requests]}
-    except BaseException as exc:  # whatever it is, the parent reports it
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        reply = {"error": text[:_MAX_REASON]}
-    try:
-        with os.fdopen(wfd, "wb") as w:
-            w.write(json.dumps(reply).encode())
-    except BaseException:  # the parent sees the status
-        os._exit(1)
-    os._exit(0)
 
 
 def _compile(expression: str, link: str) -> list[list[int]] | str:

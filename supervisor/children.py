@@ -7,8 +7,9 @@ the terminal reaches the supervisor alone.
 
 Nor does anything of whoever started the daemon go with it: a descriptor
 inherited from the starting shell (``exec 7</``) would let a chrooted sensor
-``fchdir`` out of its jail. A worker starts with its socket and 0/1/2 only;
-a sensor's 0/1/2 are /dev/null and its environment is SENSOR_ENV alone.
+``fchdir`` out of its jail. A worker starts with its socket (always on
+descriptor CHANNEL_FD) and 0/1/2 only; a sensor's 0/1/2 are /dev/null and
+its environment is SENSOR_ENV alone.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuninetd.common import wire
+from tuninetd.common.worker import CHANNEL_FD
 
 # Workers with nothing to say beat every HEARTBEAT_BEATS (6) beats; one not
 # heard from for SILENT_BEATS is frozen: found 4 to 10 beats after it stopped
@@ -80,19 +82,23 @@ class Backoff:
     healthy_after: float = 60.0
 
 
-def spawn_fds(keep: int, trusted: bool) -> list[tuple[Any, ...]]:
-    """posix_spawn file actions: 0 (and 1, 2 unless ``trusted``) from
-    /dev/null, and every other inheritable descriptor but ``keep`` closed.
+def spawn_fds(channel: int, trusted: bool) -> list[tuple[Any, ...]]:
+    """posix_spawn file actions: ``channel`` moved to CHANNEL_FD, 0 (and 1, 2
+    unless ``trusted``) from /dev/null, and every other inheritable
+    descriptor closed.
 
     Ours are close-on-exec (PEP 446); what is inheritable came from outside.
     The loop is single-threaded, so the list is still right at the spawn.
     """
-    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+    actions: list[tuple[Any, ...]] = []
+    if channel != CHANNEL_FD:
+        actions.append((os.POSIX_SPAWN_DUP2, channel, CHANNEL_FD))
+    actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
     if not trusted:
         actions += [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0) for fd in (1, 2)]
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd > 2 and fd != keep and _inheritable(fd):
+        if fd > 2 and fd != CHANNEL_FD and (fd == channel or _inheritable(fd)):
             actions.append((os.POSIX_SPAWN_CLOSE, fd))
     return actions
 
@@ -137,7 +143,7 @@ class Worker:
             os.set_inheritable(child.fileno(), True)
             argv = [
                 sys.executable, "-S", "-P", "-c", BOOT, *import_path(), self.module,
-                str(child.fileno()), str(os.getpid()),
+                str(CHANNEL_FD), str(os.getpid()),
             ]
             self.pid = os.posix_spawn(
                 sys.executable,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 
 JAIL = "/run/tuninetd/empty"
 
@@ -33,6 +32,8 @@ def empty_dir() -> str:
         pass
     if _fit(JAIL):
         return JAIL
+    import tempfile  # the rare way: tempfile brings random and shutil
+
     path = tempfile.mkdtemp(prefix="tuninetd-empty-")
     os.chmod(path, 0o555)
     return path

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 
 from tuninetd.supervisor.errors import StartupError
 from tuninetd.supervisor.events import Event, Observer, Ready
@@ -38,6 +37,8 @@ def write(path: str) -> None:
     file has a name nobody can guess and is created with O_EXCL (mkstemp):
     whatever someone planted in the directory is never opened, and the
     pidfile is root's, whatever the directory lets others do."""
+    import tempfile  # only with --pidfile: it brings random and shutil
+
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
     try:
         with os.fdopen(fd, "w") as f:

@@ -15,7 +15,6 @@ daemon starts down as it would without the file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuninetd.common.logs import log
+from tuninetd.supervisor import forked
 from tuninetd.supervisor.config import Settings
 
 STATE_DIR = "/run/tuninetd"
@@ -65,9 +65,17 @@ def state_path(cfg: Settings) -> str:
 
 
 def fingerprint(cfg: Settings) -> str:
-    """sha256 of the argv lists of start and stop: another command, another service."""
+    """sha256 of the argv lists of start and stop: another command, another
+    service. Worked out in a forked child: hashlib maps OpenSSL's libcrypto,
+    3 MiB that the supervisor would keep for this one digest."""
     argvs = json.dumps([cfg.argv("start"), cfg.argv("stop")], separators=(",", ":"))
-    return hashlib.sha256(argvs.encode()).hexdigest()
+    return str(forked.answer(lambda: _sha256(argvs), "fingerprint"))
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def boot_id() -> str:

@@ -36,7 +36,7 @@ from typing import Any
 
 from tests.fake_sensor import run_with_sensor
 from tuninetd.common import wire, worker
-from tuninetd.sensors import loop, nflog, pcap, sandbox
+from tuninetd.sensors import fprog, loop, nflog, pcap, sandbox
 
 SO_DETACH_FILTER = 27
 ACCEPT_ALL = [[0x06, 0, 0, 0xFFFFFFFF]]  # BPF_RET | BPF_K: the whole packet
@@ -71,7 +71,7 @@ def _ptrace_me() -> None:
 
 def attacks(cap: Any, cfg: wire.Message) -> dict[str, Callable[[], object]]:
     handle = cap.trigger_sock if isinstance(cap, pcap.PcapCapture) else cap.sock
-    accept_all = pcap.Filter(ACCEPT_ALL)
+    accept_all = fprog.Program(ACCEPT_ALL)
     return {
         "detach-filter": lambda: handle.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0),
         "replace-filter": lambda: handle.setsockopt(
@@ -97,7 +97,7 @@ class Rogue(pcap.PcapCapture):
         return loop.Trigger(link="raw", facts={})  # not reached: the socket call kills it
 
 
-def _no_confine(channel: int) -> None:
+def _no_confine(program: object) -> None:
     """``sandbox.confine`` for an unconfined run: the allow-list left out."""
 
 

@@ -21,7 +21,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 
 from tests.netlab import Netns, proc_status, send_udp, sh
 from tuninetd.common import wire
-from tuninetd.supervisor import facts, wording
+from tuninetd.supervisor import allowlist, facts, wording
 
 pytestmark = pytest.mark.root
 
@@ -80,6 +80,7 @@ class Sensor:
             pass_fds=[theirs.fileno()],
             stderr=subprocess.PIPE,
         )
+        channel = theirs.fileno()
         theirs.close()
         nobody = pwd.getpwnam("nobody")
         wire.send(
@@ -93,6 +94,7 @@ class Sensor:
             beat=beat,
             want_packet=options.get("want_packet", False),
             ack_only=options.get("ack_only", False),
+            seccomp=allowlist.build(channel),  # the product's, for the fd it has here
         )
 
     def recv(self, timeout: float = 5.0) -> wire.Message:

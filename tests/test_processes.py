@@ -482,7 +482,7 @@ def test_privilege_check_tells_a_dropped_process_from_a_privileged_one() -> None
 
 def test_sensors_import_nothing_beyond_the_stdlib() -> None:
     """Sensors start fast and small: no scapy, nothing heavy, at run time;
-    a seccomp binding is the one addition."""
+    not even a seccomp binding (the supervisor builds their allow-list)."""
     import sys
 
     code = (
@@ -495,5 +495,5 @@ def test_sensors_import_nothing_beyond_the_stdlib() -> None:
                          check=True).stdout.split()
     assert "tuninetd.sensors.pcap" in out
     foreign = {m.split(".")[0] for m in out} - set(sys.stdlib_module_names) - {
-        "tuninetd", "setproctitle", "_setproctitle", "seccomp", "pyseccomp"}
+        "tuninetd", "setproctitle", "_setproctitle"}
     assert foreign == set()

@@ -35,8 +35,8 @@ from scapy.layers.l2 import Ether
 
 from tests.compromised_sensor import SPOOFED
 from tests.netlab import Netns, events, proc_status, recorder, title, wait_for
-from tuninetd.common import wire
-from tuninetd.supervisor import arbiter, bpf, children, privcheck
+from tuninetd.common import wire, worker
+from tuninetd.supervisor import allowlist, arbiter, bpf, children, privcheck
 from tuninetd.supervisor.config import Account, SensorSpec, Settings
 from tuninetd.supervisor.jail import empty_dir
 
@@ -71,6 +71,12 @@ def udp_filter() -> tuple[tuple[int, int, int, int], ...]:
     program = bpf.compile_filters([("udp", "ether")])[("udp", "ether")]
     assert not isinstance(program, bpf.FilterError), program
     return program
+
+
+@functools.cache
+def allow_list() -> tuple[tuple[int, int, int, int], ...]:
+    """The product's own, as the supervisor builds it for every sensor."""
+    return allowlist.build(worker.CHANNEL_FD)
 
 
 @dataclass
@@ -116,7 +122,7 @@ class Scene:
                 else SensorSpec("nflog", "7", group=7))
         cfg = Settings(command="/bin/true", sensors=(spec,), beat=0.2,
                      sensor_user=Account("nobody", nobody.pw_uid, nobody.pw_gid))
-        config: dict[str, Any] = arbiter.sensor_config(spec, cfg, empty_dir())
+        config: dict[str, Any] = arbiter.sensor_config(spec, cfg, empty_dir(), allow_list())
         stray = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
         os.set_inheritable(stray, True)
         config.update(attack=attack, unconfined=not confined, stray=stray,
