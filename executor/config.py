@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
 
 from tuninetd.common import wire
 
 
-class Config(NamedTuple):
-    timeout: float  # seconds a command may run; 0 means no limit
-    beat: float
-    uid: int | None = None
-    gid: int | None = None
-    user: str | None = None
-    name: str = ""  # the daemon's, for the process title
-    first_run: int = 1  # the id of the first run the supervisor will hand over
+class Config:
+    # A plain class: a NamedTuple would bring typing (half a MiB) into the executor.
+    __slots__ = ("beat", "first_run", "gid", "name", "timeout", "uid", "user")
+
+    def __init__(self, timeout: float, beat: float, uid: int | None = None,
+                 gid: int | None = None, user: str | None = None, name: str = "",
+                 first_run: int = 1) -> None:
+        self.timeout = timeout  # seconds a command may run; 0 means no limit
+        self.beat = beat
+        self.uid = uid
+        self.gid = gid
+        self.user = user
+        self.name = name  # the daemon's, for the process title
+        self.first_run = first_run  # the id of the first run the supervisor hands over
 
 
 def _number(msg: wire.Message, name: str) -> float:

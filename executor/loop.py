@@ -15,7 +15,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 from tuninetd.common import wire
 from tuninetd.common.worker import HEARTBEAT_BEATS, Title, next_tick
@@ -24,6 +23,11 @@ from tuninetd.executor.config import Config
 from tuninetd.executor.output import Output
 from tuninetd.executor.reap import reap_orphans
 from tuninetd.executor.runner import Run, SpawnError, parse_request
+
+# typing is for the type checker alone: the executor would carry half a MiB of it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Pipes still held open by daemons of commands that have exited. Beyond this
 # the oldest is closed, though a daemon writing to it then gets SIGPIPE.

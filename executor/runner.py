@@ -5,21 +5,30 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from typing import Any, NamedTuple
 
 from tuninetd.common import wire
 from tuninetd.executor import RUN_ID_VAR, cgroup
 from tuninetd.executor.output import Output
-from tuninetd.executor.treekill import Processes, TreeKill, kill_now
+from tuninetd.executor.treekill import TreeKill, kill_now
+
+# typing is for the type checker alone: the executor would carry half a MiB of it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from tuninetd.executor.treekill import Processes
 
 EVENTS = ("start", "stop")
 
 
-class Request(NamedTuple):
-    id: int
-    event: str
-    argv: list[str]
-    env: dict[str, str]
+class Request:
+    __slots__ = ("argv", "env", "event", "id")
+
+    def __init__(self, run_id: int, event: str, argv: list[str], env: dict[str, str]) -> None:
+        self.id = run_id
+        self.event = event
+        self.argv = argv
+        self.env = env  # the event's variables only
 
 
 def parse_request(msg: wire.Message) -> Request:

@@ -8,7 +8,12 @@ never has to import anything more after it dropped root.
 
 from __future__ import annotations
 
-from typing import Protocol
+# typing is for the type checker alone: the executor would carry half a MiB of it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object
 
 TERM_GRACE = 2.0
 STEP_INTERVAL = 0.05
