@@ -240,6 +240,28 @@ def test_filter_compiler_that_cannot_run_is_one_line_and_exit_2(
     assert r.spawned == [], f"spawned {r.spawned}"
 
 
+@pytest.mark.root
+def test_without_libseccomp_the_daemon_does_not_start_unconfined(paths: dict[str, str]) -> None:
+    """libseccomp hidden for real (/dev/null bind-mounted over it in a mount
+    namespace of the test's own): the sensors' allow-list cannot be built, so
+    no sensor is started without it. The original's startup error (its
+    "Started with pid" line, then one Error line), exit 1, nothing spawned."""
+    need_root()
+    found = sorted(glob.glob("/usr/lib/*/libseccomp.so.2") + glob.glob("/lib/*/libseccomp.so.2"))
+    if not found:
+        pytest.fail("libseccomp2 is not installed")
+    shell = 'mount --bind /dev/null "$1" && shift && exec "$@"'
+    prefix = ("unshare", "-m", "--propagation", "private", "sh", "-c", shell, "sh",
+              os.path.realpath(found[0]))
+    r = run_cli(["-i", "lo", "-c", paths["cmd"], "-f", "udp"], prefix)
+    assert (r.status, r.out) == (1, ""), r.err
+    lines = r.err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("Started with pid "), r.err
+    assert lines[1].startswith("Error: cannot build the sensors' seccomp allow-list: "), r.err
+    assert "libseccomp2 and python3-seccomp are installed" in lines[1], lines[1]
+    assert r.spawned == [], f"spawned {r.spawned}"
+
+
 # -- missing privileges --------------------------------------------------------------
 
 
