@@ -77,6 +77,12 @@ class Backlog(NamedTuple):
     dropped: int  # messages, since the socket was made (modulo COUNTER)
 
 
+def arrived(since: Backlog, now: Backlog) -> int:
+    """Messages between two looks with no read in between: each drop, and at
+    least one for the queue's growth (its bytes do not say how many)."""
+    return (now.dropped - since.dropped) % COUNTER + (now.queued > since.queued)
+
+
 def backlog(sock: socket.socket) -> Backlog:
     raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, MEMINFO.size)
     if len(raw) < MEMINFO.size:
@@ -247,25 +253,20 @@ class NflogCapture:
         if self.ack_only:
             return sum(self._count_acks(size) for size in self._receive())
         now = backlog(self.sock)
-        n = self._came(now)
+        n = arrived(self.last, now)
         if n == 0 and now.queued:
             # The first quiet beat: what is queued was counted before. Read
             # now, the next message wakes a listening loop and can fire an
             # arm. One that comes meanwhile is dropped or stays queued, and
-            # counts; only one read along with them (it came within these
-            # few microseconds, and is never read while packets flow) does not.
+            # counts; only one that this read takes along goes uncounted, and
+            # it would have had to come within these few microseconds.
             for _size in self._receive():
                 pass
             after = backlog(self.sock)
-            n = (after.dropped - now.dropped) % COUNTER + (after.queued > 0)
+            n = arrived(now._replace(queued=0), after)
             now = after
         self.last = now
         return n
-
-    def _came(self, now: Backlog) -> int:
-        """Messages since the last beat: each drop, and at least one for the
-        queue's growth (its bytes do not say how many)."""
-        return (now.dropped - self.last.dropped) % COUNTER + (now.queued > self.last.queued)
 
     def _count_acks(self, size: int) -> int:
         n = 0

@@ -301,14 +301,20 @@ def test_ack_only_counts_tcp_ack_packets(lab: Netns) -> None:
     assert total == 12
 
 
-def test_arm_fires_on_packets_since_the_last_beat(lab: Netns) -> None:
+def counting(lab: Netns, beat: float) -> Sensor:
+    """A sensor on a fresh group that logs UDP to PORT, told to count, and counting."""
     group = _group()
     nft_log(lab, f"udp dport {PORT} log group {group}")
-    # A long beat: the packet and the arm land between two beats.
-    sensor = Sensor(lab, group, beat=2.0)
+    sensor = Sensor(lab, group, beat=beat)
     sensor.hello()
     sensor.order("count")
     sensor.beat("counting")
+    return sensor
+
+
+def test_arm_fires_on_packets_since_the_last_beat(lab: Netns) -> None:
+    # A long beat: the packet and the arm land between two beats.
+    sensor = counting(lab, beat=2.0)
     send_udp(lab, V6_PEER, PORT)
     sensor.order("arm")
     msg = sensor.recv(timeout=1.0)
@@ -326,20 +332,22 @@ def activity(sensor: Sensor, within: float = 1.0) -> int:
         assert time.monotonic() < deadline, "no beat counted the packet"
 
 
-def test_single_packets_count_with_or_without_a_full_queue(lab: Netns) -> None:
-    """Counting reads nothing while packets go by: after a burst the kernel
-    holds a message or two and drops the rest, and the next one (dropped
-    too) must still count, as must one into the queue emptied by a quiet beat."""
-    group = _group()
-    nft_log(lab, f"udp dport {PORT} log group {group}")
-    # A long beat: the asked-for reports, not the clock, take the counts.
-    sensor = Sensor(lab, group, beat=5.0)
-    sensor.hello()
-    sensor.order("count")
-    sensor.beat("counting")
+def counting_after_a_burst(lab: Netns) -> Sensor:
+    """A sensor counting, with a long beat (the asked-for reports, not the
+    clock, take the counts), that has just reported a burst: the kernel holds
+    a message or two of it, unread, and dropped the rest."""
+    sensor = counting(lab, beat=5.0)
     send_udp(lab, V4_PEER, PORT, count=500)
     sensor.order("report")
-    assert activity(sensor) >= 2  # the queue's one or two, and the drops
+    assert activity(sensor) >= 2  # the queue's growth, and the drops
+    return sensor
+
+
+def test_single_packets_count_with_or_without_a_full_queue(lab: Netns) -> None:
+    """Counting reads nothing while packets go by: the next packet after a
+    burst (dropped too) must count, as must one into the queue emptied by a
+    quiet beat."""
+    sensor = counting_after_a_burst(lab)
     for quiet_between in (False, False, True, True):
         send_udp(lab, V4_PEER, PORT)
         sensor.order("report")
@@ -353,15 +361,7 @@ def test_single_packets_count_with_or_without_a_full_queue(lab: Netns) -> None:
 def test_arm_after_a_busy_beat_fires_on_a_new_packet_only(lab: Netns) -> None:
     """Armed right after a beat that counted a burst (a forced stop): the
     messages still queued from the burst were counted, and must not fire."""
-    group = _group()
-    nft_log(lab, f"udp dport {PORT} log group {group}")
-    sensor = Sensor(lab, group, beat=5.0)
-    sensor.hello()
-    sensor.order("count")
-    sensor.beat("counting")
-    send_udp(lab, V4_PEER, PORT, count=500)
-    sensor.order("report")
-    assert activity(sensor)
+    sensor = counting_after_a_burst(lab)
     sensor.order("arm")
     sensor.order("report")
     assert sensor.beat("armed")["n"] == 0  # no trigger came first
