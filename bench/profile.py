@@ -13,8 +13,8 @@ nothing else. It prints the CPU seconds that work took (per second and per
 million packets) and, under ``py-spy record -f raw -o FILE -- python3 -m
 bench.profile ...``, gives the profile. ``--shrink`` forces the minimal receive
 buffer that the nflog sensor now uses while counting without -a (the kernel
-drops the messages instead of the sensor walking them; take_count reports
-activity through the overrun). ``nflog-flush`` measures the kernel's
+drops the messages instead of the sensor walking them; take_count reads the
+socket's queued bytes and drop counter). ``nflog-flush`` measures the kernel's
 batching delay behind the nflog start latency, batched (as with -a) and
 flushed per message (as without).
 """

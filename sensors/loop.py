@@ -152,8 +152,8 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) 
             next_wake = min(next_wake, time.monotonic() + min(beat, FIRST_COUNT))
         # Armed, or counting and quiet: woken by the next packet. Otherwise the
         # capture fd is not polled at all, errors included: under load an nflog
-        # overrun raises POLLERR at every drop, and the beat's check() reads
-        # the overrun (and any trouble) anyway.
+        # overrun raises POLLERR after every read of its queue, and the beat
+        # looks at the capture (its counters, any trouble) anyway.
         if (armed or listening) and not trouble:
             poller.register(cap.fileno(), select.POLLIN)
             polled = True

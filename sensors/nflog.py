@@ -14,12 +14,16 @@ both modes:
 
 Armed, the loop polls the socket and the first message fires. Counting, the
 loop never wakes for messages. Without -a the receive buffer shrinks to the
-kernel's minimum, as the pcap sensor's does: the kernel drops what we would
-only count, and the overrun (ENOBUFS) is the activity, read once a beat with
-whatever few messages are queued. With -a, ``take_count`` drains a large
-buffer once a beat and looks at each payload's TCP flags; an overrun there is
-not activity (nothing says the lost messages were ACKs). Netlink keeps no drop
-counter to read instead.
+kernel's minimum, as the pcap sensor's does, and nothing is read while
+packets go by: the kernel queues the first message or two and drops the
+rest, and the socket's own counters (SO_MEMINFO: the bytes queued, the
+messages dropped) say whether a message came since the last beat, since
+only a read lowers the one and nothing lowers the other. The first quiet
+beat empties the queue, so that the next message wakes the loop (it listens
+while quiet) and that ``arm`` fires on a message that came after the last
+beat, not one left from before. With -a, ``take_count`` drains a large
+buffer once a beat and looks at each payload's TCP flags; a drop there is
+not activity (nothing says the lost messages were ACKs).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from tuninetd.common import procstatus, wire
 from tuninetd.sensors import decode, loop, netlink
@@ -50,12 +55,40 @@ RECV_BUFFER = 256 * 1024
 ACK_TIMEOUT = 2.0
 
 SO_RCVBUFFORCE = 33  # not in the socket module
+SO_MEMINFO = 55  # neither
+# The socket's memory figures (include/uapi/linux/sock_diag.h): nine counters,
+# the bytes queued first and the messages dropped for a full queue last.
+MEMINFO = struct.Struct("9I")
+COUNTER = 1 << 32  # the drop counter wraps
 ARPHRD_ETHER = 1
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 CAP_NET_ADMIN = 12
 NO_NFLOG = "no NFLOG support in this kernel (nfnetlink_log)"
+NO_MEMINFO = "this kernel does not report a socket's drops (SO_MEMINFO)"
+
+
+class Backlog(NamedTuple):
+    """What the kernel says of the receive queue. Without a read, neither
+    figure goes down: any message that comes raises one of them."""
+
+    queued: int  # bytes, as the kernel accounts them
+    dropped: int  # messages, since the socket was made (modulo COUNTER)
+
+
+def arrived(since: Backlog, now: Backlog) -> int:
+    """Messages between two looks with no read in between: each drop, and at
+    least one for the queue's growth (its bytes do not say how many)."""
+    return (now.dropped - since.dropped) % COUNTER + (now.queued > since.queued)
+
+
+def backlog(sock: socket.socket) -> Backlog:
+    raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, MEMINFO.size)
+    if len(raw) < MEMINFO.size:
+        raise OSError(errno.ENOPROTOOPT, NO_MEMINFO)
+    figures = MEMINFO.unpack(raw)
+    return Backlog(figures[0], figures[-1])
 
 
 class NflogCapture:
@@ -64,7 +97,8 @@ class NflogCapture:
         self.want_packet = bool(cfg["want_packet"])
         self.ack_only = bool(cfg["ack_only"])
         self.buf = bytearray(RECV_BUFFER)
-        self.overrun = False
+        # At the last beat (or the switch to counting), without -a.
+        self.last = Backlog(0, 0)
         # A packet message that came in with the bind acknowledgement; the
         # first ``arm`` fires on it.
         self.early: bytes | None = None
@@ -84,6 +118,7 @@ class NflogCapture:
         # fills it faster than we read cannot keep us from beating.
         self.budget = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.sock.setblocking(False)
+        backlog(self.sock)  # counting needs it: a kernel without it fails here, as root
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -155,9 +190,7 @@ class NflogCapture:
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     return
-                # Reported once per overflow; what is still queued follows.
-                self.overrun = True
-                continue
+                continue  # reported once per overflow; what is still queued follows
             budget -= max(size, 1)
             yield size
 
@@ -183,14 +216,21 @@ class NflogCapture:
 
     def arm(self) -> loop.Trigger | None:
         # Every message carries the packet (the copy mode never changes), so
-        # the newest one queued since the last count can be the trigger.
+        # the newest one queued since the last count can be the trigger. With
+        # -a the last count read them all; without, what was queued at the
+        # last beat was counted then, and is the trigger only if nothing came
+        # after it. When what came since was dropped, the next message fires.
+        fresh = True
         if not self.ack_only:
+            now = backlog(self.sock)
+            fresh = self.last.queued == 0 or now.queued > self.last.queued
             # Back from the counting minimum (as far as rmem_max lets an
             # unprivileged process go: enough for one message at a time).
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ARMED_RCVBUF)
         newest, self.early = self.early, None
         for size in self._receive():
-            newest = self._newest_packet(size) or newest
+            if fresh:
+                newest = self._newest_packet(size) or newest
         return None if newest is None else self._trigger(newest, 0, len(newest))
 
     def read_trigger(self) -> loop.Trigger | None:
@@ -202,30 +242,35 @@ class NflogCapture:
     def count(self) -> None:
         if not self.ack_only:
             # Like the pcap sensor: a minimal buffer makes the kernel drop
-            # what we would only have counted, and the overrun says "activity".
+            # what we would only have counted.
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)
         for _size in self._receive():
             pass
-        self.overrun = False
+        # A message that came after the drain is counted at the first beat.
+        self.last = backlog(self.sock)._replace(queued=0)
 
     def take_count(self) -> int:
-        n = 0
-        for size in self._receive():
-            n += self._count(size)
-        # An overrun lost messages we cannot look at: activity, except with -a,
-        # where nothing says the lost ones were ACKs (a SYN flood to a dead
-        # tunnel must not keep it up).
-        if self.overrun and not self.ack_only:
-            n = max(n, 1)
-        self.overrun = False
+        if self.ack_only:
+            return sum(self._count_acks(size) for size in self._receive())
+        now = backlog(self.sock)
+        n = arrived(self.last, now)
+        if n == 0 and now.queued:
+            # The first quiet beat: what is queued was counted before. Read
+            # now, the next message wakes a listening loop and can fire an
+            # arm. One that comes meanwhile is dropped or stays queued, and
+            # counts; only one that this read takes along goes uncounted, and
+            # it would have had to come within these few microseconds.
+            for _size in self._receive():
+                pass
+            after = backlog(self.sock)
+            n = arrived(now._replace(queued=0), after)
+            now = after
+        self.last = now
         return n
 
-    def _count(self, size: int) -> int:
-        packets = netlink.iter_packets(self.buf, size)
-        if not self.ack_only:
-            return sum(1 for _ in packets)
+    def _count_acks(self, size: int) -> int:
         n = 0
-        for pos, length in packets:
+        for pos, length in netlink.iter_packets(self.buf, size):
             payload = netlink.find_attribute(
                 self.buf, pos + netlink.NFLOG_ATTRS_AT, pos + length, netlink.NFULA_PAYLOAD
             )
@@ -239,10 +284,9 @@ class NflogCapture:
             os.close(fd)
 
     def check(self) -> str | None:
-        # Reading SO_ERROR clears it: an overflow wakes the loop once (POLLERR),
-        # not on every poll until the next drain.
-        if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ENOBUFS:
-            self.overrun = True
+        # Reading SO_ERROR clears it: an overflow wakes a listening loop once
+        # (POLLERR), not on every poll until the queue is read.
+        self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         return None
 
 

@@ -353,6 +353,26 @@ def test_burst_while_up_keeps_beating_and_quiet(lab: Lab) -> None:
     print(f"\n{burst} packets in {lasted:.2f} s; stop {early:.3f}/{late:.3f} s after the burst")
 
 
+def test_a_packet_a_beat_keeps_it_up_after_a_burst_and_silence_stops_it(lab: Lab) -> None:
+    """While up, the sensor reads nothing while packets go by: after a burst
+    the kernel keeps a message or two queued and drops the rest. One packet a
+    beat from then on, each dropped or queued unread, must keep the daemon up
+    through several ttl; the silence after the last must stop it in time."""
+    nft(lab.ns, f"udp dport {PORT} log group 14")
+    ttl = 1
+    run = lab.run("-n", "14", ttl=ttl)
+    send_udp(lab.ns, V4_PEER, PORT)
+    run.wait_events(1)
+    sensor = run.sensors()["tuninetd: sensor nflog 14"]
+    wait_for("the sensor counting", lambda: title(sensor).endswith(" counting"))
+    send_udp(lab.ns, V4_PEER, PORT, count=2_000)
+    last = stream(partial(send_udp, lab.ns, V4_PEER, PORT), every=BEAT, duration=4 * ttl)
+    assert run.kinds() == ["start"], f"stopped while a packet came every beat: {run.events()}"
+    run.wait_events(2)
+    stop_delta(run, 1, last, float(ttl))
+    assert run.sensors()["tuninetd: sensor nflog 14"] == sensor, "the sensor was replaced"
+
+
 # -- 8. the sensor killed -------------------------------------------------------------
 
 
