@@ -22,7 +22,7 @@ from tuninetd.executor.cgroup import RunGroups
 from tuninetd.executor.config import Config
 from tuninetd.executor.output import Output
 from tuninetd.executor.reap import reap_orphans
-from tuninetd.executor.runner import Run, SpawnError, parse_request
+from tuninetd.executor.runner import Inheritance, Run, SpawnError, parse_request
 
 # typing is for the type checker alone: the executor would carry half a MiB of it.
 TYPE_CHECKING = False
@@ -54,9 +54,7 @@ class Executor:
         self.selector.register(sock, selectors.EVENT_READ, self._on_socket)
         self.selector.register(wakeup, selectors.EVENT_READ, self._on_signal)
         self.run: Run | None = None
-        # The daemon's environment, inherited from the supervisor, read once:
-        # os.environ decodes every entry at each read (50 us a run).
-        self.environment = dict(os.environ)
+        self.inheritance = Inheritance()
         self.lingering: deque[Output] = deque()
         # Nothing the supervisor waits on comes with a beat: the executor only
         # shows it is alive, every heartbeat.
@@ -147,7 +145,7 @@ class Executor:
             return
         now = time.monotonic()
         try:
-            run = Run(request, self.config.timeout, now, self.groups, self.environment)
+            run = Run(request, self.config.timeout, now, self.groups, self.inheritance)
         except SpawnError as exc:
             self._send(
                 "done",

@@ -516,7 +516,14 @@ def test_exec_user(executor: StartExecutor) -> None:
 
 
 def test_command_starts_with_default_signal_dispositions(executor: StartExecutor) -> None:
-    messages, _ = executor().run(1, ["grep", "SigIgn", "/proc/self/status"])
+    # Started as by a careless parent that ignores SIGQUIT and SIGUSR2 (Python
+    # itself ignores SIGPIPE and SIGXFSZ).
+    ignoring = ("sh", "-c", "trap '' QUIT USR2; exec \"$@\"", "sh")
+    ex = executor(wrapper=ignoring)
+    with open(f"/proc/{ex.proc.pid}/status") as f:
+        ours = int(next(line for line in f if line.startswith("SigIgn:")).split()[1], 16)
+    assert ours & (1 << (signal.SIGQUIT - 1)) and ours & (1 << (signal.SIGPIPE - 1)), hex(ours)
+    messages, _ = ex.run(1, ["grep", "SigIgn", "/proc/self/status"])
     mask = int(lines(messages)[0][-16:], 16)  # "SigIgn:" and a tab (sent as "?") first
     ignored = {sig for sig in range(1, 65) if mask & (1 << (sig - 1))}
     # Nothing ignored, not even SIGHUP or SIGPIPE. glibc's posix_spawn leaves
