@@ -8,8 +8,9 @@ Start latency: the CLOCK_REALTIME nanoseconds just before the trigger frame
 is sent, to those that date(1) prints as the first line of the start command.
 Then SIGHUP brings the state down, and the next cycle waits for the sensors
 to be armed again. For scale, the same command started directly by
-posix_spawn (no daemon in between) is timed the same way: the part of the
-latency no daemon can avoid on this machine.
+posix_spawn (no daemon in between) is timed the same way, once after each
+pair of triggers: the part of the latency no daemon can avoid on this
+machine.
 
 Stop precision: a trigger, then a burst of frames every 10 ms for a random
 time (up to a beat, so the last packet falls anywhere in a beat), then
@@ -79,29 +80,38 @@ def _start_cycle(lab: Lab, bench: Bench, kind: str, veth: int) -> float:
     return (stamp - sent) / 1e6
 
 
-def command_floor(lab: Lab, cycles: int) -> list[float]:
+class CommandAlone:
     """The same recording command started directly (posix_spawn, no daemon),
     to its first line: what any daemon pays for it on this machine."""
-    rec = Recorder(lab.dir, "floor")
-    env = {**os.environ, "TUNINETD_SENSOR": "none"}
-    out = []
-    for i in range(cycles):
-        time.sleep(0.02)
+
+    def __init__(self, lab: Lab) -> None:
+        self.rec = Recorder(lab.dir, "floor")
+        self.env = {**os.environ, "TUNINETD_SENSOR": "none"}
+        self.started = 0
+
+    def cycle(self) -> float:
+        time.sleep(random.uniform(0.005, 0.05))  # as before a trigger
         sent = time.time_ns()
-        pid = os.posix_spawn(str(rec.script), [str(rec.script), "start"], env)
-        out.append((rec.wait(i + 1)[1] - sent) / 1e6)  # as for the daemon's start
+        pid = os.posix_spawn(str(self.rec.script), [str(self.rec.script), "start"], self.env)
+        self.started += 1
+        line = self.rec.wait(self.started)[1]  # waited for as the daemon's start is
         os.waitpid(pid, 0)
-    return out
+        return (line - sent) / 1e6
 
 
 def start_latency(lab: Lab, cfg: Settings) -> dict[str, Any]:
+    """The command alone is timed between the daemon's cycles, not in a block
+    before them: the machine's state drifts over a run, and the overhead is
+    the difference of the two."""
     out: dict[str, Any] = {"unit": "ms", "beat": cfg.beat}
-    out["command_alone"] = Summary(command_floor(lab, cfg.latency_cycles)).as_dict()
+    alone = CommandAlone(lab)
     with running(lab, "latency", _daemon_args(600, cfg), sensors=2) as bench:
         samples: dict[str, list[float]] = {kind: [] for kind, _ in KINDS}
+        samples["command_alone"] = []
         for _ in range(cfg.latency_cycles):
             for kind, veth in KINDS:
                 samples[kind].append(_start_cycle(lab, bench, kind, veth))
+            samples["command_alone"].append(alone.cycle())
         for kind, values in samples.items():
             out[kind] = Summary(values).as_dict()
             cfg.progress(f"start latency {kind}: p50 {out[kind]['p50']:.2f} ms, "
