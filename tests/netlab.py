@@ -500,11 +500,14 @@ def public_folder(prefix: str, mode: int = 0o755) -> Iterator[Path]:
         shutil.rmtree(folder)
 
 
-def as_nobody(body: Callable[[], int] | list[str]) -> tuple[int, str]:
+def as_nobody(body: Callable[[], int] | list[str],
+              mount_ns_of: int | None = None) -> tuple[int, str]:
     """Run ``body`` (a function, or an argv to exec) in a fork of this process
     that became nobody, with no supplementary groups, in /: its exit status
     and what it wrote on stdout and stderr. A fork, not a new interpreter: the
-    test's interpreter may sit where nobody cannot execute it."""
+    test's interpreter may sit where nobody cannot execute it. With
+    ``mount_ns_of``, it first enters that process's mount namespace."""
+    import ctypes
     import pwd
 
     nobody = pwd.getpwnam("nobody")
@@ -518,6 +521,10 @@ def as_nobody(body: Callable[[], int] | list[str]) -> tuple[int, str]:
             os.dup2(wfd, 2)
             # pytest's capture objects stay with the parent.
             sys.stdout = sys.stderr = os.fdopen(1, "w", closefd=False)
+            if mount_ns_of is not None:
+                ns = os.open(f"/proc/{mount_ns_of}/ns/mnt", os.O_RDONLY)
+                if ctypes.CDLL(None, use_errno=True).setns(ns, 0x00020000) != 0:  # CLONE_NEWNS
+                    raise OSError(ctypes.get_errno(), "setns")
             os.chdir("/")
             os.setgroups([])
             os.setgid(nobody.pw_gid)
