@@ -165,9 +165,7 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) 
         packet_came = False
         for fd, events in poller.poll(timeout * 1000):
             if fd == sock.fileno():
-                data, fds, _flags, _addr = socket.recv_fds(
-                    sock, wire.MAX_MESSAGE + 1, MAX_HANDLES, socket.MSG_CMSG_CLOEXEC
-                )
+                data, fds = wire.recv_with_fds(sock, MAX_HANDLES)
                 if not data:
                     return
                 verb = wire.decode(data)["t"]
