@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NamedTuple
+
+# Sensors import no typing at run time (it is memory each sensor would hold).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 ReadableBuffer = bytes | bytearray | memoryview
 
@@ -114,12 +118,16 @@ def find_attribute(buf: ReadableBuffer, start: int, end: int, kind: int) -> memo
     return None
 
 
-class Field(NamedTuple):
+class Field:
     """How one attribute type is named, read and written."""
 
-    name: str
-    decode: Callable[[bytes], Any]
-    encode: Callable[[Any], bytes]
+    __slots__ = ("decode", "encode", "name")
+
+    def __init__(self, name: str, decode: Callable[[bytes], Any],
+                 encode: Callable[[Any], bytes]) -> None:
+        self.name = name
+        self.decode = decode
+        self.encode = encode
 
 
 AttrMap = Mapping[int, Field]
@@ -230,12 +238,15 @@ def build_message(kind: int, flags: int, seq: int, body: bytes, pid: int = 0) ->
     return NLMSGHDR.pack(size, kind, flags, seq, pid) + body + bytes(align(size) - size)
 
 
-class Message(NamedTuple):
-    kind: int
-    flags: int
-    seq: int
-    pid: int
-    body: bytes
+class Message:
+    __slots__ = ("body", "flags", "kind", "pid", "seq")
+
+    def __init__(self, kind: int, flags: int, seq: int, pid: int, body: bytes) -> None:
+        self.kind = kind
+        self.flags = flags
+        self.seq = seq
+        self.pid = pid
+        self.body = body
 
 
 def parse_messages(buf: ReadableBuffer, size: int) -> tuple[list[Message], bool]:
@@ -295,13 +306,16 @@ NFULA_CFG: AttrMap = {
 }
 
 
-class Packet(NamedTuple):
+class Packet:
     """One logged packet: the protocol family the rule saw it in, its group and
     its attributes (see NFULA)."""
 
-    family: int
-    group: int
-    attrs: Attrs
+    __slots__ = ("attrs", "family", "group")
+
+    def __init__(self, family: int, group: int, attrs: Attrs) -> None:
+        self.family = family
+        self.group = group
+        self.attrs = attrs
 
 
 def parse_packet(buf: ReadableBuffer, offset: int, length: int) -> Packet | None:

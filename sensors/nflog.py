@@ -33,7 +33,6 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
-from typing import NamedTuple
 
 from tuninetd.common import procstatus, wire
 from tuninetd.sensors import decode, loop, netlink
@@ -69,12 +68,15 @@ NO_NFLOG = "no NFLOG support in this kernel (nfnetlink_log)"
 NO_MEMINFO = "this kernel does not report a socket's drops (SO_MEMINFO)"
 
 
-class Backlog(NamedTuple):
+class Backlog:
     """What the kernel says of the receive queue. Without a read, neither
     figure goes down: any message that comes raises one of them."""
 
-    queued: int  # bytes, as the kernel accounts them
-    dropped: int  # messages, since the socket was made (modulo COUNTER)
+    __slots__ = ("dropped", "queued")
+
+    def __init__(self, queued: int, dropped: int) -> None:
+        self.queued = queued  # bytes, as the kernel accounts them
+        self.dropped = dropped  # messages, since the socket was made (modulo COUNTER)
 
 
 def arrived(since: Backlog, now: Backlog) -> int:
@@ -247,7 +249,7 @@ class NflogCapture:
         for _size in self._receive():
             pass
         # A message that came after the drain is counted at the first beat.
-        self.last = backlog(self.sock)._replace(queued=0)
+        self.last = Backlog(0, backlog(self.sock).dropped)
 
     def take_count(self) -> int:
         if self.ack_only:
@@ -263,7 +265,7 @@ class NflogCapture:
             for _size in self._receive():
                 pass
             after = backlog(self.sock)
-            n = arrived(now._replace(queued=0), after)
+            n = arrived(Backlog(0, now.dropped), after)
             now = after
         self.last = now
         return n
