@@ -482,18 +482,22 @@ def test_privilege_check_tells_a_dropped_process_from_a_privileged_one() -> None
 
 def test_sensors_import_nothing_beyond_the_stdlib() -> None:
     """Sensors start fast and small: no scapy, nothing heavy, at run time;
-    not even a seccomp binding (the supervisor builds their allow-list)."""
+    not even a seccomp binding (the supervisor builds their allow-list), nor
+    typing (half a MiB in each sensor)."""
     import sys
 
+    # Without site, as workers run: nothing is imported before but the core.
     code = (
         "import sys\n"
+        f"sys.path[:0] = {[p for p in sys.path if p]!r}\n"
         "before = set(sys.modules)\n"
         "import tuninetd.sensors.pcap, tuninetd.sensors.nflog\n"
         "print('\\n'.join(sorted(set(sys.modules) - before)))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert "tuninetd.sensors.pcap" in out
     foreign = {m.split(".")[0] for m in out} - set(sys.stdlib_module_names) - {
         "tuninetd", "setproctitle", "_setproctitle"}
     assert foreign == set()
+    assert "typing" not in out
