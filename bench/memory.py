@@ -4,54 +4,19 @@ on tap0..tapN, half nflog on consecutive groups). Read once the daemon is up
 (a trigger went through and the start command ran): the steady state, with
 the packet decoder loaded in the sensor that fired.
 
-The sensors' seccomp sandbox counts in the budget: a sensor that runs without
-a filter (``Seccomp: 0`` in /proc/PID/status) is charged what importing the
-binding and making a filter costs a sensor-like ``python -S`` process
-(``seccomp_binding``, measured here in the same run).
+The sensors' seccomp sandbox counts in the budget: every sensor runs
+confined (the daemon refuses to start without libseccomp), and the count of
+sensors without a filter (``Seccomp:`` other than 2 in /proc/PID/status) is
+kept with each tree, so a tree measured without its sandbox cannot pass.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
 import time
 from typing import Any
 
 from bench.lab import FILTER, GROUP, Lab, memory, running
 from bench.settings import Settings
-
-# A sensor's imports (ctypes, socket, select, json), then the binding's.
-BINDING_PROBE = """
-import sys,time
-sys.path.append(sys.argv[1])
-import ctypes,socket,select,json
-def pss():
-    with open('/proc/self/smaps_rollup') as f:
-        return next(int(x.split()[1]) for x in f if x.startswith('Pss:'))
-before=pss();t=time.perf_counter()
-import pyseccomp
-pyseccomp.SyscallFilter(pyseccomp.ALLOW)
-print((pss()-before)/1024,(time.perf_counter()-t)*1000)
-"""
-
-
-def seccomp_binding(rounds: int = 3) -> dict[str, Any] | None:
-    """MiB of PSS and ms that ``import pyseccomp`` and one filter object add to
-    a process that already holds a sensor's imports (median of ``rounds``)."""
-    spec = importlib.util.find_spec("pyseccomp")
-    if spec is None or spec.origin is None:
-        return None
-    folder = os.path.dirname(spec.origin)
-    runs = []
-    for _ in range(rounds):
-        out = subprocess.run([sys.executable, "-S", "-c", BINDING_PROBE, folder],
-                             capture_output=True, text=True, check=True).stdout.split()
-        runs.append((float(out[0]), float(out[1])))
-    runs.sort()
-    mib, ms = runs[len(runs) // 2][0], sorted(r[1] for r in runs)[len(runs) // 2]
-    return {"module": "pyseccomp", "pss_mib": mib, "import_ms": ms}
 
 
 def sandboxed(pid: int) -> bool:
@@ -101,13 +66,10 @@ def _tree(lab: Lab, pcap: int, nflog: int, cfg: Settings) -> dict[str, Any]:
 
 
 def measure(lab: Lab, cfg: Settings) -> dict[str, Any]:
-    binding = seccomp_binding()
     trees = []
     for pcap, nflog in cfg.memory_trees:
         tree = _tree(lab, pcap, nflog, cfg)
-        tree["tree_pss_sandboxed"] = tree["tree_pss"] + (
-            tree["sensors_without_seccomp"] * binding["pss_mib"] if binding else 0.0)
         trees.append(tree)
         cfg.progress(f"memory {pcap}+{nflog} sensors: tree {tree['tree_pss']:.1f} MiB PSS, "
                      f"sensor ≤ {tree['sensor_rss_max']:.1f} MiB RSS")
-    return {"unit": "MiB", "trees": trees, "seccomp_binding": binding}
+    return {"unit": "MiB", "trees": trees}
