@@ -5,8 +5,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.netlab import Daemon, Netns, need_root
+
+# Speed is measured in bench/, not asserted here: hypothesis' per-example
+# deadline (200 ms) would fail a parser test on a busy shared machine.
+settings.register_profile("tuninetd", deadline=None)
+settings.load_profile("tuninetd")
 
 
 @pytest.fixture

@@ -734,7 +734,7 @@ def test_garbage_from_a_sensor_is_refused_and_changes_nothing(tmp_path: Path) ->
         for hello, record in EXAMPLES:
             check(Plan(hello, [record], hangup=record == b""))
 
-        @settings(max_examples=40, deadline=None, database=None,
+        @settings(max_examples=40, database=None,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                          HealthCheck.large_base_example])
         @given(plan=plans())

@@ -24,7 +24,7 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     theirs.close()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(st.lists(st.binary(min_size=1, max_size=9000), min_size=1, max_size=6))
 def test_each_record_comes_back_whole_and_alone(
         pair: tuple[socket.socket, socket.socket], records: list[bytes]) -> None:
