@@ -28,6 +28,7 @@ import pytest
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
@@ -507,7 +508,6 @@ def as_nobody(body: Callable[[], int] | list[str],
     and what it wrote on stdout and stderr. A fork, not a new interpreter: the
     test's interpreter may sit where nobody cannot execute it. With
     ``mount_ns_of``, it first enters that process's mount namespace."""
-    import ctypes
     import pwd
 
     nobody = pwd.getpwnam("nobody")
@@ -523,7 +523,7 @@ def as_nobody(body: Callable[[], int] | list[str],
             sys.stdout = sys.stderr = os.fdopen(1, "w", closefd=False)
             if mount_ns_of is not None:
                 ns = os.open(f"/proc/{mount_ns_of}/ns/mnt", os.O_RDONLY)
-                if ctypes.CDLL(None, use_errno=True).setns(ns, 0x00020000) != 0:  # CLONE_NEWNS
+                if _libc.setns(ns, CLONE_NEWNS) != 0:
                     raise OSError(ctypes.get_errno(), "setns")
             os.chdir("/")
             os.setgroups([])
