@@ -181,6 +181,7 @@ class FileWatch:
                 while os.read(self.fd, 4096):
                     pass
 
+
 class Recorder:
     """A start/stop command whose first line records ``<event> <realtime ns>
     <sensor>``: one fork and exec of date(1) from /bin/sh."""

@@ -80,7 +80,6 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
         for key in keys:
             assert _number(restart[kind][key]["max"]), (kind, key)
 
-
     assert results["targets"], "no targets checked"
     for target in results["targets"]:
         assert isinstance(target["pass"], bool)
