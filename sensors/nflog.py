@@ -196,6 +196,11 @@ class NflogCapture:
             budget -= max(size, 1)
             yield size
 
+    def _drain(self) -> None:
+        """Empty the queue (within the budget), reading nothing of it."""
+        for _size in self._receive():
+            pass
+
     def _newest_packet(self, size: int) -> bytes | None:
         newest = None
         for pos, length in netlink.iter_packets(self.buf, size):
@@ -246,8 +251,7 @@ class NflogCapture:
             # Like the pcap sensor: a minimal buffer makes the kernel drop
             # what we would only have counted.
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)
-        for _size in self._receive():
-            pass
+        self._drain()
         # A message that came after the drain is counted at the first beat.
         self.last = Backlog(0, backlog(self.sock).dropped)
 
@@ -262,8 +266,7 @@ class NflogCapture:
             # arm. One that comes meanwhile is dropped or stays queued, and
             # counts; only one that this read takes along goes uncounted, and
             # it would have had to come within these few microseconds.
-            for _size in self._receive():
-                pass
+            self._drain()
             after = backlog(self.sock)
             n = arrived(Backlog(0, now.dropped), after)
             now = after
