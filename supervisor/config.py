@@ -53,29 +53,32 @@ class Account:
     gid: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
-    command: str
+    """One field per option of options.OPTIONS (which holds the defaults),
+    checked and resolved; the sensors stand for -i and -n."""
+
+    command: str  # "" when start_command and stop_command replace it
     sensors: tuple[SensorSpec, ...]
     sensor_user: Account
-    ttl: int = 600
-    ack_only: bool = False
-    daemon: bool = False
-    pcap_filter: str | None = None
-    pcap_file: str | None = None
-    exec_user: Account | None = None
-    command_timeout: float = 300.0
-    beat: float = 1.0
-    name: str | None = None  # --name; None: derived from the sensors at start
-    control: str | None = None  # None: /run/tuninetd/NAME.sock
-    pidfile: str | None = None
-    metrics: tuple[str, int] | None = None  # (host, port) of the /metrics endpoint
+    ttl: int
+    ack_only: bool
+    daemon: bool
+    pcap_filter: str | None
+    pcap_file: str | None
+    exec_user: Account | None
+    command_timeout: float
+    beat: float
+    name: str | None  # None: derived from the sensors at start
+    control: str | None  # None: /run/tuninetd/NAME.sock
+    pidfile: str | None
+    metrics: tuple[str, int] | None  # (host, port) of the /metrics endpoint
     # Whole argv lists from the config file; either one replaces [command, event].
-    start_command: tuple[str, ...] = ()
-    stop_command: tuple[str, ...] = ()
-    stop_on_exit: bool = False  # run stop (if up) before a SIGTERM exit
-    retry_start: float | None = None  # a failed start: standby, re-armed after this long
-    wait_for_interface: bool = False  # an -i interface missing at startup is waited for
+    start_command: tuple[str, ...]
+    stop_command: tuple[str, ...]
+    stop_on_exit: bool  # run stop (if up) before a SIGTERM exit
+    retry_start: float | None  # a failed start: standby, re-armed after this long
+    wait_for_interface: bool  # an -i interface missing at startup is waited for
 
     def argv(self, event: str) -> list[str]:
         """What the executor runs for ``event`` ("start" or "stop")."""

@@ -14,35 +14,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuninetd.supervisor import options
 from tuninetd.supervisor.config import Settings
 from tuninetd.supervisor.errors import UsageError
 
 # key -> TOML type: "str", "int", "number" (int or float), "bool",
 # "strings" (list of strings), "ints" (list of integers), "argv" (non-empty
 # list of strings). The key is also the argparse dest of its option.
-KEYS: dict[str, str] = {
-    "interfaces": "strings",
-    "groups": "ints",
-    "filter": "str",
-    "command": "str",
-    "start_command": "argv",
-    "stop_command": "argv",
-    "ttl": "int",
-    "ack_only": "bool",
-    "daemon": "bool",
-    "pcap_file": "str",
-    "user": "str",
-    "exec_user": "str",
-    "command_timeout": "number",
-    "beat": "number",
-    "name": "str",
-    "control": "str",
-    "pidfile": "str",
-    "metrics": "str",
-    "stop_on_exit": "bool",
-    "retry_start": "number",
-    "wait_for_interface": "bool",
-}
+KEYS = options.KEYS
 
 _EXPECTED = {
     "str": "a string",
@@ -140,11 +119,7 @@ def load(path: str) -> ConfigFile:
     for key, value in data.items():
         kind = KEYS.get(key)
         if kind is None:
-            import difflib
-
-            close = difflib.get_close_matches(key, KEYS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UsageError(f"{result.where(key)}: unknown key {key!r}{hint}")
+            raise UsageError(f"{result.where(key)}: unknown key {key!r}{_hint(key)}")
         converted = _convert(kind, value)
         if converted is None:
             raise UsageError(
@@ -177,33 +152,17 @@ def _toml(value: Any) -> str:
 
 def effective(cfg: Settings) -> dict[str, Any]:
     """Every key with the value in force (None: not set)."""
-    return {
-        "interfaces": [s.name for s in cfg.sensors if s.kind == "pcap"],
-        "groups": [s.group for s in cfg.sensors if s.kind == "nflog"],
-        "filter": cfg.pcap_filter,
-        "command": cfg.command or None,
-        "start_command": list(cfg.start_command) or None,
-        "stop_command": list(cfg.stop_command) or None,
-        "ttl": cfg.ttl,
-        "ack_only": cfg.ack_only,
-        "daemon": cfg.daemon,
-        "pcap_file": cfg.pcap_file,
-        "user": cfg.sensor_user.name,
-        "exec_user": cfg.exec_user.name if cfg.exec_user else None,
-        "command_timeout": cfg.command_timeout,
-        "beat": cfg.beat,
-        "name": cfg.name,
-        "control": cfg.control,
-        "pidfile": cfg.pidfile,
-        "metrics": f"{_host(cfg.metrics[0])}:{cfg.metrics[1]}" if cfg.metrics else None,
-        "stop_on_exit": cfg.stop_on_exit,
-        "retry_start": cfg.retry_start,
-        "wait_for_interface": cfg.wait_for_interface,
-    }
+    return {o.key: o.shown(cfg) for o in options.OPTIONS if o.in_file}
 
 
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+def _hint(key: str) -> str:
+    """The key meant: the long name of a flag ("t" is ttl), or a near spelling."""
+    if (long := options.BY_FLAG.get(key.lstrip("-"))) is not None:
+        return f" (did you mean {long!r}? keys are the long names of the options)"
+    import difflib
+
+    close = difflib.get_close_matches(key, KEYS, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def render(cfg: Settings) -> str:

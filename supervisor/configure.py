@@ -7,26 +7,13 @@ from __future__ import annotations
 import sys
 from typing import Any, NamedTuple
 
-from tuninetd.supervisor import configfile, instance, options, probes, values
+from tuninetd.supervisor import configfile, options, probes, values
 from tuninetd.supervisor.config import (
     Account,
     Settings,
     default_sensor_user,
 )
 from tuninetd.supervisor.errors import UsageError
-
-# What an option is when neither the command line nor the config file sets it.
-DEFAULTS: dict[str, Any] = {
-    "interfaces": [],
-    "groups": [],
-    "ttl": 600,
-    "ack_only": False,
-    "daemon": False,
-    "command_timeout": 300.0,
-    "beat": 1.0,
-    "stop_on_exit": False,
-    "wait_for_interface": False,
-}
 
 Argv = tuple[str, ...]
 
@@ -54,7 +41,7 @@ class _Given:
                 if key not in self.values:
                     self.values[key] = value
                     self.from_file.add(key)
-        for key, value in DEFAULTS.items():
+        for key, value in options.DEFAULTS.items():
             self.values.setdefault(key, value)
 
     def __getitem__(self, key: str) -> Any:
@@ -91,7 +78,19 @@ def parse(argv: list[str]) -> Request:
     return Request(_settings(given), check_only)
 
 
+def _checked(given: _Given) -> dict[str, Any]:
+    """Every option that its table row checks alone, as a Settings field."""
+    out = {}
+    for o in options.OPTIONS:
+        if o.in_file and o.check is not None:
+            value = given[o.key]
+            out[o.field or o.key] = (o.check(given.label(o.key, o.flag), value)
+                                     if value is not None else None)
+    return out
+
+
 def _settings(given: _Given) -> Settings:
+    """The checks of one option that need another, then the Settings."""
     o = given.label
     interfaces, groups, flt = given["interfaces"], given["groups"], given["filter"]
     if not interfaces and not groups:
@@ -106,10 +105,7 @@ def _settings(given: _Given) -> Settings:
     if flt is not None and not interfaces:
         raise UsageError(f"{o('filter', '-f')} {flt!r}: a filter applies to -i sensors, "
                          "and there is none")
-    ttl = values.whole_seconds(o("ttl", "-t"), given["ttl"], values.MAX_TTL)
-    timeout = values.seconds(o("command_timeout", "--command-timeout"),
-                             given["command_timeout"], 0.1, values.MAX_TIMEOUT, zero_ok=True)
-    beat = values.seconds(o("beat", "--beat"), given["beat"], 0.1, 60, zero_ok=False)
+    checked = _checked(given)
     user = default_sensor_user() if given["user"] is None else given["user"]
     sensor_user = probes.account(o("user", "--user"), user)
     if sensor_user.uid == 0:
@@ -118,46 +114,28 @@ def _settings(given: _Given) -> Settings:
     exec_user = (probes.account(o("exec_user", "--exec-user"), given["exec_user"])
                  if given["exec_user"] is not None else None)
     command, start_command, stop_command = _commands(given, exec_user)
-    control = (probes.socket_path(o("control", "--control"), given["control"])
-               if given["control"] is not None else None)
-    name = given["name"]
-    if name is not None and (why := instance.problem(name)) is not None:
-        raise UsageError(f"{o('name', '--name')} {name!r}: {why}")
-    pidfile = (probes.file_path(o("pidfile", "--pidfile"), given["pidfile"])
-               if given["pidfile"] is not None else None)
-    metrics = (probes.metrics(o("metrics", "--metrics"), given["metrics"])
-               if given["metrics"] is not None else None)
     pcap_file = (probes.pcap_file(given["pcap_file"], o("pcap_file", "-w"))
                  if given["pcap_file"] is not None else None)
-    retry = (values.seconds(o("retry_start", "--retry-start"), given["retry_start"], 0.1,
-                            86400, zero_ok=False)
-             if given["retry_start"] is not None else None)
     pcap = [probes.interface(i, o("interfaces", "-i"), given["wait_for_interface"])
             for i in interfaces]
     nflog = [values.group(g, o("groups", "-n")) for g in groups]
     sensors = probes.with_filters(pcap, flt, given["ack_only"], o("filter", "-f")) + nflog
-    return Settings(
-        command=command,
-        sensors=tuple(sensors),
-        sensor_user=sensor_user,
-        ttl=ttl,
-        ack_only=given["ack_only"],
-        daemon=given["daemon"],
-        pcap_filter=flt,
-        pcap_file=pcap_file,
-        exec_user=exec_user,
-        command_timeout=timeout,
-        beat=beat,
-        name=name,
-        control=control,
-        pidfile=pidfile,
-        metrics=metrics,
-        start_command=start_command,
-        stop_command=stop_command,
-        stop_on_exit=given["stop_on_exit"],
-        retry_start=retry,
-        wait_for_interface=given["wait_for_interface"],
-    )
+    typed = {
+        **checked,
+        "command": command,
+        "sensors": tuple(sensors),
+        "sensor_user": sensor_user,
+        "ack_only": given["ack_only"],
+        "daemon": given["daemon"],
+        "pcap_filter": flt,
+        "pcap_file": pcap_file,
+        "exec_user": exec_user,
+        "start_command": start_command,
+        "stop_command": stop_command,
+        "stop_on_exit": given["stop_on_exit"],
+        "wait_for_interface": given["wait_for_interface"],
+    }
+    return Settings(**typed)
 
 
 def parse_or_exit(argv: list[str]) -> Request:

@@ -1,35 +1,205 @@
-"""The command line as argparse reads it: the original's flags plus ours,
-the usage text and ``--help``. Values come out as given (text); checking
-them is configure.py's job."""
+"""Every option of the daemon, declared once, as gunicorn's config declares
+its settings: the flags, the config file key and its TOML type, the default,
+the check of one value, the help. The argparse parser, the config file's
+keys, the defaults, ``--check-config``'s rendering and the help's key list
+are made from this table; the checks that need two options at once (a
+filter needs an interface, a command its exec user) are configure.py's."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from tuninetd.common import __version__, usage
+from tuninetd.supervisor import probes, values
+from tuninetd.supervisor.config import SENSOR_ACCOUNTS, Settings
+from tuninetd.supervisor.errors import UsageError
 from tuninetd.supervisor.instance import RUN_DIR
 
-USAGE = (
+# The original's flags, in its own usage lines; everything else is listed after.
+ORIGINAL_USAGE = (
     "tuninetd -i <ifname> -c <path> [-a] [-d] [-f <filter>] [-n <nflog-group>] [-t <ttl>]"
     " [-w <path>]\n"
     "       tuninetd -n <nflog-group> -c <path> [-a] [-d] [-i <ifname> [-f <filter>]]"
-    " [-t <ttl>] [-w <path>]\n"
-    "       [--user NAME] [--exec-user NAME] [--command-timeout SEC] [--beat SEC]\n"
-    "       [--name NAME] [--config FILE] [--check-config] [--control PATH] [--pidfile PATH]"
-    " [--metrics HOST:PORT]\n"
-    "       [--stop-on-exit] [--retry-start SEC] [--wait-for-interface]\n"
+    " [-t <ttl>] [-w <path>]"
+)
+CLIENT_USAGE = (
     "       tuninetd status [NAME] [--json] [--control PATH]\n"
     "       tuninetd up|down [NAME] [--control PATH]"
 )
 
+Check = Callable[[str, Any], Any]  # (how to name the option, given value) -> typed value
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One option. ``key`` is its config file key and argparse dest; ``field``
+    the Settings field that holds the checked value (the key when empty)."""
+
+    key: str
+    flags: tuple[str, ...]  # on the command line; () for a config-file-only key
+    kind: str  # TOML type: str, int, number, bool, strings, ints, argv
+    help: str  # "{default}" in it is replaced by the default
+    metavar: str | None = None
+    default: Any = None  # typed; None: not set
+    check: Check | None = None  # None: taken as given, or checked in configure.py
+    field: str = ""
+    # The value --check-config prints, from the Settings (default: the field).
+    show: Callable[[Settings], Any] | None = None
+    in_file: bool = True  # False: the command line alone (--config, --check-config)
+
+    @property
+    def flag(self) -> str:
+        """How messages name it when it comes from the command line."""
+        return self.flags[-1] if self.flags else self.key
+
+    def shown(self, cfg: Settings) -> Any:
+        if self.show is not None:
+            return self.show(cfg)
+        value = getattr(cfg, self.field or self.key)
+        return value if value != () else None
+
+
+def _ttl(option: str, given: Any) -> int:
+    return values.whole_seconds(option, given, values.MAX_TTL)
+
+
+def _timeout(option: str, given: Any) -> float:
+    return values.seconds(option, given, 0.1, values.MAX_TIMEOUT, zero_ok=True)
+
+
+def _beat(option: str, given: Any) -> float:
+    return values.seconds(option, given, 0.1, 60, zero_ok=False)
+
+
+def _retry(option: str, given: Any) -> float:
+    return values.seconds(option, given, 0.1, 86400, zero_ok=False)
+
+
+def _name(option: str, given: Any) -> str:
+    from tuninetd.supervisor import instance
+
+    if (why := instance.problem(given)) is not None:
+        raise UsageError(f"{option} {given!r}: {why}")
+    return str(given)
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("ack_only", ("-a",), "bool", "use only tcp[ack] packets to zero TTL timer (see -t)",
+           default=False),
+    Option("command", ("-c",), "str", "executable, run with 'start' and 'stop' as its argument "
+           "(one path: arguments go in start_command and stop_command in a --config file)",
+           metavar="<path>", show=lambda cfg: cfg.command or None),
+    Option("daemon", ("-d",), "bool", "daemonize; log to syslog as tuninetd (exit 1 if "
+           "nothing listens on /dev/log)", default=False),
+    Option("filter", ("-f",), "str", "packet filter for the pcap sensors, as tcpdump takes it",
+           metavar="<filter>", field="pcap_filter"),
+    Option("interfaces", ("-i",), "strings",
+           "network interface for a pcap sensor (repeatable)", metavar="<ifname>", default=[],
+           show=lambda cfg: [s.name for s in cfg.sensors if s.kind == "pcap"]),
+    Option("groups", ("-n",), "ints",
+           "netfilter NFLOG group 0..65535 for an nflog sensor (repeatable)",
+           metavar="<nflog-group>", default=[],
+           show=lambda cfg: [s.group for s in cfg.sensors if s.kind == "nflog"]),
+    Option("ttl", ("-t",), "int", "seconds without matching packets before 'stop' is run "
+           "(default {default})", metavar="<ttl>", default=600, check=_ttl),
+    Option("pcap_file", ("-w",), "str", "append each start-event packet to this pcap savefile",
+           metavar="<path>"),
+    Option("user", ("--user",), "str", "account the sensors drop to after opening their "
+           "capture (default " + " if that account exists, else ".join(SENSOR_ACCOUNTS) + ")",
+           metavar="NAME", field="sensor_user", show=lambda cfg: cfg.sensor_user.name),
+    Option("exec_user", ("--exec-user",), "str",
+           "account the commands run as (default: the daemon's own)", metavar="NAME",
+           show=lambda cfg: cfg.exec_user.name if cfg.exec_user else None),
+    Option("command_timeout", ("--command-timeout",), "number",
+           "kill a start/stop command and its process tree after SEC seconds "
+           "(default {default:g}; 0 means never)", metavar="SEC", default=300.0,
+           check=_timeout),
+    Option("beat", ("--beat",), "number",
+           "heartbeat interval of the workers (default {default:g}; at least 0.1)",
+           metavar="SEC", default=1.0, check=_beat),
+    Option("config", ("--config",), "str", "read options from this TOML file (its keys: man 5 "
+           "tuninetd.toml); the command line overrides it", metavar="FILE",
+           in_file=False),
+    Option("check_config", ("--check-config",), "bool", "check the configuration, print it "
+           "as TOML and exit (0: valid, 2: not, 1: its name is held by a running daemon)",
+           in_file=False),
+    Option("name", ("--name",), "str", "this daemon's name, for status, up and down "
+           "(default: its sensors', e.g. eth0, nflog-1, eth0+nflog-1, made unique)",
+           metavar="NAME", check=_name),
+    Option("control", ("--control",), "str", "control socket for status, up and down "
+           f"(default {RUN_DIR}/NAME.sock)", metavar="PATH", check=probes.socket_path),
+    Option("pidfile", ("--pidfile",), "str", "write the daemon's pid here; removed at exit",
+           metavar="PATH", check=probes.file_path),
+    Option("metrics", ("--metrics",), "str", "serve Prometheus metrics at "
+           "http://HOST:PORT/metrics (needs prometheus-client)", metavar="HOST:PORT",
+           check=probes.metrics,
+           show=lambda cfg: f"{_host(cfg.metrics[0])}:{cfg.metrics[1]}" if cfg.metrics
+           else None),
+    Option("stop_on_exit", ("--stop-on-exit",), "bool", "on SIGTERM/SIGINT run stop first if "
+           "the state is up (within --command-timeout); without it, exiting leaves the "
+           "service as it is, as the original does", default=False),
+    Option("retry_start", ("--retry-start",), "number", "a start that fails puts the daemon "
+           "back in standby (stop is not run); the sensors are armed again after SEC seconds "
+           "(default: a warning, the state stays up)", metavar="SEC", check=_retry),
+    Option("wait_for_interface", ("--wait-for-interface",), "bool", "an -i interface that "
+           "does not exist yet is waited for (capture starts when it appears) instead of "
+           "exit 2", default=False),
+    Option("start_command", (), "argv", "argv list run for start, instead of [command, start]"),
+    Option("stop_command", (), "argv", "argv list run for stop, instead of [command, stop]"),
+)
+
+BY_KEY = {o.key: o for o in OPTIONS}
+# The config file's keys and their TOML types.
+KEYS = {o.key: o.kind for o in OPTIONS if o.in_file}
+DEFAULTS = {o.key: o.default for o in OPTIONS if o.default is not None}
+# A key a user may write as its flag: "t" or "-t" for ttl.
+BY_FLAG = {f.lstrip("-"): o.key for o in OPTIONS if o.in_file for f in o.flags}
+
+
+def _usage_line(o: Option) -> str:
+    return f"[{o.flags[-1]} {o.metavar}]" if o.metavar else f"[{o.flags[-1]}]"
+
+
+def _usage() -> str:
+    ours = [_usage_line(o) for o in OPTIONS if o.flags and o.flags[-1].startswith("--")]
+    lines, line = [], "      "
+    for part in ours:
+        if len(line) + len(part) > 90:
+            lines.append(line)
+            line = "      "
+        line += " " + part
+    return "\n".join([ORIGINAL_USAGE, *lines, line, CLIENT_USAGE])
+
+
+USAGE = _usage()
+
+
+def _key_list() -> str:
+    keys = [o.key for o in OPTIONS if o.in_file and o.flags]
+    text, line = [], " "
+    for key in keys:
+        if len(line) + len(key) > 74:
+            text.append(line.rstrip())
+            line = " "
+        line += f" {key},"
+    text.append(line.rstrip(","))
+    return "\n".join(text)
+
+
 EPILOG = f"""\
 options beyond the original:
   -i and -n may be given several times: one sensor process each.
-  Every option has a key of the same name in the --config file (interfaces,
-  groups, filter, command, ttl, ack_only, daemon, pcap_file, user, exec_user,
-  command_timeout, beat, name, control, pidfile, metrics, stop_on_exit, retry_start,
-  wait_for_interface), plus start_command and stop_command (argv lists); the
-  command line overrides the file.
+  Every option has a key of the same name in the --config file:
+{_key_list()}
+  plus start_command and stop_command (argv lists); the command line
+  overrides the file.
 
 state:
   The daemon keeps its state in /run/tuninetd/NAME.state. Restarted within
@@ -72,57 +242,17 @@ examples:
 def parser() -> argparse.ArgumentParser:
     p = usage.parser("tuninetd", USAGE, "Network event emitter: runs <path> start when "
                      "matching traffic appears and <path> stop after <ttl> idle seconds.", EPILOG)
-    a = p.add_argument
-    a("-a", dest="ack_only", action="store_true", default=None,
-      help="use only tcp[ack] packets to zero TTL timer (see -t)")
-    a("-c", dest="command", metavar="<path>",
-      help="executable, run with 'start' and 'stop' as its argument")
-    a("-d", dest="daemon", action="store_true", default=None,
-      help="daemonize; log to syslog as tuninetd (exit 1 if nothing listens on /dev/log)")
-    a("-f", dest="filter", metavar="<filter>",
-      help="packet filter for the pcap sensors, as tcpdump takes it")
-    a("-i", dest="interfaces", metavar="<ifname>", action="append",
-      help="network interface for a pcap sensor (repeatable)")
-    a("-n", dest="groups", metavar="<nflog-group>", action="append",
-      help="netfilter NFLOG group 0..65535 for an nflog sensor (repeatable)")
-    a("-t", dest="ttl", metavar="<ttl>",
-      help="seconds without matching packets before 'stop' is run (default 600)")
-    a("-w", dest="pcap_file", metavar="<path>",
-      help="append each start-event packet to this pcap savefile")
-    a("--user", metavar="NAME",
-      help="account the sensors drop to after opening their capture "
-      "(default tuninetd if that account exists, else nobody)")
-    a("--exec-user", metavar="NAME",
-      help="account the commands run as (default: the daemon's own)")
-    a("--command-timeout", metavar="SEC",
-      help="kill a start/stop command and its process tree after SEC seconds "
-      "(default 300; 0 means never)")
-    a("--beat", metavar="SEC",
-      help="heartbeat interval of the workers (default 1; at least 0.1)")
-    a("--config", metavar="FILE",
-      help="read options from this TOML file (see conf/tuninetd.toml); "
-      "the command line overrides it")
-    a("--check-config", action="store_true",
-      help="check the configuration, print it as TOML and exit (0: valid, 2: not)")
-    a("--name", metavar="NAME",
-      help="this daemon's name, for status, up and down (default: its sensors', "
-      "e.g. eth0, nflog-1, eth0+nflog-1, made unique)")
-    a("--control", metavar="PATH",
-      help=f"control socket for status, up and down (default {RUN_DIR}/NAME.sock)")
-    a("--pidfile", metavar="PATH", help="write the daemon's pid here; removed at exit")
-    a("--metrics", metavar="HOST:PORT",
-      help="serve Prometheus metrics at http://HOST:PORT/metrics "
-      "(needs: pip install tuninetd[metrics])")
-    a("--stop-on-exit", action="store_true", default=None,
-      help="on SIGTERM/SIGINT run stop first if the state is up (within --command-timeout); "
-      "without it, exiting leaves the service as it is, as the original does")
-    a("--retry-start", metavar="SEC",
-      help="a start that fails puts the daemon back in standby (stop is not run); the "
-      "sensors are armed again after SEC seconds (default: a warning, the state stays up)")
-    a("--wait-for-interface", action="store_true", default=None,
-      help="an -i interface that does not exist yet is waited for (capture starts when "
-      "it appears) instead of exit 2")
-    a("-h", "--help", action="help", help="print this help")
-    a("-v", "--version", action="version", version=f"tuninetd {__version__}",
-      help="print version")
+    for o in OPTIONS:
+        if not o.flags:
+            continue
+        text = o.help.format(default=o.default)
+        if o.kind == "bool":
+            # None when not given, so that a config file's value shows through.
+            p.add_argument(*o.flags, dest=o.key, action="store_true", default=None, help=text)
+        else:
+            p.add_argument(*o.flags, dest=o.key, metavar=o.metavar, help=text,
+                           action="append" if o.kind in ("strings", "ints") else "store")
+    p.add_argument("-h", "--help", action="help", help="print this help")
+    p.add_argument("-v", "--version", action="version", version=f"tuninetd {__version__}",
+                   help="print version")
     return p

@@ -15,11 +15,9 @@ def whole_seconds(option: str, given: str | int, maximum: int) -> int:
     try:
         value = given if isinstance(given, int) else int(given, 10)
     except ValueError:
-        raise UsageError(
-            f"{option} {given!r}: expected a positive whole number of seconds"
-        ) from None
+        value = 0
     if not 0 < value <= maximum:
-        raise UsageError(f"{option} {given}: expected a whole number of seconds "
+        raise UsageError(f"{option} {str(given)!r}: expected a whole number of seconds "
                          f"from 1 to {maximum}")
     return value
 

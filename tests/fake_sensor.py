@@ -90,9 +90,10 @@ def supervise(settings: dict[str, Any]) -> None:
     tests/unit/test_backoff.py and the daemon tests): a fake killed dozens of
     times in a row must come back in a tenth of a second, not in 30.
     """
-    from tuninetd.supervisor.config import Account, SensorSpec, Settings
+    from tests import configs
+    from tuninetd.supervisor.config import Account, SensorSpec
 
-    cfg = Settings(
+    cfg = configs.settings(
         command=settings["command"],
         sensors=(SensorSpec("nflog", "1", group=1),),
         sensor_user=Account(settings["user"], settings["uid"], settings["gid"]),

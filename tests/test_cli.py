@@ -335,8 +335,8 @@ def test_bad_value_beats_missing_privilege(public_cmd: str) -> None:
     prefix = () if os.geteuid() != 0 else privilege_prefix("all")
     r = run_cli(["-i", "lo", "-c", public_cmd, "-t", "abc"], prefix)
     assert r.status == 2, r.err
-    assert r.err.splitlines() == ["tuninetd: -t 'abc': expected a positive whole number of "
-                                  "seconds"]
+    assert r.err.splitlines() == ["tuninetd: -t 'abc': expected a whole number of "
+                                  "seconds from 1 to 315360000"]
 
 
 # -- help and version ----------------------------------------------------------------

@@ -115,7 +115,7 @@ BAD = [
     ("bool-is-no-int", 'interfaces = ["lo"]\ncommand = "{script}"\nttl = true\n',
      ["line 3", "ttl: expected an integer, got a boolean"]),
     ("bad-value", 'interfaces = ["lo"]\ncommand = "{script}"\n\n\nttl = 0\n',
-     ["line 5", "ttl 0", "whole number of seconds"]),
+     ["line 5", "ttl '0'", "whole number of seconds"]),
     ("bad-group", 'groups = [70000]\ncommand = "{script}"\n',
      ["line 1", "groups '70000'", "0 to 65535"]),
     ("groups-as-strings", 'groups = ["1"]\ncommand = "{script}"\n',

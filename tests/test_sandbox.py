@@ -34,10 +34,11 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.compromised_sensor import SPOOFED
+from tests.configs import settings
 from tests.netlab import Netns, events, proc_status, recorder, title, wait_for
 from tuninetd.common import wire, worker
 from tuninetd.supervisor import allowlist, arbiter, bpf, children, privcheck
-from tuninetd.supervisor.config import Account, SensorSpec, Settings
+from tuninetd.supervisor.config import Account, SensorSpec
 from tuninetd.supervisor.jail import empty_dir
 
 pytestmark = pytest.mark.root
@@ -120,7 +121,7 @@ class Scene:
         nobody = pwd.getpwnam("nobody")
         spec = (SensorSpec("pcap", "tap0", link="ether", bpf=udp_filter()) if kind == "pcap"
                 else SensorSpec("nflog", "7", group=7))
-        cfg = Settings(command="/bin/true", sensors=(spec,), beat=0.2,
+        cfg = settings(command="/bin/true", sensors=(spec,), beat=0.2,
                      sensor_user=Account("nobody", nobody.pw_uid, nobody.pw_gid))
         config: dict[str, Any] = arbiter.sensor_config(spec, cfg, empty_dir(), allow_list())
         stray = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
