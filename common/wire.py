@@ -101,7 +101,9 @@ def decode(data: bytes) -> Message:
         raise ProtocolError(f"not JSON: {exc}") from None
     except RecursionError:  # e.g. "[[[[..." nested deeper than the parser goes
         raise ProtocolError("not JSON: nested too deep") from None
-    if not isinstance(msg, dict) or msg.get("v") != VERSION or not isinstance(msg.get("t"), str):
+    # type(): json's true and 1.0 equal 1 but are not the version.
+    if (not isinstance(msg, dict) or type(msg.get("v")) is not int or msg["v"] != VERSION
+            or not isinstance(msg.get("t"), str)):
         raise ProtocolError("not a versioned message")
     return msg
 

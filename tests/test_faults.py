@@ -237,6 +237,7 @@ def test_killed_sensor_captures_again(lab: Lab, prefix: str) -> None:
     d.wait_log(f"CORE: {prefix.removeprefix('tuninetd: ')} (pid {old}) killed by signal 9 "
                f"(SIGKILL); restarting it in {BACKOFF_FIRST:.1f} s")
     d.wait_log(f"CORE: {prefix.removeprefix('tuninetd: ')} is back (pid {new})")
+    assert proc_status(new)["CapEff"] == "0000000000000000"  # the replacement dropped too
     d.wait_log(f"{kind.upper()}: start command done")
     report(f"row 1 {kind}: capturing again {capturing_after:.3f} s after kill -9 "
            f"(packet #{first} fired the start)")

@@ -31,7 +31,6 @@ from tests.netlab import (
     Lab,
     Netns,
     default_sensor_account,
-    events,
     gone,
     kinds,
     proc_status,
@@ -184,26 +183,6 @@ def test_sensor_drops_every_privilege(lab: Lab, account: str) -> None:
 
 
 # -- sensors killed or frozen --------------------------------------------------------
-
-
-def test_sensor_killed_is_replaced_and_still_triggers(lab: Lab) -> None:
-    run = lab.run(ttl=5)
-    d, record = run.daemon, run.record
-    old = worker(d, SENSOR, "armed")
-    os.kill(old, signal.SIGKILL)
-    killed = time.monotonic()
-    d.wait_log(f"CORE: sensor pcap tap0 (pid {old}) killed by signal 9 (SIGKILL); "
-               f"restarting it in {BACKOFF_FIRST:.1f} s")
-    new = worker(d, SENSOR, "armed", not_pid=old, timeout=5)
-    # Correctness: the replacement waits out the backoff. How soon after it
-    # the sensor is back is bench's restart section's figure.
-    assert time.monotonic() - killed >= BACKOFF_FIRST
-    d.wait_log(f"CORE: sensor pcap tap0 is back (pid {new})")
-    assert proc_status(new)["CapEff"] == "0000000000000000"
-    lab.send_frame(FRAME)
-    wait_commands(record, ["start"])
-    assert events(record)[0][2] == "pcap:tap0"
-    d.wait_log("PCAP: start command done")
 
 
 def test_sensor_frozen_is_killed_after_ten_silent_beats(lab: Lab) -> None:

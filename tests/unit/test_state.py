@@ -37,11 +37,12 @@ def test_beats_without_packets_are_not_activity() -> None:
     assert m.expire(110.0)
 
 
-def test_activity_while_down_is_ignored() -> None:
+def test_activity_while_down_neither_brings_up_nor_shortens_the_next_ttl() -> None:
     m = Machine(ttl=10)
     m.activity(50.0, packets=5)
-    assert not m.up
-    assert m.deadline() is None
+    assert not m.up and not m.expire(1000.0)
+    assert m.trigger(100.0)  # the trigger still brings it up
+    assert m.deadline() == 110.0  # counted from the trigger, not from the earlier packets
 
 
 def test_force_down_reports_whether_it_was_up() -> None:

@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.garbage import HARMLESS, MALFORMED, Schema, families
@@ -51,13 +51,29 @@ def test_every_bad_record_is_refused_for_its_reason(role: str, family: str,
 @FUZZ
 @given(record=st.one_of(st.binary(max_size=400), MALFORMED, HARMLESS,
                         JSON.map(lambda v: json.dumps(v).encode())))
+@example(record=b'{"v": true, "t": "beat", "n": 0}')
+@example(record=b'{"v": 1.0, "t": "beat", "n": 0}')
 def test_parse_returns_a_message_or_raises_protocol_error(record: bytes) -> None:
     for schema in SCHEMAS.values():
         try:
             msg = wire.parse(record[: wire.MAX_MESSAGE + 1], schema)
         except wire.ProtocolError:
             continue
-        assert msg["t"] in schema
+        assert msg == json.loads(record), "parse changed what it took"
+        assert conforms(msg, schema), msg
+
+
+def conforms(msg: dict[str, Any], schema: Schema) -> bool:
+    """The protocol's rules, said again independently of ``parse``: the
+    version, a known type, its required fields, and each field of the type
+    the schema lists (a bool only where bool is listed)."""
+    fields = schema.get(msg.get("t"), {})  # type: ignore[arg-type]
+    body = {k: v for k, v in msg.items() if k not in ("v", "t")}
+    return (msg.get("v") == wire.VERSION and type(msg.get("v")) is int
+            and msg.get("t") in schema
+            and wire.REQUIRED.get(msg["t"], frozenset()) <= body.keys()
+            and all(name in fields and type(value) in fields[name]
+                    for name, value in body.items()))
 
 
 @given(record=HARMLESS)
