@@ -38,8 +38,9 @@ class Savefile:
     (root would write where it points). The file must be a regular file of
     the daemon's own user with one link (another name for it could be
     someone else's file), and, unless empty, a little-endian microsecond
-    LINKTYPE_ETHERNET savefile, so it is never corrupted. Created (mode 0644
-    before umask) when missing. Raises PcapFileError (an OSError) for each
+    LINKTYPE_ETHERNET savefile, so it is never corrupted. Created 0600 when
+    missing (trigger packets are the traffic of others); an existing file
+    keeps the mode it has. Raises PcapFileError (an OSError) for each
     refusal, OSError when it cannot be opened.
     """
 
@@ -102,7 +103,7 @@ def check_existing(path: str) -> None:
 
 def _open(path: str, flags: int) -> int:
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise PcapFileError(errno.ELOOP, "is a symbolic link, refusing to follow it",

@@ -161,8 +161,21 @@ def test_symlink_swapped_in_a_root_folder_is_not_followed(running: tuple[Lab, Ru
     trigger(lab, run, 3)
     run.daemon.wait_log(f"Logger: writing packets to pcap file {dump} again")
     st = os.lstat(dump)
-    assert stat.S_ISREG(st.st_mode) and st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o644
+    assert stat.S_ISREG(st.st_mode) and st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o600
     assert len(rdpcap(str(dump))) == 1
+
+
+def test_trigger_packets_are_not_readable_by_others(running: tuple[Lab, Run, Path]) -> None:
+    """The file the daemon made is root's 0600 whatever the umask: nobody
+    cannot read the packets of others from it. A file that existed keeps its
+    mode (the admin chose it)."""
+    lab, run, dump = running
+    assert stat.S_IMODE(os.stat(dump).st_mode) == 0o600
+    code, out = as_nobody(["/bin/cat", str(dump)])
+    assert code != 0 and "Permission denied" in out, out
+    dump.chmod(0o640)
+    trigger(lab, run, 2)
+    assert stat.S_IMODE(os.stat(dump).st_mode) == 0o640 and len(rdpcap(str(dump))) == 2
 
 
 def test_rotated_file_is_opened_anew(running: tuple[Lab, Run, Path]) -> None:

@@ -72,13 +72,13 @@ def test_packets_read_back(tmp_path: Path) -> None:
 
 def test_exact_bytes_and_mode(tmp_path: Path) -> None:
     path = tmp_path / "dump.pcap"
-    old_umask = os.umask(0o022)
+    old_umask = os.umask(0o000)
     try:
         append(str(path), 3.25, b"\x00" * 14, "ether")
     finally:
         os.umask(old_umask)
     assert path.read_bytes() == GLOBAL_HEADER + struct.pack("<IIII", 3, 250_000, 14, 14) + bytes(14)
-    assert path.stat().st_mode & 0o777 == 0o644
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_microsecond_rounding_carries_into_seconds(tmp_path: Path) -> None:
