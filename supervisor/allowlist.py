@@ -22,9 +22,11 @@ the library (it runs ldconfig), stay out of the supervisor and the sensors.
 
 from __future__ import annotations
 
+import mmap
 import os
 import socket
 import struct
+from dataclasses import dataclass
 
 from tuninetd.supervisor import forked
 from tuninetd.supervisor.config import Program
@@ -48,6 +50,30 @@ PLAIN = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Arg:
+    """A condition on one argument: ``value``, or with ``mask`` the bits
+    of the mask equal to ``value``."""
+
+    index: int
+    value: int
+    mask: int | None = None
+
+
+def narrowed(channel: int) -> dict[str, tuple[Arg, ...]]:
+    """Allowed only when every condition on the arguments holds."""
+    no_exec = Arg(2, 0, mask=mmap.PROT_EXEC)
+    return {
+        "sendto": (Arg(0, channel),),
+        "setsockopt": (Arg(1, socket.SOL_SOCKET), Arg(2, socket.SO_RCVBUF)),
+        "mmap": (no_exec,),
+        "mprotect": (no_exec,),
+        "prctl": (Arg(0, PR_SET_NAME),),
+        # The socket module turns an AF_PACKET address's index into a name.
+        "ioctl": (Arg(1, SIOCGIFNAME),),
+    }
+
+
 def build(channel: int) -> Program:
     """The allow-list for sensors whose channel to the supervisor is the
     descriptor ``channel``. Raises StartupError when libseccomp cannot."""
@@ -65,25 +91,15 @@ def _export(channel: int) -> list[tuple[int, ...]]:
         import seccomp
     except ImportError:  # a virtual environment: PyPI's binding, same API
         import pyseccomp as seccomp
-    import mmap
 
     rules = seccomp.SyscallFilter(defaction=seccomp.KILL_PROCESS)
     rules.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)
     for name in PLAIN:
         rules.add_rule(seccomp.ALLOW, name)
-    rules.add_rule(seccomp.ALLOW, "sendto", seccomp.Arg(0, seccomp.EQ, channel))
-    rules.add_rule(
-        seccomp.ALLOW,
-        "setsockopt",
-        seccomp.Arg(1, seccomp.EQ, socket.SOL_SOCKET),
-        seccomp.Arg(2, seccomp.EQ, socket.SO_RCVBUF),
-    )
-    no_exec = seccomp.Arg(2, seccomp.MASKED_EQ, mmap.PROT_EXEC, 0)
-    rules.add_rule(seccomp.ALLOW, "mmap", no_exec)
-    rules.add_rule(seccomp.ALLOW, "mprotect", no_exec)
-    rules.add_rule(seccomp.ALLOW, "prctl", seccomp.Arg(0, seccomp.EQ, PR_SET_NAME))
-    # The socket module turns an AF_PACKET address's index into a name.
-    rules.add_rule(seccomp.ALLOW, "ioctl", seccomp.Arg(1, seccomp.EQ, SIOCGIFNAME))
+    for name, args in narrowed(channel).items():
+        rules.add_rule(seccomp.ALLOW, name, *(
+            seccomp.Arg(a.index, seccomp.EQ, a.value) if a.mask is None
+            else seccomp.Arg(a.index, seccomp.MASKED_EQ, a.mask, a.value) for a in args))
     # At most 4096 instructions of 8 bytes: the pipe holds them all.
     rfd, wfd = os.pipe()
     with os.fdopen(rfd, "rb") as r:
