@@ -12,24 +12,14 @@ anew, under the same checks; nothing is written through a symlink.
 from __future__ import annotations
 
 import errno
-import os
 import time
 
 from tuninetd.supervisor import ownership, pcapfile, wording
 from tuninetd.supervisor.errors import StartupError
 
-ROOT_ONLY = frozenset({0})
-
-
-def folder_problem(path: str) -> str | None:
-    """What lets someone else than root change the entries of ``path``'s
-    folder; the folder itself may not be sticky (others could still create
-    names in it)."""
-    return ownership.folders_problem(os.path.dirname(path), ROOT_ONLY, sticky_parent_ok=False)
-
 
 def _open(path: str) -> pcapfile.Savefile:
-    if problem := folder_problem(path):
+    if problem := ownership.root_folder_problem(path):
         raise pcapfile.PcapFileError(errno.EPERM, f"{problem}, not opened", path)
     return pcapfile.Savefile(path)
 

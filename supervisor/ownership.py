@@ -1,6 +1,6 @@
 """Who besides root can change a path: the check, after OpenSSH's StrictModes
-and sudo's, for what root runs (-c, start_command, stop_command) and for the
-folder root writes packets into (-w).
+and sudo's, for what root runs or reads (-c, start_command, stop_command,
+--config) and for the folders root makes files in (-w, --control).
 
 A path is safe when no one but the trusted owners (root, and for commands
 the --exec-user, who runs them anyway) can change what it names:
@@ -80,3 +80,13 @@ def file_problem(path: str, owners: frozenset[int]) -> str | None:
     for folder in (os.path.dirname(path), os.path.dirname(os.path.realpath(path))):
         problem = problem or folders_problem(folder, owners, sticky_parent_ok=True)
     return problem
+
+
+ROOT_ONLY = frozenset({0})
+
+
+def root_folder_problem(path: str) -> str | None:
+    """What lets someone else than root change the entries of ``path``'s
+    folder, for a file root makes there (-w, --control): the folder itself
+    may not be sticky, since others could still take a name in it first."""
+    return folders_problem(os.path.dirname(path), ROOT_ONLY, sticky_parent_ok=False)

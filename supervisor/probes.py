@@ -12,7 +12,7 @@ import stat
 from dataclasses import replace
 
 from tuninetd.common import ifname
-from tuninetd.supervisor import bpf, dump, ownership, pcapfile
+from tuninetd.supervisor import bpf, ownership, pcapfile
 from tuninetd.supervisor.config import Account, Program, SensorSpec
 from tuninetd.supervisor.errors import UsageError
 
@@ -70,7 +70,11 @@ def socket_path(option: str, text: str) -> str:
     if len(os.fsencode(path)) > SUN_PATH_MAX:
         raise UsageError(f"{option} {text!r}: too long for a unix socket path "
                          f"(at most {SUN_PATH_MAX} bytes)")
-    return file_path(option, text)
+    path = file_path(option, text)
+    if problem := ownership.root_folder_problem(path):
+        raise UsageError(f"{option} {text!r}: {problem}: another user could take the "
+                         "socket's name first; use a folder only root can write")
+    return path
 
 
 def file_path(option: str, text: str) -> str:
@@ -168,7 +172,7 @@ def pcap_file(text: str, option: str = "-w") -> str:
     folder = os.path.dirname(path)
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"{option} {text!r}: directory {folder} does not exist or is not writable")
-    if problem := dump.folder_problem(path):
+    if problem := ownership.root_folder_problem(path):
         raise UsageError(f"{option} {text!r}: {problem}: another user could put a symlink "
                          "at its name; use a folder only root can write")
     try:

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.netlab import need_root
 from tests.test_status import answer
 from tuninetd.supervisor import control
@@ -176,3 +178,49 @@ def test_status_prints_no_terminal_escapes(tmp_path: Path) -> None:
     server.join(5)
     assert r.returncode == 1
     assert all(0x20 <= b < 0x7F or b == 0x0A for b in r.stderr), r.stderr
+
+
+# Takes the socket's name first and answers as a daemon would be expected to.
+SQUATTER = """
+import os, socket, sys, time
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o666)
+server.listen(8)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("folder", ["sticky-1777", "nobodys"])
+def test_control_in_a_folder_others_can_write_is_refused(sockdir: Path, tmp_path: Path,
+                                                         folder: str) -> None:
+    """nobody binds a socket at the --control path before the daemon starts.
+    A daemon that accepted the folder (as before) is kept from starting by
+    nobody's socket ("in use": nobody chooses whether root's daemon runs);
+    now the folder itself is refused, with one line, before anything runs."""
+    need_root()
+    nobody = pwd.getpwnam("nobody")
+    if folder == "sticky-1777":
+        sockdir.chmod(0o1777)
+    else:
+        os.chown(sockdir, nobody.pw_uid, nobody.pw_gid)
+    path = sockdir / "control.sock"
+    squatter = as_nobody(SQUATTER, str(path))
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline() == b"ready\n"
+        cmd = tmp_path / "cmd.sh"
+        cmd.write_text("#!/bin/sh\n")
+        cmd.chmod(0o755)
+        r = subprocess.run([sys.executable, "-m", "tuninetd.supervisor.main", "-i", "lo",
+                            "-c", str(cmd), "--control", str(path)],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        squatter.kill()
+        squatter.wait()
+    who = ("is writable by its group and others (mode 1777)" if folder == "sticky-1777"
+           else f"is owned by nobody (uid {nobody.pw_uid})")
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
+    assert r.stderr == (f"tuninetd: --control {str(path)!r}: directory {sockdir} {who}: "
+                        "another user could take the socket's name first; use a folder only "
+                        "root can write\n"), r.stderr
