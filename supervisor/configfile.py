@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuninetd.supervisor import options
+from tuninetd.supervisor import options, probes
 from tuninetd.supervisor.config import Settings
 from tuninetd.supervisor.errors import UsageError
 
@@ -101,6 +101,7 @@ def load(path: str) -> ConfigFile:
     # Imported here: a daemon started without --config never needs them.
     import tomllib
 
+    probes.config_file(path)
     try:
         with open(path, "rb") as f:
             raw = f.read()

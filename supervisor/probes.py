@@ -54,6 +54,19 @@ def command(text: str | None, option: str = "-c", exec_user: Account | None = No
     return path
 
 
+def config_file(text: str, option: str = "--config") -> None:
+    """A configuration file that only root (or whoever runs the check, for a
+    --check-config of one's own file) can change: it names what root runs."""
+    owners = frozenset({0, os.geteuid()})
+    try:
+        problem = ownership.file_problem(os.path.abspath(text), owners)
+    except OSError as exc:
+        raise UsageError(f"{option} {text!r}: {(exc.strerror or str(exc)).lower()}") from None
+    if problem:
+        raise UsageError(f"{option} {text!r}: {problem}; only root may be able to change "
+                         "the configuration or a directory on its path")
+
+
 def argv(option: str, words: tuple[str, ...], exec_user: Account | None) -> tuple[str, ...]:
     """start_command / stop_command: the program is looked up in PATH now, once."""
     program = words[0]

@@ -7,6 +7,7 @@ key; start_command and stop_command argv lists run by a real daemon.
 
 from __future__ import annotations
 
+import pwd
 import re
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.netlab import Daemon, Netns, ready, wait_for
+from tests.netlab import Daemon, Netns, as_nobody, public_folder, ready, wait_for
 from tuninetd.supervisor import configfile
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "conf" / "tuninetd.toml"
@@ -217,3 +218,51 @@ def test_start_and_stop_argv_lists_run(veth: Netns, tmp_path: Path,
         return got if len(got) >= 2 else None
 
     assert wait_for("start and stop", lines) == ["[bring up][--fast]", "[take down]"]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("loose", ["file-0666", "folder-1777"])
+def test_a_config_others_can_change_is_refused(veth: Netns, tmp_path: Path,
+                                               start_daemon: Callable[..., Daemon],
+                                               loose: str) -> None:
+    """The admin left the config writable (the file 0666, or its folder the
+    sticky 1777 /tmp-like, where nobody can replace it): nobody rewrites it
+    with a start_command of its own. Read as it was, one packet later that
+    command ran as root; now the daemon refuses the file, exit 2, one line."""
+    with public_folder("tnd-conf-") as folder:
+        conf_dir = folder / "etc"
+        conf_dir.mkdir(mode=0o1777 if loose == "folder-1777" else 0o755)
+        conf_dir.chmod(0o1777 if loose == "folder-1777" else 0o755)
+        conf = conf_dir / "tuninetd.toml"
+        out = folder / "owned"
+        control = tmp_path / "ctl.sock"
+        if loose == "file-0666":
+            conf.write_text("# the admin's\n")
+            conf.chmod(0o666)
+        evil = ('interfaces = ["tap0"]\nttl = 1\nbeat = 0.2\n'
+                f'start_command = ["/bin/sh", "-c", "id > {out}"]\n'
+                'stop_command = ["/bin/true"]\n'
+                f'control = "{control}"\n')
+        code, said = as_nobody(["/bin/sh", "-c", 'printf %s "$1" > "$2"', "sh", evil, str(conf)])
+        assert code == 0, said
+        if loose == "folder-1777":
+            assert conf.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+        d = start_daemon(veth, "--config", str(conf))
+
+        def settled() -> str | None:
+            if d.proc.poll() is not None:
+                return "exited"
+            return "running" if control.exists() else None
+
+        if wait_for("the daemon to exit or listen", settled, 30) == "running":
+            veth.sender().send(bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                                     / IP(src="10.58.0.1", dst="10.58.0.2") / UDP(dport=9)))
+            ran = wait_for("nobody's command", lambda: out.exists() and out.read_text())
+            pytest.fail(f"nobody's start_command ran as root: {ran}")
+        problem = ("is writable by its group and others (mode 0666)" if loose == "file-0666"
+                   else f"is owned by nobody (uid {pwd.getpwnam('nobody').pw_uid})")
+        assert d.proc.returncode == 2, d.text()
+        assert d.text() == (f"tuninetd: --config {str(conf)!r}: file {conf} {problem}; only "
+                            "root may be able to change the configuration or a directory on "
+                            "its path\n")
+        assert not out.exists()
