@@ -17,7 +17,7 @@ the supervisor wants to know of every packet up to now before it stops) and
 trouble). The capture decides what a mode costs.
 
 From the drop on, the process runs under the seccomp allow-list that the
-supervisor built (supervisor/allowlist.py) and sandbox.py installs: what this
+supervisor built (supervisor/sandbox/allowlist.py) and sandbox.py installs: what this
 loop and the captures do at run time must stay in it.
 """
 

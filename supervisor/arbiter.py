@@ -20,9 +20,9 @@ from typing import Any
 
 from tuninetd.common import signals, wire, worker
 from tuninetd.common.logs import log
-from tuninetd.supervisor import allowlist, wording
+from tuninetd.supervisor import wording
 from tuninetd.supervisor.children import SILENT_BEATS, Worker
-from tuninetd.supervisor.config import Program, SensorSpec, Settings
+from tuninetd.supervisor.config.settings import Program, SensorSpec, Settings
 from tuninetd.supervisor.errors import StartupError
 from tuninetd.supervisor.events import (
     Observers,
@@ -34,9 +34,10 @@ from tuninetd.supervisor.events import (
 )
 from tuninetd.supervisor.executor_link import ExecutorLink
 from tuninetd.supervisor.instance import Instance
-from tuninetd.supervisor.jail import empty_dir
 from tuninetd.supervisor.late_interfaces import LateInterfaces
-from tuninetd.supervisor.operations import open_observers
+from tuninetd.supervisor.ops.wiring import open_observers
+from tuninetd.supervisor.sandbox import allowlist
+from tuninetd.supervisor.sandbox.jail import empty_dir
 from tuninetd.supervisor.sensor_link import Misbehaved, SensorLink
 from tuninetd.supervisor.service import Service
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import errno
 import time
 
-from tuninetd.supervisor import ownership, pcapfile, wording
+from tuninetd.supervisor import pcapfile, wording
+from tuninetd.supervisor.config import ownership
 from tuninetd.supervisor.errors import StartupError
 
 

@@ -7,7 +7,7 @@ from tuninetd.common import wire
 from tuninetd.common.logs import log
 from tuninetd.supervisor import wording
 from tuninetd.supervisor.children import Worker
-from tuninetd.supervisor.config import Settings
+from tuninetd.supervisor.config.settings import Settings
 from tuninetd.supervisor.errors import StartupError
 from tuninetd.supervisor.events import CommandEnded, Observers, Outcome
 from tuninetd.supervisor.state import CommandQueue

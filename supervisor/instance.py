@@ -25,9 +25,9 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tuninetd.supervisor.config import SensorSpec
-from tuninetd.supervisor.control import in_use
+from tuninetd.supervisor.config.settings import SensorSpec
 from tuninetd.supervisor.errors import StartupError
+from tuninetd.supervisor.ops.control import in_use
 
 RUN_DIR = "/run/tuninetd"
 NAME_MAX = 64

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tuninetd.common.logs import log
-from tuninetd.supervisor import bpf
-from tuninetd.supervisor.config import SensorSpec
+from tuninetd.supervisor.config import bpf
+from tuninetd.supervisor.config.settings import SensorSpec
 
 
 class LateInterfaces:

@@ -8,8 +8,9 @@ from typing import NoReturn
 
 from tuninetd.common import daemon, logs, procstatus
 from tuninetd.executor import cgroup
-from tuninetd.supervisor import configfile, configure, instance, wording
+from tuninetd.supervisor import instance, wording
 from tuninetd.supervisor.arbiter import Arbiter
+from tuninetd.supervisor.config import configfile, configure
 from tuninetd.supervisor.errors import StartupError
 
 # Capabilities the daemon itself needs: open capture sockets (CAP_NET_RAW for
@@ -39,9 +40,9 @@ def _started(answer: str) -> NoReturn:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] in (["status"], ["up"], ["down"]):  # the client: tuninetd status [NAME] ...
-        from tuninetd.supervisor import status
+        from tuninetd.supervisor.ops import client
 
-        sys.exit(status.main(args[0], args[1:]))
+        sys.exit(client.main(args[0], args[1:]))
     cfg, check_only = configure.parse_or_exit(args)
     if check_only:
         print(configfile.render(cfg), end="")

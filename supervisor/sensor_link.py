@@ -20,10 +20,10 @@ from tuninetd.common.logs import log
 from tuninetd.supervisor import facts, handover, wording
 from tuninetd.supervisor.allowance import Allowance
 from tuninetd.supervisor.children import Worker
-from tuninetd.supervisor.config import Settings
+from tuninetd.supervisor.config.settings import Settings
 from tuninetd.supervisor.errors import StartupError
 from tuninetd.supervisor.facts import Facts
-from tuninetd.supervisor.privcheck import privileges_left
+from tuninetd.supervisor.sandbox.privcheck import privileges_left
 
 NORMAL_MODES = ("armed", "counting")
 

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 
 from tuninetd.supervisor import wording
-from tuninetd.supervisor.config import Settings
+from tuninetd.supervisor.config.settings import Settings
 from tuninetd.supervisor.dump import PacketDump
 from tuninetd.supervisor.events import CommandEnded, Counted, Observers, Resumed, Triggered
 from tuninetd.supervisor.executor_link import ExecutorLink

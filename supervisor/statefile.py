@@ -26,7 +26,7 @@ from typing import Any
 
 from tuninetd.common.logs import log
 from tuninetd.supervisor import forked
-from tuninetd.supervisor.config import Settings
+from tuninetd.supervisor.config.settings import Settings
 
 STATE_DIR = "/run/tuninetd"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"

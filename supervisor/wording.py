@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from tuninetd.common.logs import log
 from tuninetd.executor import RUN_ID_VAR
-from tuninetd.supervisor.config import SensorSpec, Settings
+from tuninetd.supervisor.config.settings import SensorSpec, Settings
 from tuninetd.supervisor.events import Outcome
 from tuninetd.supervisor.facts import Facts
 

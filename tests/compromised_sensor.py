@@ -133,8 +133,7 @@ def main() -> None:
 def supervise(marker: str, argv: list[str]) -> None:
     """The real supervisor; its pcap sensor is this module, which breaks
     the allow-list once (no MARKER yet) and then behaves."""
-    from tuninetd.supervisor import configure
-
+    from tuninetd.supervisor.config import configure
     run_with_sensor(configure.parse(argv).settings, "tests.compromised_sensor",
                     {"marker": marker})
 

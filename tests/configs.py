@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuninetd.supervisor.config import Settings
-from tuninetd.supervisor.options import OPTIONS
+from tuninetd.supervisor.config.options import OPTIONS
+from tuninetd.supervisor.config.settings import Settings
 
 # Fields with no row of their own: -i and -n are the sensors; argv lists empty.
 _NOT_FROM_A_ROW = {"interfaces", "groups"}

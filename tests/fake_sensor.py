@@ -91,8 +91,7 @@ def supervise(settings: dict[str, Any]) -> None:
     times in a row must come back in a tenth of a second, not in 30.
     """
     from tests import configs
-    from tuninetd.supervisor.config import Account, SensorSpec
-
+    from tuninetd.supervisor.config.settings import Account, SensorSpec
     cfg = configs.settings(
         command=settings["command"],
         sensors=(SensorSpec("nflog", "1", group=1),),

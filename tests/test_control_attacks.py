@@ -18,8 +18,8 @@ import pytest
 
 from tests.netlab import need_root
 from tests.test_status import answer
-from tuninetd.supervisor import control
 from tuninetd.supervisor.errors import StartupError
+from tuninetd.supervisor.ops import control
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # nobody may not reach the venv's interpreter
 ESC = "\x1b"

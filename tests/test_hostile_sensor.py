@@ -18,7 +18,8 @@ from pathlib import Path
 from tests.garbage import obj
 from tests.netlab import gone, kinds, need_root, wait_for
 from tests.test_faults import BEAT, FakeSensors, Plan
-from tuninetd.supervisor import allowance, status
+from tuninetd.supervisor import allowance
+from tuninetd.supervisor.ops import client
 
 BAD = re.compile(r"CORE: sensor nflog 1 sent a bad message \((.*)\): killing it")
 LIMITS = {"errors": allowance.ERRORS, "mode changes": allowance.MODES,
@@ -51,7 +52,7 @@ def test_forged_trigger_text_reaches_neither_log_nor_command(tmp_path: Path) -> 
         # Started (a bad message while starting aborts the start), then the
         # sensor is replaced by the attacker.
         first = fake.next_sensor(Plan(True, [], hangup=False).json())
-        wait_for("started", lambda: status.query(str(tmp_path / "status.sock"))["state"] == "down")
+        wait_for("started", lambda: client.query(str(tmp_path / "status.sock"))["state"] == "down")
         os.kill(first, signal.SIGKILL)
         for what, record in forged_triggers():
             before = len(fake.lines())
@@ -105,7 +106,7 @@ def test_a_flooding_sensor_is_killed_and_the_log_stays_short(tmp_path: Path) -> 
     control = str(tmp_path / "status.sock")
     try:
         first = fake.next_sensor(Plan(True, [], hangup=False).json())
-        wait_for("started", lambda: status.query(control)["state"] == "down")
+        wait_for("started", lambda: client.query(control)["state"] == "down")
         os.kill(first, signal.SIGKILL)
         # Its death is logged before the first flood's lines are counted.
         wait_for("the first fake's end logged",
@@ -117,7 +118,7 @@ def test_a_flooding_sensor_is_killed_and_the_log_stays_short(tmp_path: Path) -> 
             answered = []
             while not gone(pid):  # the supervisor answers while the flood lasts
                 t0 = time.monotonic()
-                assert status.query(control, timeout=2.0)["state"] == "down"
+                assert client.query(control, timeout=2.0)["state"] == "down"
                 answered.append(time.monotonic() - t0)
             wait_for(f"the {what} flooder's restart logged", lambda pid=pid: any(  # type: ignore[misc]
                 f"(pid {pid})" in x and "restarting it" in x for x in fake.lines()), 5)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tuninetd.supervisor.configfile import KEYS
+from tuninetd.supervisor.config.configfile import KEYS
 
 MAN = Path(__file__).resolve().parent.parent / "man"
 PAGES = ["tuninetd.8", "tuntapd.8", "tuninetd.toml.5"]

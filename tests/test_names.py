@@ -37,7 +37,7 @@ from tests.netlab import (
     wait_for,
 )
 from tests.test_nflog_daemon import nft
-from tuninetd.supervisor import status
+from tuninetd.supervisor.ops import client
 
 PEER = "10.77.0.2"
 PEER_MAC = "02:00:00:00:77:02"
@@ -290,6 +290,6 @@ def test_unprivileged_is_refused(tap_ns: Netns, private_run: Enter, tmp_path: Pa
     for verb in ("status", "down", "up"):
         # In a fork of this interpreter: a clone of the repository may sit
         # in a folder nobody cannot enter, and no fresh one could import us.
-        code, out = as_nobody(functools.partial(status.main, verb, []), mount_ns_of=holder)
+        code, out = as_nobody(functools.partial(client.main, verb, []), mount_ns_of=holder)
         assert code == 4 and "permission denied" in out, (verb, code, out)
     assert kinds(record) == []

@@ -21,7 +21,8 @@ from scapy.layers.l2 import Dot1Q, Ether
 
 from tests.netlab import Netns, proc_status, send_udp, sh
 from tuninetd.common import wire
-from tuninetd.supervisor import allowlist, facts, wording
+from tuninetd.supervisor import facts, wording
+from tuninetd.supervisor.sandbox import allowlist
 
 pytestmark = pytest.mark.root
 

@@ -439,7 +439,7 @@ def test_privilege_check_tells_a_dropped_process_from_a_privileged_one() -> None
     root process is refused; one dropped like a sensor but without a seccomp
     filter (setpriv installs none) is refused for that alone. A real sensor
     passing it is in tests/test_sandbox.py."""
-    from tuninetd.supervisor.privcheck import privileges_left
+    from tuninetd.supervisor.sandbox.privcheck import privileges_left
 
     nobody = pwd.getpwnam("nobody")
     root_proc = subprocess.Popen(["sleep", "30"])

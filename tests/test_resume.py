@@ -36,7 +36,7 @@ from tests.netlab import (
     worker,
 )
 from tests.test_tuntapd import Tuntapd, has_carrier
-from tuninetd.supervisor import status
+from tuninetd.supervisor.ops import client
 
 pytestmark = pytest.mark.root
 
@@ -143,7 +143,7 @@ def test_a_restarted_daemon_resumes_up_and_stops_after_ttl(lab: Lab, sig: int) -
     line = second.wait_log(RESUMED)[0]
     assert line.endswith("); start not run again"), line
     sensor(second, lab.ifname, "counting")
-    wait_for("status up", lambda: status.query(second.control)["state"] == "up")
+    wait_for("status up", lambda: client.query(second.control)["state"] == "up")
 
     got = wait_for("stop", lambda: kinds(record) == ["start", "stop"], timeout=TTL + 10)
     stopped = float(events(record)[1][1])
@@ -181,7 +181,7 @@ def test_a_corrupt_state_file_is_ignored_with_one_line(lab: Lab) -> None:
     ignored = [line for line in d.lines() if "state" in line and "CORE" in line]
     assert ignored == [f"{IGNORED}{lab.state_file} (it is corrupt: not a JSON record); "
                        "starting down"], d.text()
-    assert status.query(d.control)["state"] == "down"
+    assert client.query(d.control)["state"] == "down"
     up(lab, d, record)  # and works as ever
 
 
@@ -198,7 +198,7 @@ def test_a_state_file_for_other_commands_is_ignored_with_one_line(lab: Lab) -> N
     assert ignored == [f"{IGNORED}{lab.state_file} (it was written for other commands); "
                        "starting down"], b.text()
     assert RESUMED not in b.text()
-    assert status.query(b.control)["state"] == "down"
+    assert client.query(b.control)["state"] == "down"
     assert kinds(record_b) == []
 
 
@@ -218,10 +218,10 @@ def test_retry_start_after_a_failed_start(lab: Lab) -> None:
     assert second - first >= 1.0
     assert d.text().count("CORE: start failed; standby again, next start allowed in 1 s") == 1
     wait_for("the server", lab.server_up)
-    report = status.query(d.control)
+    report = client.query(d.control)
     assert report["state"] == "up"
     assert report["commands"]["last_failure"]["result"] == "exit status 3"
-    assert "last failure: start: exit status 3" in status.render(report)
+    assert "last failure: start: exit status 3" in client.render(report)
 
 
 def test_a_failed_start_without_retry_stays_up_as_the_original(lab: Lab) -> None:
@@ -231,7 +231,7 @@ def test_a_failed_start_without_retry_stays_up_as_the_original(lab: Lab) -> None
     sensor(d, lab.ifname, "armed")
     lab.send()
     d.wait_log("Warning! Executable command doesn't return 0 code")
-    report = status.query(d.control)
+    report = client.query(d.control)
     assert report["state"] == "up"
     failure = report["commands"]["last_failure"]
     assert failure["event"] == "start" and failure["result"] == "exit status 3"
@@ -245,7 +245,7 @@ def test_wait_for_a_veth_created_later(lab: Lab) -> None:
     d = lab.run(script, "--wait-for-interface")
     pid = sensor(d, lab.ifname, "waiting for interface")
     d.wait_log(f"CORE: sensor pcap {lab.ifname}: waiting for interface")
-    rows = status.query(d.control)["processes"]
+    rows = client.query(d.control)["processes"]
     assert [r["state"] for r in rows if r["role"] == f"pcap:{lab.ifname}"] == [
         "waiting for interface"]
     assert kinds(record) == []

@@ -37,9 +37,11 @@ from tests.compromised_sensor import SPOOFED
 from tests.configs import settings
 from tests.netlab import Netns, events, proc_status, recorder, title, wait_for
 from tuninetd.common import wire, worker
-from tuninetd.supervisor import allowlist, arbiter, bpf, children, privcheck
-from tuninetd.supervisor.config import Account, SensorSpec
-from tuninetd.supervisor.jail import empty_dir
+from tuninetd.supervisor import arbiter, children
+from tuninetd.supervisor.config import bpf
+from tuninetd.supervisor.config.settings import Account, SensorSpec
+from tuninetd.supervisor.sandbox import allowlist, privcheck
+from tuninetd.supervisor.sandbox.jail import empty_dir
 
 pytestmark = pytest.mark.root
 

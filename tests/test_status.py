@@ -37,7 +37,7 @@ from tests.netlab import (
     recorder,
     wait_for,
 )
-from tuninetd.supervisor import status
+from tuninetd.supervisor.ops import client
 
 pytestmark = pytest.mark.root
 
@@ -47,17 +47,17 @@ KEYS = {"name", "pid", "state", "ttl", "idle_seconds", "last_trigger", "commands
 PROCESS_KEYS = {"role", "pid", "user", "state", "restarts", "cpu_percent", "rss_bytes"}
 
 
-def client(*args: str) -> subprocess.CompletedProcess[str]:
+def run_status(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tuninetd.supervisor.main", "status", *args],
                           capture_output=True, text=True, timeout=20)
 
 
 def status_as_nobody(path: str) -> tuple[int, str]:
-    return as_nobody(lambda: status.main("status", ["--control", path]))
+    return as_nobody(lambda: client.main("status", ["--control", path]))
 
 
 def query(path: Path) -> dict[str, Any]:
-    r = client("--json", "--control", str(path))
+    r = run_status("--json", "--control", str(path))
     assert r.returncode == 0, r.stderr
     records = json.loads(r.stdout)
     assert isinstance(records, list) and len(records) == 1, records
@@ -117,7 +117,7 @@ def test_status_of_a_real_daemon(veth: Netns, tmp_path: Path, sockdir: Path,
     assert commands["last"]["event"] == "stop"
     assert commands["last"]["result"] == "exit status 3" and commands["last"]["exit_code"] == 3
 
-    human = client("--control", str(control))
+    human = run_status("--control", str(control))
     assert human.returncode == 0, human.stderr
     text = human.stdout
     assert text.startswith(f"{d.name}: down (tuninetd "), text
@@ -146,7 +146,7 @@ def test_status_of_a_real_daemon(veth: Netns, tmp_path: Path, sockdir: Path,
 
     d.stop()
     assert not control.exists(), "the control socket outlives the daemon"
-    gone_ = client("--control", str(control))
+    gone_ = run_status("--control", str(control))
     assert gone_.returncode == 3
     assert "no daemon running" in gone_.stderr
 
@@ -157,13 +157,13 @@ def test_second_daemon_refused_stale_socket_replaced(
     control = tmp_path / "ctl.sock"
     script, _ = recorder(tmp_path)
     # Nothing there yet: exit 3, one line.
-    r = client("--control", str(control))
+    r = run_status("--control", str(control))
     assert r.returncode == 3 and r.stderr.count("\n") == 1 and "no daemon running" in r.stderr
     # A stale socket: a file nobody listens on (its daemon was SIGKILLed).
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(control))
     stale.close()
-    r = client("--control", str(control))
+    r = run_status("--control", str(control))
     assert r.returncode == 3 and "stale" in r.stderr
     first = start(start_daemon, veth, control, script)
     assert query(control)["pid"] == first.pid
@@ -211,7 +211,7 @@ def test_misbehaving_clients_do_not_stall_the_daemon(
     assert "unknown request" in json.loads(garbage.recv(4096))["error"]
     # While the silent one hangs on, the daemon answers and works.
     t0 = time.monotonic()
-    assert status.query(str(control))["state"] == "down"
+    assert client.query(str(control))["state"] == "down"
     # Correctness: a daemon stalled by the silent client would answer only at
     # that client's 2 s deadline (the query runs in this process: no start-up).
     assert time.monotonic() - t0 < 2.0
@@ -227,9 +227,9 @@ def test_misbehaving_clients_do_not_stall_the_daemon(
 
 
 def test_no_daemon_and_usage() -> None:
-    r = client("--control", "/nonexistent-dir/x.sock")
+    r = run_status("--control", "/nonexistent-dir/x.sock")
     assert r.returncode == 3 and "no daemon running" in r.stderr and r.stdout == ""
-    r = client("--bogus")
+    r = run_status("--bogus")
     assert r.returncode == 2 and r.stderr.startswith("tuninetd status: ")
 
 
@@ -263,9 +263,9 @@ def test_json_and_text_renderings_agree_on_missing_values(
               "commands": {}, "processes": [executor]}
     path = tmp_path / "control.sock"
     server = answer(path, record, times=2)
-    assert status.main("status", ["--json", "--control", str(path)]) == 0
+    assert client.main("status", ["--json", "--control", str(path)]) == 0
     as_json = json.loads(capsys.readouterr().out)
-    assert status.main("status", ["--control", str(path)]) == 0
+    assert client.main("status", ["--control", str(path)]) == 0
     text = capsys.readouterr().out
     server.join(5)
 

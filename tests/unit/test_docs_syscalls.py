@@ -1,5 +1,5 @@
 """docs/security.md names exactly the system calls the sensors' seccomp
-allow-list (supervisor/allowlist.py) lets through."""
+allow-list (supervisor/sandbox/allowlist.py) lets through."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from tuninetd.common.worker import CHANNEL_FD
-from tuninetd.supervisor import allowlist
+from tuninetd.supervisor.sandbox import allowlist
 
 SECURITY = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 

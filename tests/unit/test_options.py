@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tuninetd.supervisor import configfile, configure, options
+from tuninetd.supervisor.config import configfile, configure, options
 from tuninetd.supervisor.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]

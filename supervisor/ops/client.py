@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 from tuninetd.common import __version__
 from tuninetd.supervisor import instance
-from tuninetd.supervisor.control import peer_uid
+from tuninetd.supervisor.ops.control import peer_uid
 
 TIMEOUT = 5.0
 MAX_REPLY = 1 << 20

@@ -4,7 +4,7 @@ message of a refusal names the option and the value."""
 
 from __future__ import annotations
 
-from tuninetd.supervisor.config import SensorSpec
+from tuninetd.supervisor.config.settings import SensorSpec
 from tuninetd.supervisor.errors import UsageError
 
 MAX_TTL = 10 * 365 * 86400

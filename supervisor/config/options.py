@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuninetd.common import __version__, usage
-from tuninetd.supervisor import probes, values
-from tuninetd.supervisor.config import SENSOR_ACCOUNTS, Settings
+from tuninetd.supervisor.config import probes, values
+from tuninetd.supervisor.config.settings import SENSOR_ACCOUNTS, Settings
 from tuninetd.supervisor.errors import UsageError
 from tuninetd.supervisor.instance import RUN_DIR
 

@@ -27,7 +27,7 @@ from tuninetd.supervisor.events import (
     Triggered,
     WorkerRestarted,
 )
-from tuninetd.supervisor.serve import Server
+from tuninetd.supervisor.ops.serve import Server
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

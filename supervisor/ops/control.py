@@ -28,7 +28,7 @@ from typing import Any
 
 from tuninetd.supervisor.errors import StartupError
 from tuninetd.supervisor.events import Observer
-from tuninetd.supervisor.serve import Server
+from tuninetd.supervisor.ops.serve import Server
 
 MAX_REQUEST = 1024
 PROBE_TIMEOUT = 1.0

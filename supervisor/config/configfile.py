@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuninetd.supervisor import options, probes
-from tuninetd.supervisor.config import Settings
+from tuninetd.supervisor.config import options, probes
+from tuninetd.supervisor.config.settings import Settings
 from tuninetd.supervisor.errors import UsageError
 
 # key -> TOML type: "str", "int", "number" (int or float), "bool",

@@ -9,14 +9,14 @@ import selectors
 from collections.abc import Callable
 
 from tuninetd.common.logs import log
-from tuninetd.supervisor.config import Settings
-from tuninetd.supervisor.control import ControlServer, Verb
+from tuninetd.supervisor.config.settings import Settings
 from tuninetd.supervisor.events import Observers, Snapshot
-from tuninetd.supervisor.history import History
 from tuninetd.supervisor.instance import Instance
-from tuninetd.supervisor.notify import Notifier, SystemdNotify
-from tuninetd.supervisor.pidfile import PidFile
-from tuninetd.supervisor.report import StatusReport
+from tuninetd.supervisor.ops.control import ControlServer, Verb
+from tuninetd.supervisor.ops.history import History
+from tuninetd.supervisor.ops.notify import Notifier, SystemdNotify
+from tuninetd.supervisor.ops.pidfile import PidFile
+from tuninetd.supervisor.ops.report import StatusReport
 
 
 def open_observers(cfg: Settings, me: Instance, selector: selectors.BaseSelector,
@@ -34,7 +34,7 @@ def open_observers(cfg: Settings, me: Instance, selector: selectors.BaseSelector
     report = StatusReport(me.name, view, history)
     observers.add(ControlServer(me.control, me.name, selector, report.record, verbs))
     if cfg.metrics is not None:
-        from tuninetd.supervisor.metrics import Metrics
+        from tuninetd.supervisor.ops.metrics import Metrics
 
         host, port = cfg.metrics
         metrics = Metrics(host, port, selector, view)

@@ -29,7 +29,7 @@ import struct
 from dataclasses import dataclass
 
 from tuninetd.supervisor import forked
-from tuninetd.supervisor.config import Program
+from tuninetd.supervisor.config.settings import Program
 from tuninetd.supervisor.errors import StartupError
 
 PR_SET_NAME = 15

@@ -12,8 +12,9 @@ import stat
 from dataclasses import replace
 
 from tuninetd.common import ifname
-from tuninetd.supervisor import bpf, ownership, pcapfile
-from tuninetd.supervisor.config import Account, Program, SensorSpec
+from tuninetd.supervisor import pcapfile
+from tuninetd.supervisor.config import bpf, ownership
+from tuninetd.supervisor.config.settings import Account, Program, SensorSpec
 from tuninetd.supervisor.errors import UsageError
 
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the NUL

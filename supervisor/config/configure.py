@@ -7,12 +7,8 @@ from __future__ import annotations
 import sys
 from typing import Any, NamedTuple
 
-from tuninetd.supervisor import configfile, options, probes, values
-from tuninetd.supervisor.config import (
-    Account,
-    Settings,
-    default_sensor_user,
-)
+from tuninetd.supervisor.config import configfile, options, probes, values
+from tuninetd.supervisor.config.settings import Account, Settings, default_sensor_user
 from tuninetd.supervisor.errors import UsageError
 
 Argv = tuple[str, ...]

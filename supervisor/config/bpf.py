@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable
 
 from tuninetd.supervisor import forked
-from tuninetd.supervisor.config import Program
+from tuninetd.supervisor.config.settings import Program
 
 # ARPHRD_* types whose frames start with an Ethernet header on an AF_PACKET
 # SOCK_RAW socket; every other type (tun = ARPHRD_NONE, ppp, ipip, wireguard)

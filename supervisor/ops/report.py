@@ -13,7 +13,7 @@ from typing import Any
 
 from tuninetd.common import __version__
 from tuninetd.supervisor.events import Snapshot
-from tuninetd.supervisor.history import History
+from tuninetd.supervisor.ops.history import History
 
 
 class StatusReport:
