@@ -24,7 +24,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.netlab import Netns, events, gone, recorder, wait_for
+from tests.netlab import Netns, as_nobody, events, gone, need, public_folder, recorder, sh, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -59,25 +59,27 @@ class Rsyslog:
                                  + "\n".join("|".join(r) for r in self.records())) from None
 
 
-@pytest.fixture
-def rsyslog(tmp_path: Path) -> Iterator[Rsyslog]:
+def start_rsyslogd(folder: Path, rules: str = "", annotate: bool = False) -> Iterator[Rsyslog]:
+    """rsyslogd on a socket of its own, writing every line it gets to
+    ``folder``/out.log after ``rules``; ``annotate``: with the sender's
+    credentials, as the system socket's SysSock.Annotate and ParseTrusted."""
     rsyslogd = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd"
                                             if os.path.exists("/usr/sbin/rsyslogd") else None)
     if rsyslogd is None:
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true: needs rsyslogd (apt-get install rsyslog)")
         pytest.skip("needs rsyslogd (apt-get install rsyslog)")
-    folder = tmp_path / "rsyslog"
-    folder.mkdir()
     own_dev_log = not os.path.exists("/dev/log")
     sock = Path("/dev/log") if own_dev_log else folder / "log"
     out = folder / "out.log"
     conf = folder / "rsyslog.conf"
+    trusted = ' Annotate="on" ParseTrusted="on"' if annotate else ""
     conf.write_text(
         f'global(workDirectory="{folder}")\n'
         'module(load="imuxsock" SysSock.Use="off")\n'
-        f'input(type="imuxsock" Socket="{sock}" CreatePath="off")\n'
+        f'input(type="imuxsock" Socket="{sock}" CreatePath="off"{trusted})\n'
         f'template(name="fields" type="string" string="{TEMPLATE}")\n'
+        f"{rules}\n"
         f'*.* action(type="omfile" file="{out}" template="fields")\n'
     )
     proc = subprocess.Popen([rsyslogd, "-n", "-f", str(conf), "-i", str(folder / "pid")],
@@ -97,6 +99,13 @@ def rsyslog(tmp_path: Path) -> Iterator[Rsyslog]:
         proc.wait(10)
         if own_dev_log and sock.is_socket():
             sock.unlink()
+
+
+@pytest.fixture
+def rsyslog(tmp_path: Path) -> Iterator[Rsyslog]:
+    folder = tmp_path / "rsyslog"
+    folder.mkdir()
+    yield from start_rsyslogd(folder)
 
 
 def test_daemon_logs_to_rsyslog_and_keeps_a_pidfile(veth: Netns, tmp_path: Path,
@@ -158,3 +167,38 @@ def test_pidfile_that_cannot_be_written_fails_the_start(veth: Netns, tmp_path: P
     rsyslog.wait("cannot write the pidfile")
     assert not [r for r in rsyslog.records() if "Success!" in r[4]], rsyslog.records()
     assert not (tmp_path / "c.sock").exists()
+
+
+SHIPPED_RULE = Path(__file__).resolve().parent.parent / "conf" / "rsyslog.d" / "tuninetd.conf"
+
+
+@pytest.mark.parametrize("annotate", [True, False], ids=["annotated", "plain"])
+def test_a_users_line_under_the_daemons_name_stays_out_of_its_log(annotate: bool) -> None:
+    """The shipped rule, in an rsyslogd of the test's: root logs as
+    ``tuninetd[4242]``, and so does nobody, with the same text. With the
+    local socket annotated (the kernel's credentials of the sender), only
+    root's line lands in tuninetd.log and nobody's goes to the general log;
+    without, both land there, which the rule's comment says."""
+    logger = need("logger", "bsdutils")
+    with public_folder("tnd-rsyslog-") as folder:
+        daemons_log = folder / "tuninetd.log"
+        rules = SHIPPED_RULE.read_text().replace("/var/log/tuninetd.log", str(daemons_log))
+        for rs in start_rsyslogd(folder, rules, annotate):
+            sock = str(folder / "log") if rs.prefix else "/dev/log"
+            text = "PCAP: start command done"
+            sh(logger, "-u", sock, "-t", "tuninetd[4242]", f"{text} (root)")
+            code, out = as_nobody([logger, "-u", sock, "-t", "tuninetd[4242]", f"{text} (nobody)"])
+            assert code == 0, out
+            sh(logger, "-u", sock, "-t", "other", "flush")  # after both, in order
+            rs.wait("flush")
+
+            def holds(path: Path, line: str) -> bool:
+                return path.exists() and line in path.read_text()
+
+            root, nobody = f"{text} (root)", f"{text} (nobody)"
+            assert holds(daemons_log, root) and not holds(rs.out, root)
+            if annotate:
+                assert holds(rs.out, nobody), rs.out.read_text()
+                assert not holds(daemons_log, nobody), daemons_log.read_text()
+            else:
+                assert holds(daemons_log, nobody), daemons_log.read_text()
