@@ -58,7 +58,7 @@ def nflog_flush(lab: Lab, seconds: float) -> None:
     decide the delay from a frame sent to its message readable, and what the
     kernel's per-packet work costs the sender flat out while a counting
     sensor's minimal receive buffer makes it drop the messages."""
-    from tuninetd.sensors import netlink
+    from tuninetd.common import netlink
 
     lab.rules(log_tap0=True)
     configs = (("now: qthresh 4096, nlbufsiz 64 KiB, timeout 0", 4096, 64 * 1024),

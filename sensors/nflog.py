@@ -34,8 +34,8 @@ import socket
 import struct
 from collections.abc import Iterator
 
-from tuninetd.common import procstatus, wire
-from tuninetd.sensors import decode, loop, netlink
+from tuninetd.common import netlink, procstatus, wire
+from tuninetd.sensors import decode, loop
 
 # IP and TCP headers with options fit; so do IPv6 and a few extension headers.
 SUMMARY_COPY = 128

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.trigger_text import summarize
-from tuninetd.sensors import netlink as nl
+from tuninetd.common import netlink as nl
 from tuninetd.sensors.nflog import _frame
 
 # Captured from the kernel (x86, so native byte order is little-endian) by

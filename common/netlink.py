@@ -1,4 +1,4 @@
-"""Netlink, nfnetlink and NFLOG messages, with the standard library only.
+"""Netlink, nfnetlink, NFLOG and NFQUEUE messages, with the standard library only.
 
 What the kernel sends is parsed as untrusted bytes: every walk checks each
 length against what is left before using it and advances by at least a header
@@ -341,3 +341,51 @@ def iter_packets(buf: ReadableBuffer, size: int) -> Iterator[tuple[int, int]]:
     for pos, length in messages(buf, size):
         if length >= NFLOG_ATTRS_AT and message_type(buf, pos) == NFLOG_PACKET:
             yield pos, length
+
+
+# include/uapi/linux/netfilter/nfnetlink_queue.h
+NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_PACKET = 0
+NFQNL_MSG_CONFIG = 2
+NFQNL_MSG_VERDICT_BATCH = 3
+NFQUEUE_PACKET = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_PACKET
+NFQUEUE_CONFIG = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_CONFIG
+NFQUEUE_VERDICT_BATCH = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_VERDICT_BATCH
+
+NFQNL_CFG_CMD_BIND = 1
+NFQNL_COPY_META = 1
+NFQA_CFG_F_FAIL_OPEN = 1
+NF_DROP = 0
+NF_ACCEPT = 1
+
+NFQA_CFG: AttrMap = {
+    1: record("cmd", "!BxH"),  # command, protocol family
+    2: record("params", "!IB"),  # copy_range, copy_mode (packed: 5 bytes)
+    3: scalar("queue_maxlen", "!I"),
+    4: scalar("mask", "!I"),
+    5: scalar("flags", "!I"),
+}
+
+NFQA: AttrMap = {
+    2: record("verdict_hdr", "!II"),  # verdict, packet id
+}
+
+
+def nfqueue_config(queue: int, seq: int, **values: Any) -> bytes:
+    """An NFQNL_MSG_CONFIG request for ``queue`` asking for an ack; ``values``
+    are NFQA_CFG attributes by name (cmd=(command, pf), queue_maxlen=..., ...)."""
+    body = NFGENMSG.pack(0, NFNETLINK_V0, queue) + build_attributes(values, NFQA_CFG)
+    return build_message(NFQUEUE_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, body)
+
+
+def nfqueue_verdict_batch(queue: int, seq: int, verdict: int, last_id: int) -> bytes:
+    """One verdict for every packet ``queue`` holds up to ``last_id`` (ids wrap:
+    the kernel compares them as serial numbers), asking for an ack."""
+    body = NFGENMSG.pack(0, NFNETLINK_V0, queue) + build_attributes(
+        {"verdict_hdr": (verdict, last_id)}, NFQA)
+    return build_message(NFQUEUE_VERDICT_BATCH, NLM_F_REQUEST | NLM_F_ACK, seq, body)
+
+
+def count_messages(buf: ReadableBuffer, size: int, kind: int) -> int:
+    """How many messages of type ``kind`` a datagram holds; headers alone are read."""
+    return sum(1 for pos, _length in messages(buf, size) if message_type(buf, pos) == kind)
