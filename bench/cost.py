@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.lab import FILTER, GROUP, Cpu, Lab, Tcpdump, gen_result, role, running
 from bench.settings import Settings
-from tests.netlab import title
+from tests.support.netlab import title
 
 RATES = (10_000, 100_000, 0)  # 0: as fast as the generator goes
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.lab import FILTER, Cpu, Lab, role, running
 from bench.settings import Settings
-from tests.netlab import title
+from tests.support.netlab import title
 from tuninetd.common import wire
 
 FLOOR = (

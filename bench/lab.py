@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.netlab import Daemon, Netns, title, wait_for
+from tests.support.netlab import Daemon, Netns, title, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PORT = 9999

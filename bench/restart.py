@@ -38,7 +38,7 @@ from bench.lab import (
 )
 from bench.settings import Settings
 from bench.timing import KINDS, Summary
-from tests.netlab import wait_for
+from tests.support.netlab import wait_for
 
 RATE = 2000  # packets per second on each veth while up
 _CALL = re.compile(r'^(\d+\.\d+) recvfrom\((\d+), "((?:[^"\\]|\\.)*)"')

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from tests.netlab import Daemon, Netns, need_root
+from tests.support.netlab import Daemon, Netns, need_root
 
 # Speed is measured in bench/, not asserted here: hypothesis' per-example
 # deadline (200 ms) would fail a parser test on a busy shared machine.

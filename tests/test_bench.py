@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.netlab import need_root
+from tests.support.netlab import need_root
 
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("idle", "cost", "start_latency", "stop", "memory", "restart")

@@ -24,7 +24,7 @@ from importlib.metadata import version
 import psutil
 import pytest
 
-from tests.netlab import Netns, need_root
+from tests.support.netlab import Netns, need_root
 
 MODULE = "tuninetd.supervisor.main"
 # A worker before and after it sets its title.

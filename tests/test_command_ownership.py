@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netlab import as_nobody, public_folder
+from tests.support.netlab import as_nobody, public_folder
 
 NOBODY = pwd.getpwnam("nobody")
 SCRIPT = "#!/bin/sh\nexit 0\n"

@@ -20,7 +20,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.netlab import Daemon, Netns, as_nobody, public_folder, ready, wait_for
+from tests.support.netlab import Daemon, Netns, as_nobody, public_folder, ready, wait_for
 from tuninetd.supervisor.config import configfile
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "conf" / "tuninetd.toml"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netlab import need_root
+from tests.support.netlab import need_root
 from tests.test_status import answer
 from tuninetd.supervisor.errors import StartupError
 from tuninetd.supervisor.ops import control

@@ -24,8 +24,8 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.utils import rdpcap
 
-from tests import netlab
-from tests.netlab import Daemon, Lab, Netns, Run, Sent, epoch, wait_for
+from tests.support import netlab
+from tests.support.netlab import Daemon, Lab, Netns, Run, Sent, epoch, wait_for
 
 pytestmark = pytest.mark.root
 

@@ -2,7 +2,7 @@
 failed start with exit status 1 instead of dying silently in the background.
 
 The syslog side is a datagram socket this test binds, seen as /dev/log by
-the daemon in a private mount namespace (tests/syslogd.py): what the daemon's
+the daemon in a private mount namespace (tests/support/syslogd.py): what the daemon's
 libc sends there is read back byte for byte.
 """
 
@@ -20,8 +20,8 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.netlab import Daemon, Netns, events, gone, ready, recorder, wait_for
-from tests.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev, private_dev_log
+from tests.support.netlab import Daemon, Netns, events, gone, ready, recorder, wait_for
+from tests.support.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev, private_dev_log
 
 pytestmark = pytest.mark.root
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.netlab import Netns, need, wait_for
+from tests.support.netlab import Netns, need, wait_for
 from tests.test_tuntapd import console_script, has_carrier, holders
 
 ROOT = Path(__file__).resolve().parent.parent

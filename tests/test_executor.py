@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.netlab import gone, wait_gone
+from tests.support.netlab import gone, wait_gone
 from tuninetd.common import wire
 from tuninetd.common.worker import HEARTBEAT_BEATS
 from tuninetd.executor import cgroup

@@ -30,8 +30,8 @@ row's full wording are not repeated here; the map:
  9. flapping, 200 cycles ... here: test_flapping_200_cycles
 10. a sensor sending malformed, oversized, out-of-order messages ... here:
     test_garbage_from_a_sensor_is_refused_and_changes_nothing (hypothesis, a
-    fake sensor run by the real supervisor: tests/fake_sensor.py; the
-    strategies: tests/garbage.py), and tests/unit/test_wire_fuzz.py
+    fake sensor run by the real supervisor: tests/support/fake_sensor.py; the
+    strategies: tests/support/garbage.py), and tests/unit/test_wire_fuzz.py
     (hypothesis, wire.parse alone)
 
 Sandbox: test_sensors_run_in_an_empty_jail_and_are_not_dumpable,
@@ -76,8 +76,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
-from tests.fake_sensor import CONTROL_VAR
-from tests.garbage import (
+from tests.support.fake_sensor import CONTROL_VAR
+from tests.support.garbage import (
     AFTER_PARSE,
     BEFORE_HELLO,
     HARMLESS,
@@ -86,7 +86,7 @@ from tests.garbage import (
     MALFORMED,
     obj,
 )
-from tests.netlab import (
+from tests.support.netlab import (
     Daemon,
     Lab,
     Netns,
@@ -624,7 +624,7 @@ def plans(draw: st.DrawFn) -> Plan:
 
 
 class FakeSensors:
-    """The real supervisor with a fake sensor (tests/fake_sensor.py), and the
+    """The real supervisor with a fake sensor (tests/support/fake_sensor.py), and the
     control socket each fake sensor asks for its plan."""
 
     def __init__(self, folder: Path, command_body: str = "") -> None:
@@ -644,7 +644,7 @@ class FakeSensors:
         env = {**os.environ, CONTROL_VAR: str(path),
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fake_sensor", "supervise", json.dumps(setup)],
+            [sys.executable, "-m", "tests.support.fake_sensor", "supervise", json.dumps(setup)],
             cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=self.logf,
             stderr=subprocess.STDOUT,
         )

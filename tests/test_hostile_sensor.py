@@ -1,4 +1,4 @@
-"""A compromised sensor against the real supervisor (tests/fake_sensor.py):
+"""A compromised sensor against the real supervisor (tests/support/fake_sensor.py):
 what it sends may lie about a packet, but it cannot write the daemon's log
 lines, put text into the root-run command's environment, or flood the log.
 
@@ -15,8 +15,8 @@ import signal
 import time
 from pathlib import Path
 
-from tests.garbage import obj
-from tests.netlab import gone, kinds, need_root, wait_for
+from tests.support.garbage import obj
+from tests.support.netlab import gone, kinds, need_root, wait_for
 from tests.test_faults import BEAT, FakeSensors, Plan
 from tuninetd.supervisor import allowance
 from tuninetd.supervisor.ops import client

@@ -25,7 +25,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.netlab import Daemon, Netns, events, ready, recorder, wait_for
+from tests.support.netlab import Daemon, Netns, events, ready, recorder, wait_for
 
 pytestmark = pytest.mark.root
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.netlab import Daemon, Netns, events, ready, recorder, wait_for
+from tests.support.netlab import Daemon, Netns, events, ready, recorder, wait_for
 
 BEAT = 0.2
 FRAME = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.netlab import (
+from tests.support.netlab import (
     Daemon,
     Netns,
     as_nobody,

@@ -26,8 +26,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
-from tests import netlab
-from tests.netlab import (
+from tests.support import netlab
+from tests.support.netlab import (
     Daemon,
     Lab,
     Netns,

@@ -19,7 +19,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 
-from tests.netlab import Netns, proc_status, send_udp, sh
+from tests.support.netlab import Netns, proc_status, send_udp, sh
 from tuninetd.common import wire
 from tuninetd.supervisor import facts, wording
 from tuninetd.supervisor.sandbox import allowlist

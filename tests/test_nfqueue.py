@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.netlab import Netns, wait_for
+from tests.support.netlab import Netns, wait_for
 from tuninetd.common import netlink
 from tuninetd.supervisor import nfqueue
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netlab import Daemon, Netns, as_nobody, public_folder, ready, recorder, wait_for
+from tests.support.netlab import Daemon, Netns, as_nobody, public_folder, ready, recorder, wait_for
 
 pytestmark = pytest.mark.root
 

@@ -26,7 +26,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.netlab import (
+from tests.support.netlab import (
     Daemon,
     Lab,
     Netns,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netlab import Netns
+from tests.support.netlab import Netns
 
 REPO = Path(__file__).resolve().parent.parent
 INTRO = "The original's command lines work unchanged:"

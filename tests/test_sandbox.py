@@ -1,5 +1,5 @@
 """The sensors' sandbox, attacked the way a review would: from inside a
-compromised sensor (tests/compromised_sensor.py runs the real setup, then
+compromised sensor (tests/support/compromised_sensor.py runs the real setup, then
 the attack), and from outside (stray descriptors and a secret in the
 environment of whoever starts the daemon).
 
@@ -33,9 +33,9 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.compromised_sensor import SPOOFED
-from tests.configs import settings
-from tests.netlab import Netns, events, proc_status, recorder, title, wait_for
+from tests.support.compromised_sensor import SPOOFED
+from tests.support.configs import settings
+from tests.support.netlab import Netns, events, proc_status, recorder, title, wait_for
 from tuninetd.common import wire, worker
 from tuninetd.supervisor import arbiter, children
 from tuninetd.supervisor.config import bpf
@@ -131,8 +131,9 @@ class Scene:
         config.update(attack=attack, unconfined=not confined, stray=stray,
                       port=self.udp.getsockname()[1], abstract=self.abstract,
                       forged=self.forged)
-        w = children.Worker(role=spec.label, module="tests.compromised_sensor", config=config,
-                            schema=wire.SENSOR_MESSAGES, log_name=f"sensor {kind}")
+        w = children.Worker(role=spec.label, module="tests.support.compromised_sensor",
+                            config=config, schema=wire.SENSOR_MESSAGES,
+                            log_name=f"sensor {kind}")
         # Workers import from the supervisor's sys.path less its first entry
         # (the script's folder): the harness module must be found past it,
         # wherever pytest put the repository.
@@ -305,7 +306,7 @@ def _child(pid: int, prefix: str, state: str) -> int | None:
 
 def test_a_sensor_killed_by_seccomp_is_logged_and_replaced(veth: Netns, tmp_path: Path) -> None:
     """The real supervisor; its first pcap sensor breaks the allow-list on its
-    first packet (tests/compromised_sensor.py), its replacement is sound."""
+    first packet (tests/support/compromised_sensor.py), its replacement is sound."""
     script, record = recorder(tmp_path)
     log = tmp_path / "daemon.log"
     argv = ["-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", "0.2",
@@ -314,7 +315,7 @@ def test_a_sensor_killed_by_seccomp_is_logged_and_replaced(veth: Netns, tmp_path
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
-            veth.exec_argv(sys.executable, "-m", "tests.compromised_sensor", "supervise",
+            veth.exec_argv(sys.executable, "-m", "tests.support.compromised_sensor", "supervise",
                            str(tmp_path / "marker"), *argv),
             cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
         )

@@ -24,7 +24,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
-from tests.netlab import Daemon, Lab, Netns, Run, as_nobody, public_folder
+from tests.support.netlab import Daemon, Lab, Netns, Run, as_nobody, public_folder
 
 pytestmark = pytest.mark.root
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netlab import need_root
+from tests.support.netlab import need_root
 
 pytestmark = pytest.mark.root
 

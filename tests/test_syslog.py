@@ -24,7 +24,17 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.netlab import Netns, as_nobody, events, gone, need, public_folder, recorder, sh, wait_for
+from tests.support.netlab import (
+    Netns,
+    as_nobody,
+    events,
+    gone,
+    need,
+    public_folder,
+    recorder,
+    sh,
+    wait_for,
+)
 
 pytestmark = pytest.mark.root
 

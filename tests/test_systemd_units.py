@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netlab import need
+from tests.support.netlab import need
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 SHIPPED = "/usr/bin/tuninetd"

@@ -23,8 +23,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.netlab import Daemon, Netns, events, gone, ready, recorder, send_udp, wait_for
-from tests.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev_log
+from tests.support.netlab import Daemon, Netns, events, gone, ready, recorder, send_udp, wait_for
+from tests.support.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev_log
 
 TUNTAPD = [sys.executable, "-m", "tuninetd.tuntapd"]
 ROUTED = "10.99.0.0/24"

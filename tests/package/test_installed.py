@@ -21,7 +21,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.netlab import Netns, events, gone, recorder, wait_for
+from tests.support.netlab import Netns, events, gone, recorder, wait_for
 
 pytestmark = pytest.mark.root
 

@@ -19,7 +19,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw
 
-from tests.trigger_text import Summary, summarize
+from tests.support.trigger_text import Summary, summarize
 from tuninetd.sensors.decode import describe, tcp_ack
 from tuninetd.supervisor.wording import NOT_IP_LINE
 

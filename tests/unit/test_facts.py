@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.garbage import ETHER_FACTS, FORGED_FACTS, IP_FACTS, forged
+from tests.support.garbage import ETHER_FACTS, FORGED_FACTS, IP_FACTS, forged
 from tuninetd.common import wire
 from tuninetd.supervisor import facts, wording
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.trigger_text import summarize
+from tests.support.trigger_text import summarize
 from tuninetd.common import netlink as nl
 from tuninetd.sensors.nflog import _frame
 

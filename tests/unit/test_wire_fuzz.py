@@ -1,5 +1,5 @@
 """``wire.parse`` against what a worker may send: every record built bad
-(tests/garbage.py, one broken rule per family) is refused for that reason,
+(tests/support/garbage.py, one broken rule per family) is refused for that reason,
 and whatever bytes come, parse returns a message of the schema or raises
 ProtocolError: nothing else can escape into the supervisor's loop."""
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.garbage import HARMLESS, MALFORMED, Schema, families
+from tests.support.garbage import HARMLESS, MALFORMED, Schema, families
 from tuninetd.common import wire
 
 SCHEMAS = {"sensor": wire.SENSOR_MESSAGES, "executor": wire.EXECUTOR_MESSAGES}

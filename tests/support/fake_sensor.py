@@ -1,15 +1,15 @@
 """A fake sensor for the fault tests, and the supervisor that runs it.
 
-No hook in the product: ``python -m tests.fake_sensor supervise SETTINGS``
+No hook in the product: ``python -m tests.support.fake_sensor supervise SETTINGS``
 builds the real ``Arbiter`` from ``Settings`` and, before ``run()``, points its
 one sensor ``Worker`` at this module instead of ``tuninetd.sensors.nflog``,
 with a quick restart backoff. Everything else is the daemon's own code: the
 spawn, the socketpair, the schema checks, the kill and the replacement.
 Workers import from the supervisor's import path, and the test runs this
 supervisor with the repository on PYTHONPATH, so the worker finds
-``tests.fake_sensor`` the way it finds any module.
+``tests.support.fake_sensor`` the way it finds any module.
 
-Each fake sensor process (``python -m tests.fake_sensor <fd> <ppid>``, the way
+Each fake sensor process (``python -m tests.support.fake_sensor <fd> <ppid>``, the way
 the supervisor starts every worker) connects to the test's control socket,
 reports its pid, and receives its plan: say hello or not, send a trigger or
 not, then a list of raw records, sent on the socketpair exactly as given.
@@ -90,7 +90,7 @@ def supervise(settings: dict[str, Any]) -> None:
     tests/unit/test_backoff.py and the daemon tests): a fake killed dozens of
     times in a row must come back in a tenth of a second, not in 30.
     """
-    from tests import configs
+    from tests.support import configs
     from tuninetd.supervisor.config.settings import Account, SensorSpec
     cfg = configs.settings(
         command=settings["command"],
@@ -103,7 +103,7 @@ def supervise(settings: dict[str, Any]) -> None:
     )
     # Sensors start with a minimal environment: the socket's path goes in
     # the config record instead.
-    run_with_sensor(cfg, "tests.fake_sensor", {CONTROL_VAR: os.environ[CONTROL_VAR]})
+    run_with_sensor(cfg, "tests.support.fake_sensor", {CONTROL_VAR: os.environ[CONTROL_VAR]})
 
 
 def run_with_sensor(cfg: Any, module: str, config: dict[str, Any]) -> NoReturn:

@@ -16,7 +16,7 @@ no-op before the setup: the same attack against the other layers alone (the
 locked filter, the closed descriptors, the jail), which also shows that the
 attack code works where nothing stops it.
 
-``python -m tests.compromised_sensor supervise MARKER ARGV...`` runs the
+``python -m tests.support.compromised_sensor supervise MARKER ARGV...`` runs the
 real supervisor (the command line ARGV) with its pcap sensor pointed here:
 the first sensor breaks the allow-list on its first packet, each
 replacement (MARKER exists by then) is the real sensor.
@@ -34,7 +34,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from tests.fake_sensor import run_with_sensor
+from tests.support.fake_sensor import run_with_sensor
 from tuninetd.common import wire, worker
 from tuninetd.sensors import fprog, loop, nflog, pcap, sandbox
 
@@ -134,7 +134,7 @@ def supervise(marker: str, argv: list[str]) -> None:
     """The real supervisor; its pcap sensor is this module, which breaks
     the allow-list once (no MARKER yet) and then behaves."""
     from tuninetd.supervisor.config import configure
-    run_with_sensor(configure.parse(argv).settings, "tests.compromised_sensor",
+    run_with_sensor(configure.parse(argv).settings, "tests.support.compromised_sensor",
                     {"marker": marker})
 
 

@@ -11,7 +11,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.netlab import wait_for
+from tests.support.netlab import wait_for
 
 LOG_DAEMON = 3 << 3
 LOG_INFO = 6
