@@ -118,7 +118,8 @@ class Arbiter:
         self.workers = [self.executor, *self.sensors]
         self.executor_link = ExecutorLink(cfg, self.executor, self.observers)
         self.sensor_link = SensorLink(cfg, self.sensors)
-        self.service = Service(cfg, self.sensor_link, self.executor_link, self.observers)
+        self.service = Service(cfg, self.sensor_link, self.executor_link, self.observers,
+                               me.state_path)
         self.late = LateInterfaces(cfg.sensors)
         self.replacing: list[Worker] = []  # killed to be started anew at once
         self.handlers: dict[int, Callable[[], None]] = {
@@ -165,6 +166,7 @@ class Arbiter:
                 self.handlers[sig]()
             self.manage(time.monotonic())
             if self.stopping and not any(w.alive for w in self.workers):
+                self.service.exited()
                 log.info("CORE: all workers have exited, bye")
                 return 0
 
@@ -213,8 +215,8 @@ class Arbiter:
                 w.last_heard = now
                 if w is self.executor:
                     ended = self.executor_link.receive(msg, self.starting)
-                    if ended is not None and not self.stopping:
-                        self.service.command_ended(ended, now)
+                    if ended is not None:
+                        self.service.command_ended(ended, now, exiting=self.stopping)
                 else:
                     event = self.sensor_link.receive(w, msg, now, self.starting)
                     if event is not None:
@@ -324,8 +326,8 @@ class Arbiter:
         if w is self.executor:
             self.executor.ready = False
             ended = self.executor_link.lost()
-            if ended is not None and not self.stopping:
-                self.service.command_ended(ended, now)
+            if ended is not None:
+                self.service.command_ended(ended, now, exiting=self.stopping)
         if any(r is w for r in self.replacing) and not self.stopping:
             self.replacing = [r for r in self.replacing if r is not w]
             w.pid = 0

@@ -23,9 +23,13 @@ class ExecutorLink:
         self.closed = False  # shutting down: only the stop kept by close() is handed over
         self.quit_sent = False
 
-    def start(self, env: dict[str, str], sensor_kind: str, lines: tuple[str, ...]) -> None:
+    def start(self, env: dict[str, str], sensor_kind: str, lines: tuple[str, ...]) -> bool:
+        """Queue start; False: it cancelled a stop still waiting, and the
+        service simply stays up (no start runs)."""
         if self.queue.push("start", env=env, sensor=sensor_kind, lines=list(lines)) is not None:
             wording.stop_cancelled(sensor_kind, lines)
+            return False
+        return True
 
     def stop(self, env: dict[str, str]) -> None:
         if self.queue.push("stop", env=env) is not None:

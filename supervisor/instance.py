@@ -1,8 +1,12 @@
 """Which daemon this is among those on the host: its name, and the files in
-/run/tuninetd that go with it.
+/run/tuninetd that go with it. The claimed name is the key of all of them:
+the lock, the control socket (unless --control) and the state file take
+their path from it here, and from nowhere else.
 
 A name is held by an exclusive ``flock`` on ``/run/tuninetd/NAME.lock``, taken
-before anything else is opened and kept until exit. The kernel drops it when
+before anything else is opened and kept until exit. The file is root's and
+0600: a lock anyone can open, anyone can hold (a local user keeping a
+crashed daemon's name taken), so one that others could open is replaced. The kernel drops it when
 the daemon dies, however it dies, so a name is never left taken by a dead
 daemon, and two daemons starting at the same moment cannot both get it.
 /run is one directory for every network namespace, so names are unique on
@@ -59,6 +63,10 @@ def lock_path(name: str) -> str:
     return f"{RUN_DIR}/{name}.lock"
 
 
+def state_path(name: str) -> str:
+    return f"{RUN_DIR}/{name}.state"
+
+
 def make_run_dir() -> None:
     """/run/tuninetd: root's, 0755, a real directory (not a symlink to
     somewhere an unprivileged user chose)."""
@@ -77,6 +85,11 @@ class Instance:
     name: str
     control: str
     lock_fd: int
+
+    @property
+    def state_path(self) -> str:
+        """The state file (supervisor/statefile.py): the name's, as the lock is."""
+        return state_path(self.name)
 
     def release(self) -> None:
         """Remove the lock file while it is still held (a daemon taking the
@@ -107,15 +120,28 @@ def holder(name: str) -> int | None:
         os.close(fd)
 
 
+def _ours(fd: int) -> bool:
+    """A regular file of ours that no one else may open: a lock only we can take."""
+    st = os.fstat(fd)
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
 def _lock(name: str) -> int | None:
     """The lock on ``name``'s file, held; None: another daemon holds it."""
     path = lock_path(name)
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise StartupError(f"cannot take the name {name}: {path}: "
                                f"{exc.strerror or exc}") from None
+        if not _ours(fd):
+            # Anyone who can open a file can flock it, and hold the name for
+            # good: such a file (e.g. an earlier release's 0644) is no lock.
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

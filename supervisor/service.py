@@ -5,8 +5,9 @@ A trigger brings the state up and queues start; ``ttl`` seconds without a
 matching packet bring it down and queue stop, and the sensors are armed
 again. SIGHUP and ``tuninetd down`` force the way down, ``tuninetd up`` the
 way up. Each change is written to the state file, and a restarted daemon
-resumes an up state from it. With ``retry_start`` a failed start is standby
-again, the sensors re-armed later.
+resumes an up state from it: up is written once start has ended, "starting"
+until then. With ``retry_start`` a failed start is standby again, the
+sensors re-armed later.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ REPORT_WAIT = 0.5  # seconds past the ttl a counting sensor's report is awaited
 
 class Service:
     def __init__(self, cfg: Settings, sensors: SensorLink, executor: ExecutorLink,
-                 observers: Observers) -> None:
+                 observers: Observers, state_path: str) -> None:
         self.cfg = cfg
         self.sensors = sensors
         self.executor = executor
@@ -38,14 +39,15 @@ class Service:
         self.trigger_sensor = ""  # the sensor that brought the state up last
         self.trigger_lines: tuple[str, ...] = ()
         self.report_asked = 0.0  # the ttl deadline sensors were last asked to report on
-        self.state_file = StateFile(cfg)
+        self.state_file = StateFile(state_path, cfg)
+        self.start_open = False  # a start is queued or running: up is "starting"
         self.retry_at: float | None = None  # a start failed: sensors re-armed then
 
     def resume(self, now: float) -> None:
         """Before any worker runs: up, if the previous run was, with the ttl
         clock starting now and start not run again."""
         record = self.state_file.load()
-        if record is None or not record.up:
+        if record is None or record.state != "up":
             return
         self.machine.trigger(now)
         self.trigger_sensor, self.trigger_lines = record.sensor, record.summary
@@ -53,7 +55,12 @@ class Service:
         self.observers.publish(Resumed(record.sensor, record.summary, record.since))
 
     def _save(self) -> None:
-        self.state_file.save(self.machine.up, self.trigger_sensor, self.trigger_lines)
+        state = ("down" if not self.machine.up else "starting" if self.start_open else "up")
+        self.state_file.save(state, self.trigger_sensor, self.trigger_lines)
+
+    def _start(self, env: dict[str, str], sensor_kind: str, lines: tuple[str, ...]) -> None:
+        if self.executor.start(env, sensor_kind, lines):
+            self.start_open = True
 
     def from_sensor(self, event: Hello | Beat | Trigger, now: float) -> None:
         if isinstance(event, Hello):
@@ -77,7 +84,7 @@ class Service:
             return  # another sensor fired first: this is only activity
         self.trigger_sensor, self.trigger_lines = role, t.lines
         env = wording.command_env("start", role, self.cfg.ttl, t.facts)
-        self.executor.start(env, role.partition(":")[0], t.lines)
+        self._start(env, role.partition(":")[0], t.lines)
         # First: the start latency is what users wait on. The state file and
         # the observers (the log's lines among them) follow.
         self.executor.dispatch()
@@ -103,12 +110,14 @@ class Service:
         already up, and nothing changes."""
         if self.machine.up:
             return False
+        # The queue first: if it refuses, nothing has changed yet.
+        self._start(wording.command_env("start", wording.CONTROL_SENSOR, self.cfg.ttl),
+                    "core", ())
         self.machine.trigger(now)
-        self.trigger_sensor = wording.CONTROL_SENSOR
-        self.observers.publish(Triggered(wording.CONTROL_SENSOR, (), True, now))
-        self.executor.start(wording.command_env("start", wording.CONTROL_SENSOR, self.cfg.ttl),
-                            "core", ())
+        self.trigger_sensor, self.trigger_lines = wording.CONTROL_SENSOR, ()
         self.executor.dispatch()
+        self._save()
+        self.observers.publish(Triggered(wording.CONTROL_SENSOR, (), True, now))
         self.sensors.order_all("count")
         return True
 
@@ -125,17 +134,30 @@ class Service:
             wording.stop_on_exit()
             self._go_down(arm=False)
 
-    def command_ended(self, ended: CommandEnded, now: float) -> None:
+    def command_ended(self, ended: CommandEnded, now: float, exiting: bool = False) -> None:
         """A failed start with retry_start: standby again, without stop; the
         sensors are re-armed after retry_start seconds. Without retry_start
-        the state stays up, as in the original (its warning is logged)."""
-        if ended.event != "start" or ended.outcome.ok or self.cfg.retry_start is None:
+        the state stays up, as in the original (its warning is logged).
+        While the daemon exits, a failed start is saved as down, so that its
+        next run runs start again."""
+        if ended.event != "start":
             return
-        self.executor.queue.start_failed()
+        self.start_open = False
+        retry = self.cfg.retry_start
+        if ended.outcome.ok or retry is None:
+            self._save()
+            return
         self.machine.force_down()
-        self.retry_at = now + self.cfg.retry_start
-        wording.start_failed(self.cfg.retry_start)
+        if not exiting:
+            self.executor.queue.start_failed()
+            self.retry_at = now + retry
+            wording.start_failed(retry)
         self._save()
+
+    def exited(self) -> None:
+        """An orderly exit: down leaves nothing to resume, so no file either."""
+        if not self.machine.up:
+            self.state_file.remove()
 
     def manage(self, now: float) -> None:
         if self.retry_at is not None and now >= self.retry_at:

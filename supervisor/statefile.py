@@ -1,15 +1,21 @@
-"""The daemon's state between two runs: ``/run/tuninetd/NAME.state``.
+"""The daemon's state between two runs: ``/run/tuninetd/NAME.state``, NAME
+being the name the daemon claimed (supervisor/instance.py), whose lock it holds.
 
-Up or down, since when (wall clock, with the boot it was written in), the
-sensor and summary of the last trigger, and a fingerprint of the commands.
-A new run of the same daemon with the same commands in the same boot that
-finds ``up`` resumes it instead of running start again. The file is rewritten
+Up, down, or starting (brought up, its start not ended yet), since when
+(wall clock, with the boot it was written in), the sensor and summary of the
+last trigger, and a fingerprint of the commands. A new run of the same daemon
+with the same commands in the same boot that finds ``up`` resumes it instead
+of running start again; ``starting`` is not resumed: that start may never
+have run to its end, so the next packet runs it again. The file is rewritten
 whole (temp file and rename, root's, 0600) on every change of state, so a
 SIGKILL or a crash leaves either the old record or the new one, never half.
+An orderly exit while down removes it: there is nothing to resume.
 
-Reading trusts nothing beyond the fields: a bounded read, a strict schema,
-every value checked. Anything else is ignored with one log line, and the
-daemon starts down as it would without the file.
+The writer and the reader keep one rule (``check``): the daemon never writes
+a record that its next run would refuse. Reading trusts nothing beyond the
+fields: a bounded read, a strict schema, every value checked. Anything else
+is ignored with one log line, and the daemon starts down as it would without
+the file.
 """
 
 from __future__ import annotations
@@ -28,12 +34,14 @@ from tuninetd.common.logs import log
 from tuninetd.supervisor import forked
 from tuninetd.supervisor.config.settings import Settings
 
-STATE_DIR = "/run/tuninetd"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 MAX_SIZE = 8192
 MAX_LINES = 8
-MAX_TEXT = 300
+# The longest line the daemon words is the NFLOG prefix's: 64 characters
+# shown, each at most 7 once quoted (\u1f600), and 18 around them.
+MAX_TEXT = 512
 VERSION = 1
+STATES = ("down", "starting", "up")
 _KEYS = {"version", "state", "since", "boot_id", "command", "sensor", "summary"}
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -45,23 +53,12 @@ class Corrupt(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    up: bool
+    state: str  # one of STATES
     since: float  # time.time() of the change
     boot_id: str
     command: str  # fingerprint(cfg)
     sensor: str  # the sensor of the last trigger, "" before any
     summary: tuple[str, ...]  # its summary lines
-
-
-def daemon_name(cfg: Settings) -> str:
-    """``--name``, else derived from the sensors: ``eth0``, ``nflog-1``, ``eth0+nflog-1``."""
-    given: str = getattr(cfg, "name", "")  # the names branch adds Settings.name
-    return given or "+".join(s.name if s.kind == "pcap" else f"nflog-{s.name}"
-                             for s in cfg.sensors)
-
-
-def state_path(cfg: Settings) -> str:
-    return os.path.join(STATE_DIR, f"{daemon_name(cfg)}.state")
 
 
 def fingerprint(cfg: Settings) -> str:
@@ -83,17 +80,42 @@ def boot_id() -> str:
         return f.read().strip()
 
 
-def dump(record: Record) -> bytes:
-    return json.dumps({
-        "version": VERSION, "state": "up" if record.up else "down", "since": record.since,
+def check(record: Record) -> bytes:
+    """The one rule of the writer and the reader: the record's bytes as
+    written, or Corrupt when the reader would refuse them."""
+    if record.state not in STATES:
+        raise Corrupt(f"state is not one of {', '.join(STATES)}")
+    since = record.since
+    if (isinstance(since, bool) or not isinstance(since, int | float)
+            or not math.isfinite(since) or not 0 < since < 2**40):
+        raise Corrupt("since is not a time")
+    if not isinstance(record.boot_id, str) or not _UUID.fullmatch(record.boot_id):
+        raise Corrupt("boot_id is not a boot id")
+    if not isinstance(record.command, str) or not _SHA256.fullmatch(record.command):
+        raise Corrupt("command is not a sha256")
+    _text(record.sensor, "sensor")
+    if not isinstance(record.summary, tuple) or len(record.summary) > MAX_LINES:
+        raise Corrupt(f"summary is not a list of at most {MAX_LINES} lines")
+    for line in record.summary:
+        _text(line, "a summary line")
+    data = json.dumps({
+        "version": VERSION, "state": record.state, "since": record.since,
         "boot_id": record.boot_id, "command": record.command, "sensor": record.sensor,
         "summary": list(record.summary),
     }, separators=(",", ":")).encode() + b"\n"
+    if len(data) > MAX_SIZE:
+        raise Corrupt(f"larger than {MAX_SIZE} bytes")
+    return data
+
+
+def dump(record: Record) -> bytes:
+    """What the state file holds; Corrupt rather than a record the reader refuses."""
+    return check(record)
 
 
 def _text(value: Any, what: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_TEXT or not value.isprintable():
-        raise Corrupt(f"{what} is not a short line of printable text")
+        raise Corrupt(f"{what} is not a line of at most {MAX_TEXT} printable characters")
     return value
 
 
@@ -109,7 +131,7 @@ def _no_constant(name: str) -> None:
 
 
 def parse(data: bytes) -> Record:
-    """The record in ``data``; Corrupt for anything but exactly what ``dump`` writes."""
+    """The record in ``data``; Corrupt for anything that ``dump`` would not write."""
     if len(data) > MAX_SIZE:
         raise Corrupt(f"larger than {MAX_SIZE} bytes")
     try:
@@ -121,43 +143,30 @@ def parse(data: bytes) -> Record:
         raise Corrupt("not the fields of a state record")
     if obj["version"] != VERSION or isinstance(obj["version"], bool):
         raise Corrupt("an unknown version")
-    if obj["state"] not in ("up", "down"):
-        raise Corrupt("state is neither up nor down")
-    since = obj["since"]
-    if (isinstance(since, bool) or not isinstance(since, int | float)
-            or not math.isfinite(since) or not 0 < since < 2**40):
-        raise Corrupt("since is not a time")
-    if not isinstance(obj["boot_id"], str) or not _UUID.fullmatch(obj["boot_id"]):
-        raise Corrupt("boot_id is not a boot id")
-    if not isinstance(obj["command"], str) or not _SHA256.fullmatch(obj["command"]):
-        raise Corrupt("command is not a sha256")
     summary = obj["summary"]
-    if not isinstance(summary, list) or len(summary) > MAX_LINES:
+    if not isinstance(summary, list):
         raise Corrupt(f"summary is not a list of at most {MAX_LINES} lines")
-    return Record(up=obj["state"] == "up", since=float(since), boot_id=obj["boot_id"],
-                  command=obj["command"], sensor=_text(obj["sensor"], "sensor"),
-                  summary=tuple(_text(line, "a summary line") for line in summary))
-
-
-def _safe_dir(path: str) -> str | None:
-    """Why ``path`` cannot hold root's state (made if missing), or None."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o755)
+    since = obj["since"]
+    if isinstance(since, bool) or not isinstance(since, int | float):
+        raise Corrupt("since is not a time")
     try:
-        st = os.lstat(path)
-    except OSError as exc:
-        return f"{path}: {exc.strerror}"
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
-        return f"{path} is not a directory of root's that only root can write to"
-    return None
+        since = float(since)
+    except OverflowError:
+        raise Corrupt("since is not a time") from None
+    # Typed as JSON gave them: ``check`` holds each to the rule.
+    record = Record(obj["state"], since, obj["boot_id"], obj["command"], obj["sensor"],
+                    tuple(summary))
+    check(record)
+    return record
 
 
 class StateFile:
-    def __init__(self, cfg: Settings) -> None:
-        self.path = state_path(cfg)
+    def __init__(self, path: str, cfg: Settings) -> None:
+        """``path``: the claimed name's (``Instance.state_path``), in the
+        run directory that claiming the name made safe."""
+        self.path = path
         self.command = fingerprint(cfg)
         self.boot = boot_id()
-        self.broken = _safe_dir(os.path.dirname(self.path))
 
     def _read(self) -> bytes:
         fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -172,31 +181,36 @@ class StateFile:
     def load(self) -> Record | None:
         """The previous run's record when it may be resumed; one log line when
         there is none that may be (down is simply down: no line)."""
-        why = self.broken
+        why = None
         record = None
-        if why is None:
-            try:
-                record = parse(self._read())
-            except FileNotFoundError:
-                why = "there is none"
-            except OSError as exc:
-                why = f"cannot read it: {exc.strerror}"
-            except Corrupt as exc:
-                why = f"it is corrupt: {exc}"
+        try:
+            record = parse(self._read())
+        except FileNotFoundError:
+            why = "there is none"
+        except OSError as exc:
+            why = f"cannot read it: {exc.strerror}"
+        except Corrupt as exc:
+            why = f"it is corrupt: {exc}"
         if record is not None and record.boot_id != self.boot:
             why = "it was written before a reboot"
         elif record is not None and record.command != self.command:
             why = "it was written for other commands"
+        elif record is not None and record.state == "starting":
+            why = "its start had not ended"
         if why is not None:
             log.info("CORE: no state of a previous run to resume from %s (%s); starting down",
                      self.path, why)
             return None
         return record
 
-    def save(self, up: bool, sensor: str, summary: tuple[str, ...]) -> None:
-        if self.broken is not None:
+    def save(self, state: str, sensor: str, summary: tuple[str, ...]) -> None:
+        try:
+            data = dump(Record(state, time.time(), self.boot, self.command, sensor, summary))
+        except Corrupt as exc:
+            # The next run would refuse it: none is better than a stale one.
+            log.error("CORE: cannot write the state file %s: %s", self.path, exc)
+            self.remove()
             return
-        data = dump(Record(up, time.time(), self.boot, self.command, sensor, summary))
         folder, name = os.path.split(self.path)
         temp = f".{name}.{os.getpid()}"
         try:
@@ -218,3 +232,7 @@ class StateFile:
             log.error("CORE: cannot write the state file %s: %s", self.path, exc.strerror)
         finally:
             os.close(dfd)
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)

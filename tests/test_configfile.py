@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -206,6 +207,8 @@ def test_start_and_stop_argv_lists_run(veth: Netns, tmp_path: Path,
         f'stop_command = ["{prog}", "take down"]\n'
         "ttl = 1\nbeat = 0.2\n"
         f'control = "{control}"\n'
+        # A name of its own: /run/tuninetd is the host's, other tests run there too.
+        f'name = "test-{uuid.uuid4().hex[:12]}"\n'
     )
     d = start_daemon(veth, "--config", str(conf))
     ready(d)

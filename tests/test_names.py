@@ -10,6 +10,8 @@ sees only its daemons while other test runs start theirs on the host.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -26,6 +28,8 @@ from tests.support.netlab import (
     Daemon,
     Netns,
     as_nobody,
+    become_nobody,
+    enter_mount_namespace,
     events,
     kinds,
     need_root,
@@ -293,3 +297,122 @@ def test_unprivileged_is_refused(tap_ns: Netns, private_run: Enter, tmp_path: Pa
         code, out = as_nobody(functools.partial(client.main, verb, []), mount_ns_of=holder)
         assert code == 4 and "permission denied" in out, (verb, code, out)
     assert kinds(record) == []
+
+
+def run_dir(enter: Enter) -> Path:
+    """The private /run/tuninetd, seen through its holder's root."""
+    return Path(f"/proc/{int(enter[2])}/root/run/tuninetd")
+
+
+@pytest.mark.parametrize("first_name", [(), ("--name", "tap0")], ids=["derived", "explicit"])
+def test_the_second_daemon_of_a_line_keeps_its_own_state(
+        first_name: tuple[str, ...], tap_ns: Netns, other_ns: Netns, private_run: Enter,
+        tmp_path: Path, start_daemon: StartDaemon) -> None:
+    """The same line in two namespaces: the second daemon is tap0-2, and its
+    state file is tap0-2's. It neither resumes the first one's up state (nor
+    runs stop for a start it never ran) nor writes into its file."""
+    script, record = recorder(tmp_path)
+    line = ("-i", "tap0", "-f", "udp", "-c", str(script))
+    one = plain(start_daemon, tap_ns, private_run, *line, *first_name)
+    send_udp(tap_ns, PEER, 4000)
+    one.wait_log("PCAP: start command done")
+    saved = run_dir(private_run) / "tap0.state"
+    wait_for("tap0's state up", lambda: json.loads(saved.read_text())["state"] == "up")
+
+    two = plain(start_daemon, other_ns, private_run, *line)
+    assert {r["name"]: r["pid"] for r in statuses(private_run)} == {
+        "tap0": one.pid, "tap0-2": two.pid}
+    assert "resuming the up state" not in two.text(), two.text()
+    assert [r["state"] for r in statuses(private_run, "tap0-2")] == ["down"]
+    assert two.stop() == 0
+    assert kinds(record) == ["start"]
+    assert json.loads(saved.read_text())["state"] == "up"
+    assert [r["state"] for r in statuses(private_run, "tap0")] == ["up"]
+
+
+def test_an_orderly_exit_while_down_leaves_nothing_behind(
+        tap_ns: Netns, private_run: Enter, tmp_path: Path,
+        start_daemon: StartDaemon) -> None:
+    script, record = recorder(tmp_path)
+    d = plain(start_daemon, tap_ns, private_run, "-i", "tap0", "-f", "udp", "-c", str(script),
+              "-t", "1")
+    send_udp(tap_ns, PEER, 4000)
+    wait_for("start and stop", lambda: kinds(record) == ["start", "stop"])
+    # "empty" is the sensors' jail, shared by every daemon.
+    assert sorted(os.listdir(run_dir(private_run))) == [
+        "empty", "tap0.lock", "tap0.sock", "tap0.state"]
+    assert d.stop() == 0
+    assert os.listdir(run_dir(private_run)) == ["empty"]
+
+
+def hold_lock_as_nobody(path: Path, mount_ns_of: int) -> tuple[int, str]:
+    """A process of nobody's (in the daemons' mount namespace) that opens
+    ``path`` and takes an exclusive flock on it, then keeps it until killed:
+    its pid, and "held" or why it could not."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(rfd)
+            enter_mount_namespace(mount_ns_of)
+            become_nobody()
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.write(wfd, f"refused: {exc.strerror}\n".encode())
+                os._exit(0)
+            os.write(wfd, b"held\n")
+            while True:
+                signal.pause()
+        finally:
+            os._exit(1)
+    os.close(wfd)
+    with os.fdopen(rfd, errors="replace") as r:
+        said = r.readline().strip()
+    return pid, said
+
+
+def test_a_local_user_cannot_hold_a_crashed_daemons_name(
+        tap_ns: Netns, private_run: Enter, tmp_path: Path,
+        start_daemon: StartDaemon) -> None:
+    """nobody flocks the name's lock file, then the supervisor gets SIGABRT
+    (what systemd's watchdog sends): the restart takes the name all the same."""
+    script, _ = recorder(tmp_path)
+    line = ("-i", "tap0", "-f", "udp", "-c", str(script), "--name", "vpn")
+    first = plain(start_daemon, tap_ns, private_run, *line)
+    attacker, said = hold_lock_as_nobody(Path("/run/tuninetd/vpn.lock"), int(private_run[2]))
+    try:
+        os.kill(first.pid, signal.SIGABRT)
+        first.proc.wait(10)
+        wait_for("the old workers gone", lambda: not tap_ns.pids())
+        again = plain(start_daemon, tap_ns, private_run, *line)
+        assert [(r["name"], r["pid"]) for r in statuses(private_run)] == [("vpn", again.pid)]
+        assert said == "refused: Permission denied", said
+        st = os.stat(run_dir(private_run) / "vpn.lock")
+        assert st.st_uid == 0 and st.st_mode & 0o777 == 0o600, oct(st.st_mode)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(attacker, signal.SIGKILL)
+        os.waitpid(attacker, 0)
+
+
+def test_a_lock_file_others_could_open_is_replaced(
+        tap_ns: Netns, private_run: Enter, tmp_path: Path,
+        start_daemon: StartDaemon) -> None:
+    """A lock file left 0644 (as earlier releases made it) that nobody opened
+    and holds does not keep the name: the daemon makes a new one, 0600."""
+    old = run_dir(private_run) / "vpn.lock"
+    old.write_text("")
+    old.chmod(0o644)
+    attacker, said = hold_lock_as_nobody(Path("/run/tuninetd/vpn.lock"), int(private_run[2]))
+    try:
+        assert said == "held"
+        script, _ = recorder(tmp_path)
+        d = plain(start_daemon, tap_ns, private_run, "-i", "tap0", "-f", "udp", "-c",
+                  str(script), "--name", "vpn")
+        assert [(r["name"], r["pid"]) for r in statuses(private_run)] == [("vpn", d.pid)]
+        assert os.stat(old).st_mode & 0o777 == 0o600
+    finally:
+        os.kill(attacker, signal.SIGKILL)
+        os.waitpid(attacker, 0)

@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -54,6 +54,7 @@ class Lab:
     folder: Path
     start_daemon: Callable[..., Daemon]
     ifname: str
+    daemons: list[Daemon] = field(default_factory=list)
 
     @property
     def state_file(self) -> Path:
@@ -65,11 +66,12 @@ class Lab:
         self.ns.ip("addr", "add", f"{SERVER}/24", "dev", self.ifname)
 
     def script(self, name: str = "service.sh", fail_first_start: bool = False,
-               fail_start: bool = False) -> tuple[Path, Path]:
-        """start: launch the server (its pid in a file); stop: kill it."""
+               fail_start: bool = False, body_first: str = "") -> tuple[Path, Path]:
+        """start: launch the server (its pid in a file); stop: kill it.
+        ``body_first`` runs before."""
         pidfile = self.folder / f"{name}.pid"
         failed = self.folder / f"{name}.failed"
-        body = ""
+        body = body_first
         if fail_start:
             body += '[ "$1" = start ] && exit 3\n'
         if fail_first_start:
@@ -85,9 +87,11 @@ class Lab:
 
     def run(self, script: Path, *args: str) -> Daemon:
         # One name for every run: a restart resumes the state of its name.
-        return self.start_daemon(self.ns, "-i", self.ifname, "-f", "udp", "-c", str(script),
-                                 "--beat", str(BEAT), "-t", str(TTL), "--name", self.ifname,
-                                 *args)
+        d = self.start_daemon(self.ns, "-i", self.ifname, "-f", "udp", "-c", str(script),
+                              "--beat", str(BEAT), "-t", str(TTL), "--name", self.ifname,
+                              *args)
+        self.daemons.append(d)
+        return d
 
     def send(self) -> None:
         sock = self.ns.sender("p" + self.ifname[1:])
@@ -108,7 +112,11 @@ def lab(netns: Netns, tmp_path: Path,
         start_daemon: Callable[..., Daemon]) -> Iterator[Lab]:
     lab = Lab(netns, tmp_path, start_daemon, f"s{uuid.uuid4().hex[:8]}")
     yield lab
-    lab.state_file.unlink(missing_ok=True)
+    # What a daemon that exited up or was killed keeps for its next run: none here.
+    for d in lab.daemons:
+        d.stop()
+    for suffix in (".state", ".lock"):
+        lab.state_file.with_suffix(suffix).unlink(missing_ok=True)
 
 
 def sensor(d: Daemon, ifname: str, state: str) -> int:
@@ -131,8 +139,9 @@ def test_a_restarted_daemon_resumes_up_and_stops_after_ttl(lab: Lab, sig: int) -
     script, record = lab.script()
     first = lab.run(script)
     up(lab, first, record)
-    saved = json.loads(lab.state_file.read_text())
-    assert saved["state"] == "up" and saved["sensor"] == f"pcap:{lab.ifname}", saved
+    saved = wait_for("the state file up", lambda: (
+        got if (got := json.loads(lab.state_file.read_text()))["state"] == "up" else None))
+    assert saved["sensor"] == f"pcap:{lab.ifname}", saved
     assert os.stat(lab.state_file).st_mode & 0o777 == 0o600
 
     first.proc.send_signal(sig)
@@ -163,10 +172,59 @@ def test_stop_on_exit_runs_stop_before_exiting(lab: Lab) -> None:
     assert kinds(record) == ["start", "stop"]
     assert not lab.server_up()
     assert "CORE: running stop before exiting (--stop-on-exit)" in d.text()
-    assert json.loads(lab.state_file.read_text())["state"] == "down"
+    assert not lab.state_file.exists(), "an orderly exit while down leaves no state"
     again = lab.run(script)
     sensor(again, lab.ifname, "armed")
-    assert RESUMED not in again.text() and IGNORED not in again.text()
+    assert RESUMED not in again.text()
+    assert f"{IGNORED}{lab.state_file} (there is none); starting down" in again.text()
+
+
+def test_up_over_the_control_socket_is_resumed_too(lab: Lab) -> None:
+    lab.add_interface()
+    script, record = lab.script()
+    first = lab.run(script)
+    sensor(first, lab.ifname, "armed")
+    assert client.query(first.control, cmd="up")["changed"] is True
+    wait_for("start", lambda: kinds(record) == ["start"])
+    first.wait_log("CORE: start command done")
+    wait_for("the state file up",
+             lambda: json.loads(lab.state_file.read_text())["state"] == "up")
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(15)
+    second = lab.run(script)
+    second.wait_log(RESUMED)
+    sensor(second, lab.ifname, "counting")
+    lab.send()  # only activity: start does not run again
+    assert client.query(second.control)["state"] == "up"
+    assert kinds(record) == ["start"]
+
+
+def test_a_start_that_fails_while_the_daemon_exits_is_not_resumed(lab: Lab) -> None:
+    """--retry-start: the start fails after SIGTERM came. It is saved as down
+    (as "starting" while it ran), so the next run runs start again."""
+    lab.add_interface()
+    go = lab.folder / "go"
+    script, record = lab.script(body_first=(
+        f'[ "$1" = start ] && {{ while [ ! -e {go} ]; do sleep 0.05; done; exit 3; }}\n'))
+    first = lab.run(script, "--retry-start", "1")
+    sensor(first, lab.ifname, "armed")
+    lab.send()
+    wait_for("start running", lambda: kinds(record) == ["start"])
+    wait_for("the state file says starting",
+             lambda: json.loads(lab.state_file.read_text())["state"] == "starting")
+    first.proc.send_signal(signal.SIGTERM)
+    first.wait_log("CORE: SIGTERM caught, exiting")
+    go.touch()
+    assert first.proc.wait(15) == 0
+    assert "Warning! Executable command doesn't return 0 code" in first.text()
+    assert not lab.state_file.exists() or json.loads(lab.state_file.read_text())[
+        "state"] == "down"
+    go.unlink()
+    second = lab.run(script, "--retry-start", "1")
+    sensor(second, lab.ifname, "armed")
+    assert RESUMED not in second.text()
+    lab.send()
+    wait_for("start run again", lambda: kinds(record) == ["start", "start"])
 
 
 def test_a_corrupt_state_file_is_ignored_with_one_line(lab: Lab) -> None:

@@ -501,6 +501,24 @@ def public_folder(prefix: str, mode: int = 0o755) -> Iterator[Path]:
         shutil.rmtree(folder)
 
 
+def enter_mount_namespace(pid: int) -> None:
+    """Into the mount namespace of ``pid`` (a private /run/tuninetd, say)."""
+    ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+    try:
+        if _libc.setns(ns, CLONE_NEWNS) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+    finally:
+        os.close(ns)
+
+
+def become_nobody() -> None:
+    """This process, for good: nobody, with nobody's group and no others."""
+    nobody = pwd.getpwnam("nobody")
+    os.setgroups([])
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
+
+
 def as_nobody(body: Callable[[], int] | list[str],
               mount_ns_of: int | None = None) -> tuple[int, str]:
     """Run ``body`` (a function, or an argv to exec) in a fork of this process
@@ -508,9 +526,6 @@ def as_nobody(body: Callable[[], int] | list[str],
     and what it wrote on stdout and stderr. A fork, not a new interpreter: the
     test's interpreter may sit where nobody cannot execute it. With
     ``mount_ns_of``, it first enters that process's mount namespace."""
-    import pwd
-
-    nobody = pwd.getpwnam("nobody")
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
@@ -522,13 +537,9 @@ def as_nobody(body: Callable[[], int] | list[str],
             # pytest's capture objects stay with the parent.
             sys.stdout = sys.stderr = os.fdopen(1, "w", closefd=False)
             if mount_ns_of is not None:
-                ns = os.open(f"/proc/{mount_ns_of}/ns/mnt", os.O_RDONLY)
-                if _libc.setns(ns, CLONE_NEWNS) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
+                enter_mount_namespace(mount_ns_of)
             os.chdir("/")
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
+            become_nobody()
             if isinstance(body, list):
                 os.execv(body[0], body)
             code = body()

@@ -10,18 +10,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tuninetd.supervisor import statefile
+from tuninetd.common import wire
+from tuninetd.supervisor import statefile, wording
+from tuninetd.supervisor.facts import Ethernet, Facts, Network
 from tuninetd.supervisor.statefile import Corrupt, Record
 
 BOOT = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
-GOOD = Record(True, 1764500000.25, BOOT, "a" * 64, "pcap:eth0",
+GOOD = Record("up", 1764500000.25, BOOT, "a" * 64, "pcap:eth0",
               ("|- IPv4 10.0.0.1 > 10.0.0.2, NXT_HDR: 0x11 (UDP)",))
 
 printable = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp", "Co", "Cn")),
                     max_size=statefile.MAX_TEXT).filter(str.isprintable)
 
 
-@given(st.builds(Record, st.booleans(), st.floats(1, 2**39), st.just(BOOT),
+@given(st.builds(Record, st.sampled_from(statefile.STATES), st.floats(1, 2**39), st.just(BOOT),
                  st.text("0123456789abcdef", min_size=64, max_size=64), printable,
                  st.lists(printable, max_size=statefile.MAX_LINES).map(tuple)))
 def test_what_dump_writes_parses_back(record: Record) -> None:
@@ -75,3 +77,58 @@ def mutate(**changes: object) -> bytes:
 def test_what_is_not_exactly_a_record_is_corrupt(data: bytes) -> None:
     with pytest.raises(Corrupt):
         statefile.parse(data)
+
+
+# -- one rule for the writer and the reader -------------------------------------
+
+any_text = st.text(max_size=statefile.MAX_TEXT + 40)
+records = st.builds(Record, st.sampled_from(statefile.STATES), st.floats(-1, 2**41),
+                    st.just(BOOT) | st.text(max_size=40),
+                    st.text("0123456789abcdef", min_size=64, max_size=64) | any_text,
+                    any_text, st.lists(any_text, max_size=statefile.MAX_LINES + 2).map(tuple))
+
+
+@given(records)
+def test_the_writer_writes_only_what_the_reader_takes(record: Record) -> None:
+    try:
+        data = statefile.dump(record)
+    except Corrupt:
+        return
+    assert statefile.parse(data) == record
+
+
+@given(records)
+def test_the_reader_takes_everything_the_writer_would_write(record: Record) -> None:
+    """The other way: what the reader takes, written again, is taken again."""
+    data = json.dumps({
+        "version": statefile.VERSION, "state": record.state, "since": record.since,
+        "boot_id": record.boot_id, "command": record.command, "sensor": record.sensor,
+        "summary": list(record.summary)}).encode()
+    try:
+        read = statefile.parse(data)
+    except Corrupt:
+        with pytest.raises(Corrupt):
+            statefile.dump(record)
+        return
+    assert statefile.parse(statefile.dump(read)) == read
+
+
+prefixes = st.text(min_size=1, max_size=wire.MAX_PREFIX)
+
+
+@given(prefixes, st.sampled_from(["pcap:eth0", "nflog:65535", f"pcap:{'x' * 15}"]))
+def test_every_summary_the_daemon_words_is_saved_and_read_back(prefix: str,
+                                                                sensor: str) -> None:
+    """An NFLOG prefix of 60 Cyrillic letters made a line of 379 characters,
+    which the reader refused: the restart started down while the service ran."""
+    facts = Facts("ether", Ethernet("02:00:00:00:00:01", "02:00:00:00:00:02", 0x86DD, 4095),
+                  Network(6, "ffff:" * 7 + "ffff", "fe80::1", 143), prefix)
+    record = Record("up", 1764500000.25, BOOT, "a" * 64, sensor, wording.summary(facts))
+    assert statefile.parse(statefile.dump(record)) == record
+
+
+def test_sixty_cyrillic_letters() -> None:
+    facts = Facts("raw", None, None, "ж" * 60)
+    record = Record("up", 1764500000.25, BOOT, "a" * 64, "nflog:1", wording.summary(facts))
+    assert max(len(line) for line in record.summary) == 379
+    assert statefile.parse(statefile.dump(record)) == record
