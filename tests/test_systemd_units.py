@@ -12,14 +12,19 @@ verify exits 0 even on directives it ignores, so any output fails the test too.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
 
-from tests.support.netlab import need
+from tests.support.netlab import Daemon, Lab, Netns, need
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 SHIPPED = "/usr/bin/tuninetd"
@@ -111,3 +116,99 @@ def test_unit_settings(unit: str) -> None:
         assert d["ExecStart"] == f"{SHIPPED} --config /etc/tuninetd/%i.toml --name %i"
     else:
         assert d["ExecStart"] == f"{SHIPPED} --config /etc/tuninetd/tuninetd.toml"
+
+
+HARDENING = {"ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
+             "ProtectKernelLogs": "yes", "ProtectHostname": "yes", "RestrictSUIDSGID": "yes",
+             "SystemCallArchitectures": "native", "UMask": "0077", "RestrictNamespaces": "yes"}
+
+
+@pytest.mark.parametrize("unit", ["tuninetd.service", "tuninetd@.service"])
+def test_units_are_hardened_to_5_5_or_lower(unit: str, tmp_path: Path) -> None:
+    """``systemd-analyze security`` rates the unit files as shipped; never
+    ProtectProc=invisible or ProcSubset=pid, which would hide the sensors'
+    /proc entries (and /proc/net) from the supervisor's checks."""
+    analyze = need("systemd-analyze", "systemd")
+    d = directives(CONF / unit)
+    assert {k: d.get(k) for k in HARDENING} == HARDENING
+    assert "ProtectProc" not in d and "ProcSubset" not in d
+    r = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(CONF / unit)],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    level = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
+    assert level is not None, r.stdout + r.stderr
+    print(f"\n[figure] systemd-analyze security {unit}: {level[1]}")
+    assert float(level[1]) <= 5.5, r.stdout
+
+
+# What the start command tries under the restrictions, one line each.
+PROBES = """
+umask > {out}/umask
+echo 1 > /proc/sys/net/ipv4/ip_forward 2>/dev/null && echo sysctl-written >> {out}/probes
+unshare -n true 2>/dev/null && echo namespace-made >> {out}/probes
+touch {out}/f && chmod u+s {out}/f 2>/dev/null && echo setuid-set >> {out}/probes
+timeout 2 dd if=/dev/kmsg of=/dev/null bs=8192 count=1 2>/dev/null && echo kmsg-read >> {out}/probes
+hostname tnd-unit-test 2>/dev/null && echo hostname-set >> {out}/probes
+grep ^Seccomp: /proc/self/status > {out}/seccomp
+"""
+
+
+def unit_wrapper(folder: Path) -> tuple[str, ...]:
+    """Inside the daemon's network namespace, what the units' settings do,
+    in a mount and UTS namespace of its own: ProtectKernelTunables (/proc/sys
+    and /sys read-only, /sys/fs/cgroup left writable as systemd leaves it
+    with Delegate=), ProtectKernelLogs (/dev/kmsg and /proc/kmsg out of
+    reach), ProtectHostname (a UTS namespace), UMask=0077, the capability
+    bounding set (no CAP_SYS_MODULE, CAP_SYSLOG or CAP_SYS_ADMIN: what
+    ProtectKernelModules and ProtectKernelLogs drop too), and the seccomp
+    side (tests/support/unit_restrictions.py, loaded first: it needs CAP_SYS_ADMIN)."""
+    blocked = folder / "inaccessible"
+    blocked.touch(mode=0o000)
+    blocked.chmod(0o000)
+    caps = ",".join(f"+{c.removeprefix('CAP_').lower()}" for c in sorted(CAPS))
+    setup = ("mount -t cgroup2 cgroup2 /sys/fs/cgroup"
+             " && mount -o remount,bind,ro /sys"
+             " && mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys"
+             f" && mount --bind {blocked} /dev/kmsg && mount --bind {blocked} /proc/kmsg"
+             ' && umask 0077 && exec "$@"')
+    return ("unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c", setup, "sh",
+            sys.executable, str(Path(__file__).parent / "support" / "unit_restrictions.py"),
+            "setpriv", f"--bounding-set=-all,{caps}", "--")
+
+
+@pytest.mark.root
+def test_the_daemon_works_under_the_units_restrictions(
+        veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]) -> None:
+    """The real daemon under an equivalent of the units' restrictions (no
+    systemd runs here as PID 1): it starts, its sensor and executor come up,
+    a packet runs start and the ttl stop, `tuninetd status` answers over its
+    socket, and SIGTERM ends it cleanly. Its start command finds each
+    restriction in force: no sysctl written, no namespace made, no set-user-ID
+    bit set, no kernel log read, the host's name unchanged, umask 0077."""
+    need("setpriv", "util-linux")
+    out = tmp_path / "probes"
+    out.mkdir()
+    hostname = socket.gethostname()
+
+    def restricted(ns: Netns, *args: str, cgroup2: bool) -> Daemon:
+        return start_daemon(ns, *args, cgroup2=False, wrap=unit_wrapper(tmp_path))
+
+    lab = Lab(veth, tmp_path, restricted, 0.2)
+    probes = PROBES.format(out=out)
+    run = lab.run("-i", "tap0", "-f", "udp", body=f'[ "$1" = start ] && {{ {probes} }}; exit 0')
+    try:
+        lab.send_frame(bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                             / IP(src="10.57.0.1", dst="10.57.0.2") / UDP(dport=9)))
+        run.wait_events(2)
+        assert run.kinds()[:2] == ["start", "stop"]
+        status = subprocess.run([sys.executable, "-m", "tuninetd.supervisor.main", "status",
+                                 "--control", run.daemon.control],
+                                capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0 and f"{run.daemon.name}: down (" in status.stdout, status
+    finally:
+        lab.close()
+    assert run.daemon.stop() == 0, run.daemon.text()
+    assert "Traceback" not in run.daemon.text() and "Warning" not in run.daemon.text()
+    assert not (out / "probes").exists(), (out / "probes").read_text()
+    assert (out / "umask").read_text().strip() == "0077"
+    assert (out / "seccomp").read_text().split() == ["Seccomp:", "2"]
+    assert socket.gethostname() == hostname

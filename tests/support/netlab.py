@@ -189,12 +189,15 @@ class Daemon:
     """tuninetd running in a namespace, its stderr log in a file."""
 
     def __init__(self, ns: Netns, args: list[str], log: Path, cgroup2: bool = True,
-                 plain: bool = False, enter: tuple[str, ...] = ()) -> None:
+                 plain: bool = False, enter: tuple[str, ...] = (),
+                 wrap: tuple[str, ...] = ()) -> None:
         """``ip netns exec`` mounts a fresh /sys without the cgroup
         hierarchies; with ``cgroup2`` the daemon gets the cgroup v2 one back
         at /sys/fs/cgroup, as on a systemd host (without, its executor runs
         on the fallback). ``enter``: a command that runs the rest in other
-        namespaces (nsenter into a mount namespace of the test's)."""
+        namespaces (nsenter into a mount namespace of the test's). ``wrap``:
+        a command that runs the daemon's command line inside the network
+        namespace (restrictions of a test's, as a unit's)."""
         self.log = log
         # Each daemon its own control socket and a name of its own, known to
         # the test (for its process titles), unique on the host: other test
@@ -208,7 +211,7 @@ class Daemon:
             self.name = f"test-{uuid.uuid4().hex[:12]}"
             args = [*args, "--name", self.name]
         self.logf = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        argv = [sys.executable, "-m", "tuninetd.supervisor.main", *args]
+        argv = [*wrap, sys.executable, "-m", "tuninetd.supervisor.main", *args]
         if cgroup2:  # the same pid: sh execs the daemon
             argv = ["sh", "-c", 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@"', "sh",
                     *argv]
