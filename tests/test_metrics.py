@@ -90,6 +90,7 @@ def test_scrape_after_start_stop_and_restart(
     got = wait_for("the stop counted", settled)
     assert got[("tuninetd_state", (("state", "down"),))] == 1
     assert got[("tuninetd_starts_total", ())] == 1
+    assert not [name for name, _ in got if name.endswith("_created")]
     assert got[("tuninetd_matching_packets_total", (("sensor", "pcap:tap0"),))] >= 4
     assert 0 <= got[("tuninetd_idle_seconds", ())] < 30
     for event in ("start", "stop"):
@@ -111,20 +112,46 @@ def test_scrape_after_start_stop_and_restart(
         idle.close()
 
 
-def test_without_the_extra_exit_2(tmp_path: Path) -> None:
-    """prometheus-client missing: exit 2 and how to install it, before any privilege check."""
-    blocker = tmp_path / "block" / "prometheus_client"
-    blocker.mkdir(parents=True)
-    (blocker / "__init__.py").write_text("raise ImportError('not installed (test)')\n")
+def with_library(tmp_path: Path, init: str, version: str | None, *args: str
+                 ) -> subprocess.CompletedProcess[str]:
+    """tuninetd with --metrics, a prometheus_client package of ``init``
+    (and, with a ``version``, its metadata) first on the path."""
+    folder = tmp_path / "lib"
+    (folder / "prometheus_client").mkdir(parents=True)
+    (folder / "prometheus_client" / "__init__.py").write_text(init)
+    if version is not None:
+        meta = folder / f"prometheus_client-{version}.dist-info"
+        meta.mkdir()
+        (meta / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: prometheus_client\nVersion: {version}\n")
     script, _ = recorder(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
-    r = subprocess.run([sys.executable, "-m", "tuninetd.supervisor.main", "-i", "lo", "-c",
-                        str(script), "--metrics", "127.0.0.1:9101"],
-                       capture_output=True, text=True, env=env, timeout=30)
+    env = {**os.environ, "PYTHONPATH": str(folder)}
+    return subprocess.run([sys.executable, "-m", "tuninetd.supervisor.main", "-i", "lo", "-c",
+                           str(script), "--metrics", "127.0.0.1:9101", *args],
+                          capture_output=True, text=True, env=env, timeout=30)
+
+
+VENV_PIP = f"{sys.prefix}/bin/pip install 'prometheus-client>=0.16' (the metrics extra)"
+
+
+@pytest.mark.parametrize("args", [(), ("--check-config",)])
+def test_without_the_library_exit_2(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """prometheus-client missing: exit 2 and the command that installs it
+    into this venv, at start and at --check-config, before any privilege check."""
+    r = with_library(tmp_path, "raise ImportError('not installed (test)')\n", None, *args)
     assert r.returncode == 2, r.stderr
     assert r.stderr.splitlines() == [
-        "tuninetd: --metrics '127.0.0.1:9101': prometheus-client is not installed: "
-        "pip install tuninetd[metrics]"]
+        f"tuninetd: --metrics '127.0.0.1:9101': prometheus-client is not installed: {VENV_PIP}"]
+
+
+@pytest.mark.parametrize("args", [(), ("--check-config",)])
+def test_too_old_library_exit_2(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Older than Debian bookworm's 0.16: refused with what to install."""
+    r = with_library(tmp_path, "", "0.15.2", *args)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines() == [
+        "tuninetd: --metrics '127.0.0.1:9101': prometheus-client 0.15.2 is too old "
+        f"(at least 0.16): {VENV_PIP}"]
 
 
 @pytest.mark.parametrize("bad", ["9101", "127.0.0.1:", "127.0.0.1:99999", ":80"])

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import socket
 import stat
+import sys
 from dataclasses import replace
 
 from tuninetd.common import ifname
@@ -117,12 +119,41 @@ def metrics(option: str, text: str) -> tuple[str, int]:
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (OSError, UnicodeError) as exc:
         raise UsageError(f"{option} {text!r}: cannot resolve {host!r} ({exc})") from None
-    try:
-        import prometheus_client  # noqa: F401 - the optional extra, checked now
-    except ImportError:
-        raise UsageError(f"{option} {text!r}: prometheus-client is not installed: "
-                         "pip install tuninetd[metrics]") from None
+    if problem := metrics_library_problem():
+        raise UsageError(f"{option} {text!r}: {problem}")
     return host, port
+
+
+METRICS_LIBRARY_OLDEST = (0, 16)  # Debian bookworm's python3-prometheus-client
+
+
+def metrics_library_problem() -> str | None:
+    """What is wrong with prometheus-client, the optional library --metrics
+    needs, and what to install for the way tuninetd itself is installed."""
+    from importlib import metadata
+
+    try:
+        import prometheus_client  # noqa: F401 - checked now, used once the daemon runs
+    except ImportError:
+        return f"prometheus-client is not installed: {_metrics_install()}"
+    try:
+        version = metadata.version("prometheus_client")
+    except metadata.PackageNotFoundError:
+        return None  # importable without metadata (a vendored copy): trust it
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found and (int(found[1]), int(found[2])) < METRICS_LIBRARY_OLDEST:
+        oldest = ".".join(map(str, METRICS_LIBRARY_OLDEST))
+        return (f"prometheus-client {version} is too old (at least {oldest}): "
+                f"{_metrics_install()}")
+    return None
+
+
+def _metrics_install() -> str:
+    """The command that installs prometheus-client beside this tuninetd."""
+    if __file__.startswith("/usr/lib/python3/dist-packages/"):
+        return "apt-get install python3-prometheus-client"
+    pip = f"{sys.prefix}/bin/pip" if sys.prefix != sys.base_prefix else "pip"
+    return f"{pip} install 'prometheus-client>=0.16' (the metrics extra)"
 
 
 def interface(name: str, option: str = "-i", wait: bool = False) -> SensorSpec:

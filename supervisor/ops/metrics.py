@@ -1,7 +1,8 @@
 """``--metrics HOST:PORT``: Prometheus metrics, served from the supervisor's loop.
 
-prometheus-client is the optional extra (``pip install tuninetd[metrics]``),
-imported only when --metrics is given. Its own HTTP server would be a thread;
+prometheus-client is optional (the ``metrics`` extra; Debian's
+python3-prometheus-client), 0.16 or later, imported only when --metrics is
+given. Its own HTTP server would be a thread;
 instead the text format is produced with ``generate_latest`` and served by the
 same non-blocking one-request server as the control socket, so the supervisor
 stays single-threaded and the metric objects are only ever touched from it.
@@ -14,7 +15,7 @@ import ipaddress
 import math
 import selectors
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from tuninetd.supervisor.errors import StartupError
@@ -31,6 +32,7 @@ from tuninetd.supervisor.ops.serve import Server
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
 
 STATES = ("starting", "down", "up", "stopping")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -68,7 +70,6 @@ class Metrics(Observer):
                  view: Callable[[], Snapshot]) -> None:
         import prometheus_client as prom
 
-        prom.disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created noise
         self.registry: CollectorRegistry = prom.CollectorRegistry(auto_describe=True)
         reg = self.registry
         prom.ProcessCollector(registry=reg)
@@ -142,7 +143,7 @@ class Metrics(Observer):
             return _response("405 Method Not Allowed", b"GET /metrics\n")
         if target not in ("/metrics", "/"):
             return _response("404 Not Found", b"try /metrics\n")
-        body = self._generate(self.registry)
+        body = self._generate(WithoutCreated(self.registry))
         reply = _response("200 OK", body, self.content_type)
         return reply[: len(reply) - len(body)] if method == "HEAD" else reply
 
@@ -152,6 +153,21 @@ class Metrics(Observer):
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.server.close()
+
+
+class WithoutCreated:
+    """The registry's metrics without their ``*_created`` samples, a start
+    time per counter and histogram that only adds noise. prometheus-client
+    0.17 can switch them off (disable_created_metrics); Debian bookworm's 0.16
+    cannot, so they are left out here, the same way on every version."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.registry.collect():
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric
 
 
 def _nan(value: float | None) -> float:
