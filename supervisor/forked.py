@@ -1,4 +1,4 @@
-"""A job for a short-lived forked child: what it imports (scapy and libpcap
+"""A job for a short-lived forked child: what it imports (libpcap
 for the packet filters, libseccomp for the sensors' allow-list) dies with
 it, and the long-running supervisor never carries that memory. The answer
 comes back as JSON over a pipe."""

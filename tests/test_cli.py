@@ -29,7 +29,7 @@ from tests.support.netlab import Netns, need_root
 MODULE = "tuninetd.supervisor.main"
 # A worker before and after it sets its title.
 WORKERS = ("tuninetd.executor", "tuninetd.sensors.", "tuninetd: ")
-EXIT_WITHIN = 15.0  # generous: the filter checks load scapy and libpcap
+EXIT_WITHIN = 15.0  # generous: the filter checks load libpcap
 
 
 @dataclass
@@ -217,7 +217,7 @@ def libpcap_and_a_stand_in(stand_in: str) -> tuple[str, str]:
 
 @pytest.mark.root
 @pytest.mark.parametrize(("stand_in", "says"), [
-    ("nothing", "libpcap is not available"),
+    ("nothing", "libpcap not found"),
     ("wrong-library", "undefined symbol: pcap_"),
 ])
 def test_filter_compiler_that_cannot_run_is_one_line_and_exit_2(

@@ -180,7 +180,8 @@ def with_filters(specs: list[SensorSpec], flt: str | None, ack_only: bool,
             for e in expressions)
     except bpf.CompilerError as exc:
         raise UsageError(f"cannot compile the packet filters of the -i sensors: {exc} "
-                         "(check that libpcap0.8 and scapy are installed and work)") from None
+                         "(check that libpcap is installed and works: Debian's libpcap0.8)"
+                         ) from None
 
     def program(expression: str, spec: SensorSpec, link: str) -> Program:
         result = compiled[(expression, link)]
