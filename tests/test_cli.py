@@ -108,6 +108,9 @@ BAD = [
     ("command-missing", ["-i", "lo"], "-c", None, "required"),
     ("command-not-found", ["-i", "lo", "-c", "/nonexistent"], "-c", "/nonexistent",
      "no such file"),
+    ("command-with-arguments", ["-i", "lo", "-c", "/bin/true --verbose"], "-c",
+     "/bin/true --verbose", "-c takes one executable path, run as PATH start and PATH stop: "
+     "for arguments use start_command and stop_command in the config file"),
     ("command-directory", ["-i", "lo", "-c", "{dir}"], "-c", "{dir}", "directory"),
     ("command-not-executable", ["-i", "lo", "-c", "{plain}"], "-c", "{plain}",
      "not executable"),

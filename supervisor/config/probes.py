@@ -40,7 +40,12 @@ def command(text: str | None, option: str = "-c", exec_user: Account | None = No
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise UsageError(f"{option} {text!r}: {(exc.strerror or str(exc)).lower()}") from None
+        reason = (exc.strerror or str(exc)).lower()
+        if len(text.split()) > 1 and option in ("-c", "command"):
+            # The original ran -c through a shell; this one runs the path itself.
+            reason += ("; -c takes one executable path, run as PATH start and PATH stop: "
+                       "for arguments use start_command and stop_command in the config file")
+        raise UsageError(f"{option} {text!r}: {reason}") from None
     if stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{option} {text!r}: is a directory, expected an executable file")
     if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
