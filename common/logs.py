@@ -82,6 +82,15 @@ def syslog_unreachable(path: str = SYSLOG_SOCKET) -> str | None:
     return f"nothing listens on {path}"
 
 
+def daemon_refusal(prog: str) -> str | None:
+    """The line that refuses ``prog -d`` when its log would be lost, or None."""
+    if problem := syslog_unreachable():
+        return (f"{prog}: -d logs to syslog, but {problem}: start a syslog daemon "
+                "(e.g. rsyslog), or run in the foreground (under systemd the journal "
+                "keeps the lines)")
+    return None
+
+
 def to_stderr() -> None:
     use(StderrHandler())
 

@@ -57,10 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     ready_fd = None
     if cfg.daemon:
-        if problem := logs.syslog_unreachable():
-            print(f"tuninetd: -d logs to syslog, but {problem}: start a syslog daemon "
-                  "(e.g. rsyslog), or run in the foreground (under systemd the journal "
-                  "keeps the lines)", file=sys.stderr)
+        if refusal := logs.daemon_refusal("tuninetd"):
+            print(refusal, file=sys.stderr)
             sys.exit(1)
         logs.to_syslog()
         ready_fd = daemonize()

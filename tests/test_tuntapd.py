@@ -23,8 +23,18 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.support.netlab import Daemon, Netns, events, gone, ready, recorder, send_udp, wait_for
-from tests.support.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev_log
+from tests.support.netlab import (
+    Daemon,
+    Netns,
+    events,
+    gone,
+    ready,
+    recorder,
+    send_udp,
+    title,
+    wait_for,
+)
+from tests.support.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev, private_dev_log
 
 TUNTAPD = [sys.executable, "-m", "tuninetd.tuntapd"]
 ROUTED = "10.99.0.0/24"
@@ -257,6 +267,7 @@ def test_other_devices_and_names_are_refused(netns: Netns) -> None:
     (["-i", "tun/0"], "not a valid interface name"),
     (["-i", ""], "expected an interface name"),
     (["-i", "tun0", "-x"], "unrecognized arguments: -x"),
+    (["-i", "tun0", "--pidfile", "/nonexistent/t.pid"], "directory /nonexistent does not exist"),
 ])
 def test_bad_usage_is_one_line_and_exit_2(argv: list[str], needle: str) -> None:
     out = subprocess.run([*TUNTAPD, *argv], capture_output=True, text=True, timeout=10)
@@ -268,7 +279,8 @@ def test_bad_usage_is_one_line_and_exit_2(argv: list[str], needle: str) -> None:
 
 def test_help_and_version() -> None:
     out = subprocess.run([*TUNTAPD, "-h"], capture_output=True, text=True, timeout=10)
-    assert out.returncode == 0 and "tuntapd -i <ifname> [-m tun|tap] [-d]" in out.stdout
+    assert out.returncode == 0, out.stderr
+    assert "tuntapd -i <ifname> [-m tun|tap] [-d] [--pidfile PATH]" in out.stdout
     out = subprocess.run([*TUNTAPD, "-v"], capture_output=True, text=True, timeout=10)
     assert out.returncode == 0 and out.stdout.startswith("tuntapd ")
 
@@ -314,6 +326,7 @@ def test_detach_returns_at_once_and_the_daemon_holds_the_device(
     for fd in (0, 1, 2):
         assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null"
 
+    assert title(pid) == "tuntapd: tun0 tun"
     pri, logged_pid, _ = log.wait(f"holding tun0 (mode tun), link set up, pid {pid}")
     assert (pri, logged_pid) == (LOG_DAEMON | LOG_INFO, pid)
     os.kill(pid, signal.SIGUSR1)
@@ -323,3 +336,55 @@ def test_detach_returns_at_once_and_the_daemon_holds_the_device(
     log.wait("SIGTERM caught. Releasing tun0 and shutting down...")
     wait_for("the daemon gone", lambda: gone(pid))
     wait_for("tun0 removed", lambda: link(netns, "tun0") is None)
+
+
+@pytest.mark.root
+def test_pidfile_and_title_name_the_holder_for_a_stop_script(
+    netns: Netns, syslog: tuple[Syslog, list[str]], tmp_path: Path
+) -> None:
+    """-d returns once the pidfile names the daemon; its title says which
+    device it holds; SIGTERM from the pidfile releases it and the file goes."""
+    log, prefix = syslog
+    path = tmp_path / "tuntapd-tun5.pid"
+    parent = subprocess.run([*prefix, *netns.exec_argv(console_script(), "-i", "tun5", "-m",
+                                                       "tap", "-d", "--pidfile", str(path))],
+                            capture_output=True, text=True, timeout=30)
+    assert parent.returncode == 0, parent.stderr
+    pid = int(path.read_text())
+    assert parent.stderr == f"tuntapd: detached, daemon pid {pid}\n"
+    assert holders(netns, "tun5") == [pid]
+    assert title(pid) == "tuntapd: tun5 tap"
+    assert psutil.Process(pid).name() == "tuntapd"
+    log.wait(f"holding tun5 (mode tap), link set up, pid {pid}")
+    os.kill(pid, signal.SIGTERM)
+    wait_for("the daemon gone", lambda: gone(pid))
+    assert not path.exists()
+
+
+@pytest.mark.root
+def test_pidfile_in_the_foreground(
+    netns: Netns, tuntapd: Callable[..., Tuntapd], tmp_path: Path
+) -> None:
+    path = tmp_path / "fg.pid"
+    holder = tuntapd("-i", "tun6", "--pidfile", str(path))
+    holder.wait_log("holding tun6")
+    assert path.read_text() == f"{holder.proc.pid}\n"
+    assert title(holder.proc.pid) == "tuntapd: tun6 tun"
+    assert holder.stop(signal.SIGTERM) == 0, holder.text()
+    assert not path.exists()
+
+
+@pytest.mark.root
+def test_detach_without_a_syslog_socket_is_refused_before_the_device(
+    netns: Netns, tmp_path: Path
+) -> None:
+    """As tuninetd -d: without /dev/log every line would be lost in silence,
+    so -d is refused with exit 1, before the device is made."""
+    argv = [*private_dev(tmp_path), *netns.exec_argv(console_script(), "-i", "tun4", "-d")]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout) == (1, ""), r.stderr
+    assert r.stderr.splitlines() == [
+        "tuntapd: -d logs to syslog, but nothing listens on /dev/log (no such file or "
+        "directory): start a syslog daemon (e.g. rsyslog), or run in the foreground (under "
+        "systemd the journal keeps the lines)"]
+    assert link(netns, "tun4") is None

@@ -1,4 +1,4 @@
-"""``tuntapd -i <ifname> [-m tun|tap] [-d]``: hold a tun/tap device open.
+"""``tuntapd -i <ifname> [-m tun|tap] [-d] [--pidfile PATH]``: hold a tun/tap device open.
 
 A tun/tap device has carrier only while a process has it open; without one,
 the kernel drops whatever is routed into it before a capture socket sees it,
@@ -11,9 +11,12 @@ the real user back; the start command stops tuntapd (SIGTERM releases the
 device), the stop command starts it again.
 
 Errors are one line on stderr: exit status 2 for bad usage, 1 when the device
-cannot be held. Every check happens before ``-d`` detaches, so ``tuntapd -d``
-exits 0 only once the daemon holds the device; the daemon then logs to syslog
-as ``tuntapd`` (facility daemon).
+cannot be held or, with ``-d``, nothing listens on /dev/log (as ``tuninetd
+-d``: its log would be lost). Every check happens before ``-d`` detaches, so
+``tuntapd -d`` exits 0 only once the daemon holds the device and has written
+its pidfile; the daemon then logs to syslog as ``tuntapd`` (facility daemon).
+Its process title, ``tuntapd: IFNAME MODE``, and ``--pidfile`` let a stop
+script find it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from tuninetd.common import __version__, daemon, ifname, logs, signals, usage
+from tuninetd.common import __version__, daemon, ifname, logs, pidfile, signals, usage, worker
 from tuninetd.common.ifname import IFNAMSIZ
 from tuninetd.common.usage import UsageError
 
@@ -55,7 +58,7 @@ READS_PER_WAKEUP = 256
 
 log = logging.getLogger(PROG)
 
-USAGE = "tuntapd -i <ifname> [-m tun|tap] [-d]"
+USAGE = "tuntapd -i <ifname> [-m tun|tap] [-d] [--pidfile PATH]"
 DESCRIPTION = (
     "Stub for a tun/tap device to keep it alive: creates the device (or attaches "
     "to a persistent one of the same mode), brings it up, and reads and discards "
@@ -86,6 +89,7 @@ class Options:
     ifname: str
     mode: str
     daemon: bool
+    pidfile: str | None
 
 
 def _ifname(text: str) -> str:
@@ -101,6 +105,16 @@ def _mode(text: str) -> str:
     return text
 
 
+def _pidfile(text: str) -> str:
+    path = os.path.abspath(text)
+    if not text or os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a file path")
+    if not os.path.isdir(os.path.dirname(path)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: directory {os.path.dirname(path)} does not exist")
+    return path
+
+
 def _parser() -> argparse.ArgumentParser:
     p = usage.parser(PROG, USAGE, DESCRIPTION, EPILOG)
     a = p.add_argument
@@ -109,7 +123,10 @@ def _parser() -> argparse.ArgumentParser:
     a("-m", dest="mode", metavar="<iftype>", type=_mode, default="tun",
       help="'tun' or 'tap' (default tun)")
     a("-d", dest="daemon", action="store_true",
-      help="detach once the device is held; log to syslog as tuntapd")
+      help="detach once the device is held; log to syslog as tuntapd (exit 1 if nothing "
+      "listens on /dev/log)")
+    a("--pidfile", metavar="PATH", type=_pidfile,
+      help="write the pid of the process holding the device here; removed at exit")
     a("-h", "--help", action="help", help="print this help")
     a("-v", "--version", action="version", version=f"{PROG} {__version__}",
       help="print version")
@@ -120,7 +137,7 @@ def parse(argv: Sequence[str]) -> Options:
     ns = _parser().parse_args(list(argv))
     if ns.ifname is None:
         raise UsageError("-i <ifname> is required: the tun/tap device to hold")
-    return Options(ns.ifname, ns.mode, ns.daemon)
+    return Options(ns.ifname, ns.mode, ns.daemon, ns.pidfile)
 
 
 # -- the device ----------------------------------------------------------------
@@ -240,19 +257,31 @@ def bring_up(ifname: str) -> bool:
 # -- detaching ------------------------------------------------------------------
 
 
-def detach() -> None:
+def detach(pidfile_path: str | None) -> None:
     """Into the background; the original process prints the daemon's pid
-    and exits 0."""
+    and exits 0 once the daemon wrote its pidfile, or says why it could not
+    and exits 1."""
     wfd = daemon.detach(_detached)
-    os.write(wfd, str(os.getpid()).encode())
+    answer = str(os.getpid())
+    if pidfile_path is not None:
+        try:
+            pidfile.write(pidfile_path)
+        except OSError as exc:
+            answer = f"cannot write the pidfile {pidfile_path}: {exc.strerror or exc}"
+    os.write(wfd, answer.encode())
     os.close(wfd)
+    if not answer.isdecimal():
+        os._exit(1)
 
 
-def _detached(pid: str) -> NoReturn:
-    if not pid.strip():
+def _detached(answer: str) -> NoReturn:
+    if not answer.strip():
         print(f"{PROG}: the daemon died while detaching", file=sys.stderr)
         os._exit(1)
-    log.info("detached, daemon pid %s", pid.strip())
+    if not answer.isdecimal():
+        print(f"{PROG}: {answer}", file=sys.stderr)
+        os._exit(1)
+    log.info("detached, daemon pid %s", answer)
     sys.stderr.flush()
     os._exit(0)
 
@@ -322,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except UsageError as exc:
         print(f"{PROG}: {exc} (usage: {USAGE})", file=sys.stderr)
         sys.exit(2)
+    if opts.daemon and (refusal := logs.daemon_refusal(PROG)):
+        print(refusal, file=sys.stderr)
+        sys.exit(1)
     try:
         fd, ifname = open_device(opts.ifname, opts.mode)
     except DeviceError as exc:
@@ -332,13 +364,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as exc:
         log.warning("holding %s, but cannot bring it up: %s", ifname, exc.strerror or exc)
         was_down = False
-    if opts.daemon:
-        detach()
-        logs.use(logs.SyslogHandler(PROG), log)
+    # Signals are caught before the pidfile names this process.
     holder = Holder(fd, ifname, opts.mode)
+    if opts.daemon:
+        detach(opts.pidfile)
+        logs.use(logs.SyslogHandler(PROG), log)
+    elif opts.pidfile is not None:
+        try:
+            pidfile.write(opts.pidfile)
+        except OSError as exc:
+            log.error("cannot write the pidfile %s: %s", opts.pidfile, exc.strerror or exc)
+            sys.exit(1)
+    worker.Title(f"{PROG}: {ifname} {opts.mode}", PROG).set("")
     log.info("holding %s (mode %s)%s, pid %d", ifname, opts.mode,
              ", link set up" if was_down else "", os.getpid())
-    sys.exit(holder.run())
+    try:
+        status = holder.run()
+    finally:
+        if opts.pidfile is not None:
+            pidfile.remove(opts.pidfile)
+    sys.exit(status)
 
 
 if __name__ == "__main__":
