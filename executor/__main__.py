@@ -58,7 +58,9 @@ def start(sock: socket.socket, ppid: int) -> Executor:
             "error",
             reason=wire.clean_text(
                 f"no cgroup for the commands ({no_cgroup}): a timed-out command is killed "
-                f"through its {RUN_ID_VAR} marker, and processes that drop it may survive"
+                f"through its {RUN_ID_VAR} marker, and processes that drop it may survive; "
+                "to kill the whole tree, run under systemd (the units delegate a cgroup) "
+                "or mount cgroup2 on /sys/fs/cgroup (Linux 5.14 or later)"
             ),
             fatal=False,
         )

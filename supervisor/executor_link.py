@@ -22,6 +22,8 @@ class ExecutorLink:
         self.command_pid = 0  # the running command's, once the executor says
         self.closed = False  # shutting down: only the stop kept by close() is handed over
         self.quit_sent = False
+        # What replaced executors say again (no cgroup here) is said once.
+        self.said: set[str] = set()
 
     def start(self, env: dict[str, str], sensor_kind: str, lines: tuple[str, ...]) -> bool:
         """Queue start; False: it cancelled a stop still waiting, and the
@@ -93,7 +95,9 @@ class ExecutorLink:
                 return ended
         elif kind == "error":
             reason = wire.clean_text(msg["reason"])
-            log.error("CORE: executor: %s", reason)
+            if reason not in self.said:
+                self.said.add(reason)
+                log.error("CORE: executor: %s", reason)
             if starting and not self.worker.ready:
                 raise StartupError(reason)
         return None

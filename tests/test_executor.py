@@ -403,7 +403,9 @@ def test_without_a_writable_cgroup_the_fallback_says_what_it_cannot_kill(
     reason = ex.expect("error")["reason"]
     assert re.fullmatch(
         r"no cgroup for the commands \(.*Read-only file system\): a timed-out command is "
-        r"killed through its TUNINETD_RUN_ID marker, and processes that drop it may survive",
+        r"killed through its TUNINETD_RUN_ID marker, and processes that drop it may survive; "
+        r"to kill the whole tree, run under systemd \(the units delegate a cgroup\) or mount "
+        r"cgroup2 on /sys/fs/cgroup \(Linux 5.14 or later\)",
         reason,
     ), reason
     pids = escapees(ex)

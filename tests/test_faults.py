@@ -304,6 +304,29 @@ def test_executor_killed_while_idle_and_up_keeps_the_state(lab: Lab) -> None:
              lambda: not [p for p in psutil.Process(d.pid).children() if gone(p.pid)])
 
 
+def test_no_cgroup_is_said_once_per_daemon_with_what_to_do(lab: Lab) -> None:
+    """Without cgroup2 each executor finds no cgroup for the commands; the
+    daemon says so once, with what to do, and a replaced executor does not
+    repeat it."""
+    run = lab.run(*PCAP_ARGS, cgroup2=False)
+    d = run.daemon
+    line = ("CORE: executor: no cgroup for the commands (no cgroup2 file system mounted): a "
+            "timed-out command is killed through its TUNINETD_RUN_ID marker, and processes "
+            "that drop it may survive; to kill the whole tree, run under systemd (the units "
+            "delegate a cgroup) or mount cgroup2 on /sys/fs/cgroup (Linux 5.14 or later)")
+    d.wait_log(line)
+    exe = worker(d, f"{EXECUTOR} {d.name}", "idle")
+    os.kill(exe, signal.SIGKILL)
+    new = worker(d, f"{EXECUTOR} {d.name}", "idle", not_pid=exe, timeout=5)
+    d.wait_log(f"CORE: executor is back (pid {new})")
+    # The replacement's hello and its report come in one burst; a beat later
+    # whatever it said has been logged.
+    wait_title(new, rf"{EXECUTOR} {d.name} idle")
+    send_pcap(lab)
+    wait_kinds(d, run.record, ["start"])
+    assert d.lines().count(line) == 1, d.text()
+
+
 # -- 5. the interface gone for a while, a crash loop -------------------------------------
 
 
