@@ -112,11 +112,9 @@ def test_scrape_after_start_stop_and_restart(
         idle.close()
 
 
-def with_library(tmp_path: Path, init: str, version: str | None, *args: str
-                 ) -> subprocess.CompletedProcess[str]:
-    """tuninetd with --metrics, a prometheus_client package of ``init``
-    (and, with a ``version``, its metadata) first on the path."""
-    folder = tmp_path / "lib"
+def fake_library(folder: Path, init: str, version: str | None) -> Path:
+    """A prometheus_client package of ``init`` (and, with a ``version``, its
+    metadata) in ``folder``, for PYTHONPATH."""
     (folder / "prometheus_client").mkdir(parents=True)
     (folder / "prometheus_client" / "__init__.py").write_text(init)
     if version is not None:
@@ -124,8 +122,17 @@ def with_library(tmp_path: Path, init: str, version: str | None, *args: str
         meta.mkdir()
         (meta / "METADATA").write_text(
             f"Metadata-Version: 2.1\nName: prometheus_client\nVersion: {version}\n")
+    return folder
+
+
+MISSING = "raise ImportError('not installed (test)')\n"
+
+
+def with_library(tmp_path: Path, init: str, version: str | None, *args: str
+                 ) -> subprocess.CompletedProcess[str]:
+    """tuninetd with --metrics, that prometheus_client first on the path."""
     script, _ = recorder(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(folder)}
+    env = {**os.environ, "PYTHONPATH": str(fake_library(tmp_path / "lib", init, version))}
     return subprocess.run([sys.executable, "-m", "tuninetd.supervisor.main", "-i", "lo", "-c",
                            str(script), "--metrics", "127.0.0.1:9101", *args],
                           capture_output=True, text=True, env=env, timeout=30)
@@ -138,7 +145,7 @@ VENV_PIP = f"{sys.prefix}/bin/pip install 'prometheus-client>=0.16' (the metrics
 def test_without_the_library_exit_2(tmp_path: Path, args: tuple[str, ...]) -> None:
     """prometheus-client missing: exit 2 and the command that installs it
     into this venv, at start and at --check-config, before any privilege check."""
-    r = with_library(tmp_path, "raise ImportError('not installed (test)')\n", None, *args)
+    r = with_library(tmp_path, MISSING, None, *args)
     assert r.returncode == 2, r.stderr
     assert r.stderr.splitlines() == [
         f"tuninetd: --metrics '127.0.0.1:9101': prometheus-client is not installed: {VENV_PIP}"]

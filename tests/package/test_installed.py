@@ -21,23 +21,13 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from tests.package.conftest import TUNINETD
 from tests.support.netlab import Netns, events, gone, recorder, wait_for
 
 pytestmark = pytest.mark.root
 
-TUNINETD = "/usr/bin/tuninetd"
 FRAME = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
               / IP(src="10.57.0.1", dst="10.57.0.2") / UDP(sport=4000, dport=5353))
-
-
-@pytest.fixture(autouse=True)
-def installed() -> None:
-    owner = subprocess.run(["dpkg", "-S", TUNINETD], capture_output=True, text=True)
-    if owner.returncode != 0 or not owner.stdout.startswith("tuninetd:"):
-        message = f"{TUNINETD} is not installed by the tuninetd package (run .ci/package)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true: {message}")
-        pytest.skip(message)
 
 
 def test_runs_on_debians_python3() -> None:
