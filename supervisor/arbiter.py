@@ -33,6 +33,7 @@ from tuninetd.supervisor.events import (
     WorkerView,
 )
 from tuninetd.supervisor.executor_link import ExecutorLink
+from tuninetd.supervisor.hold import Hold
 from tuninetd.supervisor.instance import Instance
 from tuninetd.supervisor.late_interfaces import LateInterfaces
 from tuninetd.supervisor.ops.wiring import open_observers
@@ -118,8 +119,9 @@ class Arbiter:
         self.workers = [self.executor, *self.sensors]
         self.executor_link = ExecutorLink(cfg, self.executor, self.observers)
         self.sensor_link = SensorLink(cfg, self.sensors)
+        self.hold = Hold(cfg, self.observers) if cfg.hold is not None else None
         self.service = Service(cfg, self.sensor_link, self.executor_link, self.observers,
-                               me.state_path)
+                               me.state_path, self.hold)
         self.late = LateInterfaces(cfg.sensors)
         self.replacing: list[Worker] = []  # killed to be started anew at once
         self.handlers: dict[int, Callable[[], None]] = {
@@ -147,6 +149,8 @@ class Arbiter:
             wording.listening(spec)
         now = time.monotonic()
         self.service.resume(now)
+        if self.hold is not None:  # the workers cannot have it: see hold.py
+            self.hold.open(self.selector, self.service.machine.up)
         self.startup_deadline = now + STARTUP_GRACE
         for w in self.workers:
             self.spawn(w, now)
@@ -201,6 +205,7 @@ class Arbiter:
             running=queue.running.event if queue.running is not None else None,
             pending=tuple(job.event for job in queue.pending),
             command_pid=self.executor_link.command_pid,
+            hold=self.hold.view() if self.hold is not None else None,
         )
 
     # -- messages --------------------------------------------------------------
@@ -275,6 +280,8 @@ class Arbiter:
             return False, f"{'starting' if self.starting else 'stopping'}: nothing done"
         if self.service.force_up(time.monotonic()):
             return True, f"up: start is being run; stop after {self.cfg.ttl} s without traffic"
+        if self.hold is not None and self.hold.up(time.monotonic()):
+            return True, "already up: the held packets are released"
         return False, "already up: nothing done"
 
     def handle_usr1(self) -> None:
@@ -296,6 +303,8 @@ class Arbiter:
         self.stopping = True
         self.observers.publish(Stopping())
         self.service.exiting()
+        if self.hold is not None:
+            self.hold.exiting(time.monotonic())
         grace = self.executor_link.close(run_stop=self.cfg.stop_on_exit)
         for s in self.sensors:
             self._forget_channel(s)  # EOF: sensors exit at once

@@ -69,6 +69,16 @@ class WorkerRestarted:
 
 
 @dataclass(frozen=True, slots=True)
+class Released:
+    """The hold let go of what it held (``verdict``: accept or drop)."""
+
+    packets: int
+    verdict: str
+    waited: float  # seconds since the first of them was held
+    overflowed: int  # packets that passed meanwhile, for want of buffer room
+
+
+@dataclass(frozen=True, slots=True)
 class Ready:
     """Every worker said hello: the daemon is running."""
 
@@ -78,7 +88,8 @@ class Stopping:
     """The daemon is shutting down."""
 
 
-Event = Triggered | Resumed | Counted | CommandEnded | WorkerRestarted | Ready | Stopping
+Event = (Triggered | Resumed | Counted | CommandEnded | Released | WorkerRestarted | Ready
+         | Stopping)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +106,15 @@ class WorkerView:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldView:
+    queue: int
+    state: str  # "holding" (down: new connections wait) or "passing"
+    held: int  # packets waiting now
+    released: int  # packets let go so far (accepted or dropped)
+    overflowed: int  # packets that passed unheld for want of buffer room
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """The daemon as seen from outside, at one moment."""
 
@@ -107,6 +127,7 @@ class Snapshot:
     running: str | None  # the command being run: "start", "stop"
     pending: tuple[str, ...]
     command_pid: int
+    hold: HoldView | None = None  # None: no --hold
 
 
 class Observer:

@@ -20,6 +20,7 @@ from tuninetd.supervisor.config.settings import Settings
 from tuninetd.supervisor.dump import PacketDump
 from tuninetd.supervisor.events import CommandEnded, Counted, Observers, Resumed, Triggered
 from tuninetd.supervisor.executor_link import ExecutorLink
+from tuninetd.supervisor.hold import Hold
 from tuninetd.supervisor.sensor_link import Beat, Hello, SensorLink, Trigger
 from tuninetd.supervisor.state import Machine
 from tuninetd.supervisor.statefile import StateFile
@@ -29,10 +30,11 @@ REPORT_WAIT = 0.5  # seconds past the ttl a counting sensor's report is awaited
 
 class Service:
     def __init__(self, cfg: Settings, sensors: SensorLink, executor: ExecutorLink,
-                 observers: Observers, state_path: str) -> None:
+                 observers: Observers, state_path: str, hold: Hold | None = None) -> None:
         self.cfg = cfg
         self.sensors = sensors
         self.executor = executor
+        self.hold = hold
         self.observers = observers
         self.machine = Machine(cfg.ttl)
         self.dump = PacketDump(cfg.pcap_file) if cfg.pcap_file else None
@@ -58,9 +60,18 @@ class Service:
         state = ("down" if not self.machine.up else "starting" if self.start_open else "up")
         self.state_file.save(state, self.trigger_sensor, self.trigger_lines)
 
-    def _start(self, env: dict[str, str], sensor_kind: str, lines: tuple[str, ...]) -> None:
-        if self.executor.start(env, sensor_kind, lines):
+    def _start(self, env: dict[str, str], sensor_kind: str, lines: tuple[str, ...],
+               now: float) -> None:
+        """The hold waits for a start that was queued; one that cancelled a
+        stop still waiting leaves the service up as it was."""
+        queued = self.executor.start(env, sensor_kind, lines)
+        if queued:
             self.start_open = True
+        if self.hold is not None:
+            if queued:
+                self.hold.start_queued(now)
+            else:
+                self.hold.up(now)
 
     def from_sensor(self, event: Hello | Beat | Trigger, now: float) -> None:
         if isinstance(event, Hello):
@@ -84,7 +95,7 @@ class Service:
             return  # another sensor fired first: this is only activity
         self.trigger_sensor, self.trigger_lines = role, t.lines
         env = wording.command_env("start", role, self.cfg.ttl, t.facts)
-        self._start(env, role.partition(":")[0], t.lines)
+        self._start(env, role.partition(":")[0], t.lines, now)
         # First: the start latency is what users wait on. The state file and
         # the observers (the log's lines among them) follow.
         self.executor.dispatch()
@@ -112,12 +123,14 @@ class Service:
             return False
         # The queue first: if it refuses, nothing has changed yet.
         self._start(wording.command_env("start", wording.CONTROL_SENSOR, self.cfg.ttl),
-                    "core", ())
+                    "core", (), now)
         self.machine.trigger(now)
         self.trigger_sensor, self.trigger_lines = wording.CONTROL_SENSOR, ()
         self.executor.dispatch()
         self._save()
         self.observers.publish(Triggered(wording.CONTROL_SENSOR, (), True, now))
+        if self.hold is not None:
+            self.hold.up(now)
         self.sensors.order_all("count")
         return True
 
@@ -127,6 +140,8 @@ class Service:
         if arm:
             self.sensors.order_all("arm")
         self.executor.dispatch()
+        if self.hold is not None:
+            self.hold.down()
 
     def exiting(self) -> None:
         """SIGTERM with stop_on_exit: stop, if up, before the executor quits."""
@@ -139,9 +154,12 @@ class Service:
         sensors are re-armed after retry_start seconds. Without retry_start
         the state stays up, as in the original (its warning is logged).
         While the daemon exits, a failed start is saved as down, so that its
-        next run runs start again."""
+        next run runs start again. Either way the hold lets go of what
+        waited for this start."""
         if ended.event != "start":
             return
+        if self.hold is not None:
+            self.hold.start_ended(ended.outcome.ok, now)
         self.start_open = False
         retry = self.cfg.retry_start
         if ended.outcome.ok or retry is None:
@@ -164,8 +182,12 @@ class Service:
             self.retry_at = None
             wording.retry_allowed()
             self.sensors.order_all("arm")
+            if self.hold is not None:
+                self.hold.down()
         if self._stop_is_due(now) and self.machine.expire(now):
             self._go_down()
+        if self.hold is not None and (due := self.hold.deadline()) is not None and now >= due:
+            self.hold.expire(now)
 
     def _stop_is_due(self, now: float) -> bool:
         """The ttl has run out, and every counting sensor has reported on the
@@ -187,6 +209,10 @@ class Service:
         return False
 
     def next_wakeup(self, now: float) -> float | None:
+        held = self.hold.deadline() if self.hold is not None else None
+        return min((t for t in (self._next_wakeup(now), held) if t is not None), default=None)
+
+    def _next_wakeup(self, now: float) -> float | None:
         if self.retry_at is not None:
             return self.retry_at
         deadline = self.machine.deadline()
@@ -196,7 +222,8 @@ class Service:
         return deadline if deadline > now else deadline + REPORT_WAIT
 
     def log_configuration(self, now: float) -> None:
-        wording.configuration(self.cfg, self.machine.up, self.machine.idle(now) or 0.0)
+        wording.configuration(self.cfg, self.machine.up, self.machine.idle(now) or 0.0,
+                              self.hold.view() if self.hold is not None else None)
 
     def title(self, now: float) -> str:
         if self.machine.up:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from tuninetd.common.logs import log
 from tuninetd.executor import RUN_ID_VAR
 from tuninetd.supervisor.config.settings import SensorSpec, Settings
-from tuninetd.supervisor.events import Outcome
+from tuninetd.supervisor.events import HoldView, Outcome
 from tuninetd.supervisor.facts import Facts
 
 
@@ -241,7 +241,7 @@ def requested(verb: str) -> None:
     log.info("CORE: %s requested over the control socket", verb)
 
 
-def configuration(cfg: Settings, up: bool, idle: float) -> None:
+def configuration(cfg: Settings, up: bool, idle: float, hold: HoldView | None) -> None:
     """The SIGUSR1 block."""
     log.info("SIGUSR1 caught:")
     for spec in cfg.sensors:
@@ -261,11 +261,24 @@ def configuration(cfg: Settings, up: bool, idle: float) -> None:
         if argv:
             log.info("- %s command: %s", event, " ".join(argv))
     log.info("- TTL: %d sec.", cfg.ttl)
+    if hold is not None:
+        log.info("- hold: queue %d, %s, %d held now, %d released, %d overflowed "
+                 "(at most %g s, then %s)", hold.queue, hold.state, hold.held, hold.released,
+                 hold.overflowed, cfg.hold_max, cfg.hold_fail)
     if up:
         log.info("- current status: up (ON), time since last captured packet: %d sec.",
                  int(idle))
     else:
         log.info("- current status: standby (OFF)")
+
+
+def released(queue: int, why: str, verdict: str, held: int, waited: float, lost: int,
+             full: bool) -> None:
+    """One line per release of the hold."""
+    log.info("CORE: queue %d: %s: %s %d held packet%s after %.3f s%s%s", queue, why,
+             "released" if verdict == "accept" else "dropped", held, "s" * (held != 1), waited,
+             f", {lost} passed unheld for want of buffer room" if lost else "",
+             " (the queue was full: later ones passed unheld)" if full else "")
 
 
 def dump_failed(path: str, why: str) -> None:

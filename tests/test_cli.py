@@ -158,6 +158,18 @@ BAD = [
      "--command-timeout", "99999999999999", "seconds"),
     ("command-timeout-infinite", ["-i", "lo", "-c", "{cmd}", "--command-timeout", "inf"],
      "--command-timeout", "inf", "seconds"),
+    ("hold-without-sensor", ["-c", "{cmd}", "--hold", "5"], "--hold", "5",
+     "a sensor decides when start runs"),
+    ("hold-queue-too-big", ["-n", "1", "-c", "{cmd}", "--hold", "70000"], "--hold", "70000",
+     "0 to 65535"),
+    ("hold-queue-not-a-number", ["-n", "1", "-c", "{cmd}", "--hold", "q1"], "--hold", "q1",
+     "NFQUEUE number"),
+    ("hold-max-zero", ["-n", "1", "-c", "{cmd}", "--hold", "5", "--hold-max", "0"],
+     "--hold-max", "0", "seconds"),
+    ("hold-max-past-the-command-timeout", ["-n", "1", "-c", "{cmd}", "--hold", "5",
+     "--command-timeout", "30", "--hold-max", "31"], "--hold-max", "31", "command timeout"),
+    ("hold-fail-unknown", ["-n", "1", "-c", "{cmd}", "--hold", "5", "--hold-fail", "reject"],
+     "--hold-fail", "reject", "accept or drop"),
 ]
 
 
@@ -351,7 +363,8 @@ EVERY_OPTION = ["-a", "-c <path>", "-d", "-f <filter>", "-i <ifname>", "-n <nflo
                 "-t <ttl>", "-w <path>", "--user NAME", "--exec-user NAME",
                 "--command-timeout SEC", "--beat SEC", "--config FILE", "--check-config",
                 "--name NAME", "--control PATH", "--pidfile PATH", "--metrics HOST:PORT",
-                "--stop-on-exit", "--retry-start SEC", "--wait-for-interface", "-h, --help",
+                "--stop-on-exit", "--retry-start SEC", "--wait-for-interface", "--hold QUEUE",
+                "--hold-max SEC", "--hold-fail accept|drop", "-h, --help",
                 "-v, --version"]
 
 

@@ -82,6 +82,9 @@ def test_effective_configuration_round_trips(tmp_path: Path, script: Path) -> No
         "stop_on_exit = true\n"
         "retry_start = 5\n"
         "wait_for_interface = true\n"
+        "hold = 3\n"
+        "hold_max = 4\n"
+        'hold_fail = "drop"\n'
     )
     r = tuninetd("--config", str(conf), "--check-config", "-t", "45", "--beat", "2")
     assert r.returncode == 0, r.stderr
@@ -94,7 +97,7 @@ def test_effective_configuration_round_trips(tmp_path: Path, script: Path) -> No
         "user": "nobody", "exec_user": "root", "command_timeout": 12.5, "beat": 2.0,
         "control": f"{tmp_path}/ctl.sock", "pidfile": f"{tmp_path}/pid",
         "stop_on_exit": True, "retry_start": 5, "wait_for_interface": True,
-        "metrics": "127.0.0.1:9101",
+        "metrics": "127.0.0.1:9101", "hold": 3, "hold_max": 4.0, "hold_fail": "drop",
     }
     again = tmp_path / "again.toml"
     again.write_text(r.stdout)

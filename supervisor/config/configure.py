@@ -37,6 +37,8 @@ class _Given:
                 if key not in self.values:
                     self.values[key] = value
                     self.from_file.add(key)
+        # Options nobody gave: a default may yield to another option's value.
+        self.defaulted = set(options.DEFAULTS) - set(self.values)
         for key, value in options.DEFAULTS.items():
             self.values.setdefault(key, value)
 
@@ -85,10 +87,25 @@ def _checked(given: _Given) -> dict[str, Any]:
     return out
 
 
+def _hold_max(given: _Given, timeout: float, hold_max: float) -> float:
+    """At most the command timeout (0: none): a start's end releases by then."""
+    if not timeout or hold_max <= timeout:
+        return hold_max
+    if "hold_max" in given.defaulted:
+        return timeout
+    raise UsageError(f"{given.label('hold_max', '--hold-max')} {hold_max:g}: longer than "
+                     f"the command timeout ({timeout:g} s), when start is over anyway; give "
+                     "less, or a longer --command-timeout")
+
+
 def _settings(given: _Given) -> Settings:
     """The checks of one option that need another, then the Settings."""
     o = given.label
     interfaces, groups, flt = given["interfaces"], given["groups"], given["filter"]
+    if given["hold"] is not None and not interfaces and not groups:
+        raise UsageError(f"{o('hold', '--hold')} {given['hold']}: the hold only gates, a "
+                         "sensor decides when start runs: add -n GROUP (a rule logging the "
+                         "packets it queues) or -i IFNAME")
     if not interfaces and not groups:
         raise UsageError("no sensor: give -i <ifname> and/or -n <nflog-group> "
                          "(interfaces or groups in a config file)")
@@ -102,6 +119,7 @@ def _settings(given: _Given) -> Settings:
         raise UsageError(f"{o('filter', '-f')} {flt!r}: a filter applies to -i sensors, "
                          "and there is none")
     checked = _checked(given)
+    checked["hold_max"] = _hold_max(given, checked["command_timeout"], checked["hold_max"])
     user = default_sensor_user() if given["user"] is None else given["user"]
     sensor_user = probes.account(o("user", "--user"), user)
     if sensor_user.uid == 0:

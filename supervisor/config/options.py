@@ -78,6 +78,15 @@ def _retry(option: str, given: Any) -> float:
     return values.seconds(option, given, 0.1, 86400, zero_ok=False)
 
 
+def _hold_max(option: str, given: Any) -> float:
+    # Checked against --command-timeout in configure.py.
+    return values.seconds(option, given, 0.1, values.MAX_TIMEOUT, zero_ok=False)
+
+
+def _hold_fail(option: str, given: Any) -> str:
+    return values.choice(option, given, ("accept", "drop"))
+
+
 def _name(option: str, given: Any) -> str:
     from tuninetd.supervisor import instance
 
@@ -151,6 +160,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("wait_for_interface", ("--wait-for-interface",), "bool", "an -i interface that "
            "does not exist yet is waited for (capture starts when it appears) instead of "
            "exit 2", default=False),
+    Option("hold", ("--hold",), "int", "hold the packets your rule queues to NFQUEUE QUEUE "
+           "(0..65535) until start is done, so the first connection is served, not lost "
+           "(see docs/on-demand.md); a sensor must see the same packets", metavar="QUEUE",
+           check=values.queue),
+    Option("hold_max", ("--hold-max",), "number", "let the held packets go after SEC "
+           "seconds even if start still runs (default {default:g}; at most "
+           "--command-timeout)", metavar="SEC", default=10.0, check=_hold_max),
+    Option("hold_fail", ("--hold-fail",), "str", "what a failed or timed-out start does "
+           "with the held packets (default {default}: a TCP client is refused at once; "
+           "drop: nothing passes until a start succeeds)", metavar="accept|drop",
+           default="accept", check=_hold_fail),
     Option("start_command", (), "argv", "argv list run for start, instead of [command, start]"),
     Option("stop_command", (), "argv", "argv list run for stop, instead of [command, stop]"),
 )

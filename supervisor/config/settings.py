@@ -79,6 +79,9 @@ class Settings:
     stop_on_exit: bool  # run stop (if up) before a SIGTERM exit
     retry_start: float | None  # a failed start: standby, re-armed after this long
     wait_for_interface: bool  # an -i interface missing at startup is waited for
+    hold: int | None  # the NFQUEUE new connections wait in until start is done
+    hold_max: float  # released after this long, even if start still runs
+    hold_fail: str  # what a failed start does with the held packets: accept or drop
 
     def argv(self, event: str) -> list[str]:
         """What the executor runs for ``event`` ("start" or "stop")."""

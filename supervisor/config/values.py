@@ -35,6 +35,22 @@ def seconds(option: str, given: str | float, minimum: float, maximum: float,
     return value
 
 
+def queue(option: str, given: str | int) -> int:
+    try:
+        number = given if isinstance(given, int) else int(given, 10)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise UsageError(f"{option} {str(given)!r}: expected an NFQUEUE number from 0 to 65535")
+    return number
+
+
+def choice(option: str, given: str, allowed: tuple[str, ...]) -> str:
+    if given not in allowed:
+        raise UsageError(f"{option} {given!r}: expected {' or '.join(allowed)}")
+    return given
+
+
 def group(given: str | int, option: str = "-n") -> SensorSpec:
     try:
         group = given if isinstance(given, int) else int(given, 10)

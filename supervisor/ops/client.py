@@ -205,6 +205,11 @@ def render(s: dict[str, Any]) -> str:
     if c.get("running") or c.get("pending"):
         field("queue", f"running: {c.get('running') or '-'}; "
               f"waiting: {', '.join(c.get('pending') or []) or '-'}")
+    hold = s.get("hold")
+    if hold:
+        field("hold", f"queue {hold.get('queue')}, {hold.get('state')}: "
+              f"{hold.get('held', 0)} held now, {hold.get('released', 0)} released, "
+              f"{hold.get('overflowed', 0)} overflowed")
     out.append("")
     header = ("ROLE", "PID", "USER", "STATE", "UPTIME", "RESTARTS", "CPU%", "RSS")
     rows = [header]

@@ -24,6 +24,7 @@ from tuninetd.supervisor.events import (
     Counted,
     Event,
     Observer,
+    Released,
     Snapshot,
     Triggered,
     WorkerRestarted,
@@ -94,6 +95,19 @@ class Metrics(Observer):
         self.duration = prom.Histogram(
             "tuninetd_command_duration_seconds", "how long start and stop commands ran",
             ["event"], buckets=DURATION_BUCKETS, registry=reg)
+        self.held = prom.Gauge(
+            "tuninetd_hold_held_packets", "packets waiting in the --hold queue now",
+            registry=reg)
+        self.held.set_function(lambda: _held(view()))
+        self.released = prom.Counter(
+            "tuninetd_hold_released_packets", "held packets let go, by verdict",
+            ["verdict"], registry=reg)
+        self.overflowed = prom.Counter(
+            "tuninetd_hold_overflowed_packets",
+            "packets that passed unheld for want of buffer room", registry=reg)
+        self.waited = prom.Histogram(
+            "tuninetd_hold_seconds", "how long held packets waited for their release",
+            buckets=DURATION_BUCKETS, registry=reg)
         self.restarts = prom.Counter(
             "tuninetd_worker_restarts", "workers restarted, by role and reason",
             ["role", "reason"], registry=reg)
@@ -119,6 +133,10 @@ class Metrics(Observer):
                 self.failures.labels(event.event).inc()
             if event.outcome.duration is not None:
                 self.duration.labels(event.event).observe(event.outcome.duration)
+        elif isinstance(event, Released):
+            self.released.labels(event.verdict).inc(event.packets)
+            self.overflowed.inc(event.overflowed)
+            self.waited.observe(event.waited)
         elif isinstance(event, WorkerRestarted):
             self.restarts.labels(event.role, event.reason).inc()
 
@@ -168,6 +186,10 @@ class WithoutCreated:
         for metric in self.registry.collect():
             metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
             yield metric
+
+
+def _held(snap: Snapshot) -> float:
+    return math.nan if snap.hold is None else snap.hold.held
 
 
 def _nan(value: float | None) -> float:

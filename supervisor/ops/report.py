@@ -51,6 +51,13 @@ class StatusReport:
                 "last": last,
                 "last_failure": failure,
             },
+            "hold": None if snap.hold is None else {
+                "queue": snap.hold.queue,
+                "state": snap.hold.state,
+                "held": snap.hold.held,
+                "released": snap.hold.released,
+                "overflowed": snap.hold.overflowed,
+            },
             "processes": self._processes(snap, now),
         }
 

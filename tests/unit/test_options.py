@@ -23,7 +23,7 @@ def readme_usage() -> str:
 def test_readme_usage_lines_are_the_helps() -> None:
     """The bracketed options of README's usage, in order, are the parser's."""
     def brackets(text: str) -> list[str]:
-        return re.findall(r"\[(--[\w-]+(?: [\w:<>-]+)?)\]", text.split("tuninetd status")[0])
+        return re.findall(r"\[(--[\w-]+(?: [\w:<>|-]+)?)\]", text.split("tuninetd status")[0])
 
     assert brackets(readme_usage()) == brackets(options.USAGE)
     assert len(brackets(options.USAGE)) == sum(
