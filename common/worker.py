@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from tuninetd.common import wire
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 PR_SET_DUMPABLE = 4
+PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
@@ -143,8 +145,14 @@ def drop_privileges(uid: int, gid: int, ppid: int, jail: str | None = None) -> N
     for cap in range(last_cap + 1):
         try:
             prctl(PR_CAPBSET_DROP, cap)
-        except OSError:
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # past the kernel's last capability
+                raise
             break
+    # Read back, whatever the drops said: any capability left is a failure.
+    kept = [cap for cap in range(last_cap + 1) if _libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1]
+    if kept:
+        raise PermissionError(f"capabilities {kept} still in the bounding set")
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)

@@ -107,6 +107,7 @@ def run(kind: str, open_capture: Callable[[wire.Message], Capture]) -> None:
     try:
         cap = open_capture(cfg)
         worker.drop_privileges(cfg["uid"], cfg["gid"], ppid, cfg.get("jail"))
+        sandbox.limit()
         sandbox.confine(cfg["seccomp"])
     except OSError as exc:
         worker.fatal(sock, f"{kind} {cfg['name']}: {exc.strerror or exc}")

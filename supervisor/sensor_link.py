@@ -23,7 +23,7 @@ from tuninetd.supervisor.children import Worker
 from tuninetd.supervisor.config.settings import Settings
 from tuninetd.supervisor.errors import StartupError
 from tuninetd.supervisor.facts import Facts
-from tuninetd.supervisor.sandbox.privcheck import privileges_left
+from tuninetd.supervisor.sandbox.privcheck import privileges_left, seccomp_killing
 
 NORMAL_MODES = ("armed", "counting")
 
@@ -84,7 +84,12 @@ class SensorLink:
     def _hello(self, w: Worker, starting: bool) -> Hello | None:
         if w.ready:
             raise Misbehaved("hello twice")
-        wrong = privileges_left(w.pid, self.cfg.sensor_user.uid, self.cfg.sensor_user.gid)
+        wrong = privileges_left(w.pid, self.cfg.sensor_user.uid, self.cfg.sensor_user.gid,
+                                w.config.get("jail"))
+        if wrong and seccomp_killing(w.pid):
+            # Not privileged but dying: its exit, reaped next, is logged as
+            # "killed by seccomp".
+            return None
         if wrong:
             log.error("CORE: %s is still privileged (%s): killing it",
                       w.log_name, "; ".join(wrong))

@@ -12,11 +12,13 @@ wait polls with a deadline; the only sleeps pace a stream of packets.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pwd
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -434,11 +436,16 @@ def test_sigterm_lets_the_running_command_finish_and_drops_the_queued_one(lab: L
 # -- the supervisor's privilege check --------------------------------------------------
 
 
+def execed_sleep(pid: int) -> bool:
+    return bool(psutil.Process(pid).name() == "sleep")
+
+
 def test_privilege_check_tells_a_dropped_process_from_a_privileged_one() -> None:
     """What the supervisor runs on each sensor's hello, on real processes: a
     root process is refused; one dropped like a sensor but without a seccomp
     filter (setpriv installs none) is refused for that alone. A real sensor
     passing it is in tests/test_sandbox.py."""
+    from tuninetd.supervisor.sandbox.jail import empty_dir
     from tuninetd.supervisor.sandbox.privcheck import privileges_left
 
     nobody = pwd.getpwnam("nobody")
@@ -447,16 +454,45 @@ def test_privilege_check_tells_a_dropped_process_from_a_privileged_one() -> None
         "setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
         "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "sleep", "30",
     ])
+    kept_bounding = subprocess.Popen([
+        "setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+        "--inh-caps=-all", "--no-new-privs", "sleep", "30",
+    ])
     try:
-        wait_for("setpriv to exec sleep", lambda: psutil.Process(dropped.pid).name() == "sleep")
+        for pid in (dropped.pid, kept_bounding.pid):
+            wait_for("setpriv to exec sleep", functools.partial(execed_sleep, pid))
         assert privileges_left(root_proc.pid, nobody.pw_uid, nobody.pw_gid)
         assert privileges_left(dropped.pid, nobody.pw_uid, nobody.pw_gid) == ["Seccomp 0"]
         # Right account but a different one than configured: refused as well.
         assert privileges_left(dropped.pid, nobody.pw_uid + 1, nobody.pw_gid)
+        # Its root is / rather than the sensors' jail.
+        jail = empty_dir()
+        assert privileges_left(dropped.pid, nobody.pw_uid, nobody.pw_gid, jail) == [
+            "Seccomp 0", f"root /, not {jail}"]
+        # Everything dropped but the bounding set.
+        assert privileges_left(kept_bounding.pid, nobody.pw_uid, nobody.pw_gid) == [
+            f"CapBnd {proc_status(kept_bounding.pid)['CapBnd']}", "Seccomp 0"]
     finally:
-        for p in (root_proc, dropped):
+        for p in (root_proc, dropped, kept_bounding):
             p.kill()
             p.wait()
+
+
+def test_a_bounding_set_that_cannot_be_emptied_fails_the_drop() -> None:
+    """drop_privileges started without CAP_SETPCAP (so every PR_CAPBSET_DROP
+    fails with EPERM) refuses to go on; it used to stop dropping at the
+    first failure and carry on with the whole bounding set."""
+    nobody = pwd.getpwnam("nobody")
+    code = ("import os, sys; from tuninetd.common import worker\n"
+            "try:\n"
+            f"    worker.drop_privileges({nobody.pw_uid}, {nobody.pw_gid}, os.getppid())\n"
+            "except OSError as exc:\n"
+            "    print(type(exc).__name__, exc); sys.exit(3)\n"
+            "print(open('/proc/self/status').read())\n")
+    r = subprocess.run(["setpriv", "--bounding-set=-setpcap", sys.executable, "-c", code],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert r.stdout.startswith("PermissionError"), r.stdout
 
 
 def test_sensors_import_nothing_beyond_the_stdlib() -> None:

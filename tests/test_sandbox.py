@@ -66,7 +66,12 @@ UNCONFINED = {
     "ptrace": "ok",
     "fchdir-stray-fd": "EBADF",  # the spawn closed it
     "write-stderr": "ok",  # into /dev/null, not the daemon's log
+    "fork": "EAGAIN",  # RLIMIT_NPROC 0
+    "hoard-descriptors": "EMFILE",  # RLIMIT_NOFILE 16
 }
+# The limits a sensor holds, as /proc/PID/limits shows them (soft, hard).
+LIMITS = {"Max file size": ("0", "0"), "Max processes": ("0", "0"),
+          "Max open files": ("16", "16"), "Max address space": ("268435456", "268435456")}
 
 
 @functools.cache
@@ -87,6 +92,7 @@ class Outcome:
     reported: str | None  # what the attack code said; None when it died first
     status: int  # its wait status
     left: list[str]  # what privcheck found still privileged at its hello
+    limits: dict[str, tuple[str, str]]  # its resource limits then, /proc/PID/limits
 
 
 class Scene:
@@ -154,7 +160,8 @@ class Scene:
         try:
             hello = wire.parse(_record(w.sock), wire.SENSOR_MESSAGES)
             assert hello["t"] == "hello", hello
-            left = privcheck.privileges_left(w.pid, nobody.pw_uid, nobody.pw_gid)
+            left = privcheck.privileges_left(w.pid, nobody.pw_uid, nobody.pw_gid, empty_dir())
+            limits = read_limits(w.pid)
             w.send("go")
             data = _record(w.sock)
         finally:
@@ -164,7 +171,7 @@ class Scene:
         if data:
             msg = wire.parse(data, wire.SENSOR_MESSAGES)
             reported = msg["reason"].removeprefix(f"{attack}: ")
-        return Outcome(reported, status, left)
+        return Outcome(reported, status, left, limits)
 
     def udp_received(self) -> bool:
         return _readable(self.udp) and self.udp.recv(100) == b"exfiltrated"
@@ -180,6 +187,13 @@ class Scene:
 
     def log_forged(self) -> bool:
         return self.log.exists() and self.forged in self.log.read_text(errors="replace")
+
+
+def read_limits(pid: int) -> dict[str, tuple[str, str]]:
+    """/proc/PID/limits: each limit's name and its soft and hard values."""
+    with open(f"/proc/{pid}/limits") as f:
+        rows = f.read().splitlines()[1:]
+    return {row[:26].strip(): tuple(row[26:].split()[:2]) for row in rows}  # type: ignore[misc]
 
 
 def _record(sock: socket.socket, timeout: float = 15.0) -> bytes:
@@ -215,7 +229,9 @@ def effects(scene: Scene) -> dict[str, bool]:
 @pytest.mark.parametrize("attack", UNCONFINED)
 def test_compromised_pcap_sensor_is_killed_by_seccomp(scene: Scene, attack: str) -> None:
     out = scene.run(attack, confined=True)
-    assert out.left == [], out.left  # includes "Seccomp: 2"
+    # Includes "Seccomp: 2", an empty bounding set and the jail as its root.
+    assert out.left == [], out.left
+    assert {k: out.limits[k] for k in LIMITS} == LIMITS
     assert out.reported is None, f"{attack} came back with {out.reported}"
     assert os.WIFSIGNALED(out.status) and os.WTERMSIG(out.status) == signal.SIGSYS, out
     assert not any(effects(scene).values()), effects(scene)
@@ -230,6 +246,14 @@ def test_without_seccomp_the_other_layers_alone(scene: Scene, attack: str) -> No
     if attack in seen and attack != "write-stderr":
         assert seen[attack], f"{attack} reported ok but left no trace: the test proves nothing"
     assert not seen["write-stderr"], "a sensor wrote into the daemon's log"
+
+
+def test_a_sensor_cannot_grow_past_its_address_space(scene: Scene) -> None:
+    """1 GiB asked for, under the whole sandbox (mmap is allowed): refused
+    by RLIMIT_AS, the sensor goes on (without the limit the 1 GiB came)."""
+    out = scene.run("grow-memory", confined=True)
+    assert out.reported == "ENOMEM", out
+    assert os.WIFEXITED(out.status), out
 
 
 @pytest.mark.parametrize("attack", ["send-spoofed-frame", "new-udp-socket", "ptrace"])
@@ -339,3 +363,24 @@ def test_a_sensor_killed_by_seccomp_is_logged_and_replaced(veth: Netns, tmp_path
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
 
+
+
+def test_a_sensor_seccomp_kills_at_its_hello_is_not_called_privileged(
+        veth: Netns, tmp_path: Path) -> None:
+    """The sensor makes a call the allow-list refuses right after its hello:
+    the supervisor, checking it in /proc, finds "Seccomp: 3" (being killed).
+    That is reported as the seccomp kill it is (at start, the start fails
+    with it), never as a sensor "still privileged"."""
+    script, _ = recorder(tmp_path)
+    argv = ["-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", "0.2",
+            "--control", str(tmp_path / "ctl")]
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run(
+        veth.exec_argv(sys.executable, "-m", "tests.support.compromised_sensor",
+                       "supervise-at-hello", str(tmp_path / "marker"), *argv),
+        cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    killed = ") killed by seccomp (signal 31, SIGSYS) while starting. Abort"
+    assert "Error: the sensor pcap tap0 (pid " in r.stderr and killed in r.stderr, r.stderr
+    assert "privilege" not in r.stderr, r.stderr

@@ -18,8 +18,9 @@ attack code works where nothing stops it.
 
 ``python -m tests.support.compromised_sensor supervise MARKER ARGV...`` runs the
 real supervisor (the command line ARGV) with its pcap sensor pointed here:
-the first sensor breaks the allow-list on its first packet, each
-replacement (MARKER exists by then) is the real sensor.
+the first sensor breaks the allow-list on its first packet (with
+``supervise-at-hello``: right after its hello), each replacement (MARKER
+exists by then) is the real sensor.
 """
 
 from __future__ import annotations
@@ -69,6 +70,35 @@ def _ptrace_me() -> None:
         raise OSError(ctypes.get_errno(), "ptrace")
 
 
+def _fork() -> None:
+    if os.fork() == 0:
+        os._exit(0)
+    os.wait()
+
+
+def _hoard_descriptors() -> None:
+    """As many descriptors as it may have; EMFILE when that is few (the
+    sensor's own limit), success when it got hundreds."""
+    got: list[int] = []
+    try:
+        while len(got) < 1000:
+            got.append(os.dup(worker.CHANNEL_FD))
+    except OSError as exc:
+        if len(got) < 100:
+            raise OSError(exc.errno, f"after {len(got)}") from None
+    finally:
+        for fd in got:
+            os.close(fd)
+
+
+def _grow_memory() -> None:
+    try:
+        hoard = bytearray(1 << 30)  # 1 GiB
+    except MemoryError:
+        raise OSError(errno.ENOMEM, "1 GiB") from None
+    del hoard
+
+
 def attacks(cap: Any, cfg: wire.Message) -> dict[str, Callable[[], object]]:
     handle = cap.trigger_sock if isinstance(cap, pcap.PcapCapture) else cap.sock
     accept_all = fprog.Program(ACCEPT_ALL)
@@ -85,6 +115,9 @@ def attacks(cap: Any, cfg: wire.Message) -> dict[str, Callable[[], object]]:
         "fchdir-stray-fd": lambda: os.fchdir(int(cfg["stray"])),
         "write-stderr": lambda: os.write(2, str(cfg["forged"]).encode()),
         "kill": lambda: os.kill(int(cfg["victim"]), signal.SIGKILL),
+        "fork": _fork,
+        "hoard-descriptors": _hoard_descriptors,
+        "grow-memory": _grow_memory,
     }
 
 
@@ -99,6 +132,13 @@ class Rogue(pcap.PcapCapture):
 
 def _no_confine(program: object) -> None:
     """``sandbox.confine`` for an unconfined run: the allow-list left out."""
+
+
+def _break_at_once(sock: socket.socket, cap: loop.Capture, title: worker.Title,
+                   beat: float) -> None:
+    """Right after its hello: a call the allow-list refuses, so that the
+    supervisor looks at it while seccomp is killing it."""
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
 
 def main() -> None:
@@ -116,6 +156,8 @@ def main() -> None:
             first = not os.path.exists(str(cfg["marker"]))
             with open(str(cfg["marker"]), "a"):
                 pass
+            if first and cfg.get("at_hello"):
+                loop._serve = _break_at_once
             return Rogue(cfg) if first else pcap.PcapCapture(cfg)
         return pcap.PcapCapture(cfg) if cfg["kind"] == "pcap" else nflog.NflogCapture(cfg)
 
@@ -130,14 +172,17 @@ def main() -> None:
     loop.run("attacked", opener)
 
 
-def supervise(marker: str, argv: list[str]) -> None:
+def supervise(marker: str, argv: list[str], at_hello: bool = False) -> None:
     """The real supervisor; its pcap sensor is this module, which breaks
-    the allow-list once (no MARKER yet) and then behaves."""
+    the allow-list once (no MARKER yet: on its first packet, or with
+    ``at_hello`` right after its hello) and then behaves."""
     from tuninetd.supervisor.config import configure
     run_with_sensor(configure.parse(argv).settings, "tests.support.compromised_sensor",
-                    {"marker": marker})
+                    {"marker": marker, "at_hello": at_hello})
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["supervise"]:
         supervise(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1:2] == ["supervise-at-hello"]:
+        supervise(sys.argv[2], sys.argv[3:], at_hello=True)

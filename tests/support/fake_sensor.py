@@ -61,6 +61,7 @@ def sensor() -> None:
     plan = _plan(cfg[CONTROL_VAR])
     sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF)
     worker.drop_privileges(cfg["uid"], cfg["gid"], ppid, cfg.get("jail"))
+    sandbox.limit()
     sandbox.confine(cfg["seccomp"])
     # OSError: the supervisor hung up on us (it does, after a bad record).
     with contextlib.suppress(OSError):
