@@ -6,6 +6,11 @@ the supervisor goes away:
 
 - armed: wait for the first matching packet, decode it, send ``trigger``,
   switch to counting by itself (so no packet falls between the two modes);
+  with a start threshold (--start-packets N), the first packet opens a
+  window (--start-window): the capture counts, in the kernel, as it does
+  while up, and the trigger (that first packet's) goes out once N packets
+  came within the window; when the window ends short of them, the sensor
+  is armed again and the packets are forgotten;
 - counting: read (almost) nothing; each beat, ask the capture how many
   matching packets went by and send that as ``beat`` (when there is news);
   after a quiet beat, sleep until the next packet or the heartbeat.
@@ -44,7 +49,8 @@ else:
 # that reports it: a sensor that just (re)started while the state is up shows
 # it is capturing without waiting a whole beat.
 FIRST_COUNT = 0.1
-# Capture handles that come with one ``sockets`` record (pcap with -a: two).
+# Capture handles that come with one ``sockets`` record (pcap with a keep-alive
+# filter: two).
 MAX_HANDLES = 2
 
 
@@ -57,10 +63,48 @@ class Trigger:
         self.packet = packet
 
 
+class StartWindow:
+    """The start threshold: ``need`` packets within ``span`` seconds of the
+    first. Pure bookkeeping; the loop feeds it the capture's counts."""
+
+    __slots__ = ("ends", "first", "need", "seen", "span")
+
+    def __init__(self, need: int, span: float) -> None:
+        self.need = need
+        self.span = span
+        self.first: Trigger | None = None  # open while not None
+        self.seen = 0
+        self.ends = 0.0
+
+    def offer(self, trig: Trigger | None, now: float) -> Trigger | None:
+        """A first packet while armed: the trigger to send now (no threshold),
+        or None (nothing came, or it opened the window)."""
+        if trig is None or self.need <= 1:
+            return trig
+        self.first, self.seen, self.ends = trig, 1, now + self.span
+        return None
+
+    def add(self, n: int, now: float) -> Trigger | None:
+        """``n`` more packets came: the first one's trigger once there are
+        enough. When there are not and the window is over, it closes."""
+        self.seen += n
+        first = self.first
+        if first is not None and (self.seen >= self.need or now >= self.ends):
+            self.first = None
+            return first if self.seen >= self.need else None
+        return None
+
+    def close(self) -> None:
+        self.first = None
+
+
 class Capture(Protocol):
     """One capture handle. Every method runs unprivileged except ``__init__``."""
 
-    def fileno(self) -> int: ...
+    def fileno(self) -> int:
+        """What wakes the loop: armed, the trigger's handle; counting, the
+        one that counts (they differ with a keep-alive filter or group)."""
+        ...
 
     def arm(self) -> Trigger | None:
         """Switch to armed. Packets that matched since the last ``take_count``
@@ -73,6 +117,13 @@ class Capture(Protocol):
 
     def count(self) -> None:
         """Switch to counting, forgetting what was counted before."""
+        ...
+
+    def gather(self) -> int:
+        """A start window is open: counting as ``count`` does, matching
+        packets (the start filter's) since the trigger was read or the last
+        call, the trigger itself not among them. The queue is left empty, so
+        that the next packet wakes the loop."""
         ...
 
     def take_count(self) -> int:
@@ -114,29 +165,47 @@ def run(kind: str, open_capture: Callable[[wire.Message], Capture]) -> None:
     except Exception as exc:
         worker.fatal(sock, f"{kind} {cfg['name']}: {type(exc).__name__}: {exc}")
     wire.send(sock, "hello", pid=os.getpid())
+    beat = float(cfg["beat"])
+    window = StartWindow(int(cfg.get("start_packets", 1)), float(cfg.get("start_window", beat)))
     try:
-        _serve(sock, cap, title, float(cfg["beat"]))
+        _serve(sock, cap, title, beat, window)
     except Exception as exc:  # a bug must reach the supervisor's log, not vanish
         worker.fatal(sock, f"{kind} {cfg['name']}: {type(exc).__name__}: {exc}")
     os._exit(0)
 
 
-def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) -> None:
+def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float,
+           window: StartWindow) -> None:
     """Armed, the sensor wakes for a packet or for its heartbeat. Counting,
     it reads the count every beat while packets go by (that bounds how late
     a stop can be) and sends it when packets went by, its mode changed, the
     supervisor asked, or the heartbeat is due. After a beat with no packet it
     listens instead: the next packet wakes it and it counts every beat again,
     and until then only the heartbeat does. A quiet sensor costs no wake-up
-    but its heartbeat, and its supervisor none at all in between."""
+    but its heartbeat, and its supervisor none at all in between.
+
+    While a start window is open the sensor is armed, as the supervisor
+    sees it, and listens: each wake-up adds the capture's count (so a burst
+    starts at once, and the wake-ups before a start are fewer than the
+    threshold), and the window's end is a wake-up of its own."""
     heartbeat = beat * worker.HEARTBEAT_BEATS
     armed = True
     listening = False  # counting, quiet: woken by the next packet
+
+    def first_packet(trig: Trigger | None) -> Trigger | None:
+        """Armed, a packet came (or raced the arm): the trigger to send now,
+        or None, with a start window opened when it takes more packets."""
+        now = time.monotonic()
+        pending = window.offer(trig, now)
+        if window.first is not None:
+            pending = window.add(cap.gather(), now)  # what came with the first one
+        return pending
+
     trouble = cap.check()
-    pending = cap.arm()
+    pending = first_packet(cap.arm())
     poller = select.poll()
     poller.register(sock, select.POLLIN)
-    polled = False  # the capture fd is in the poller
+    polled = -1  # the capture's descriptor in the poller
     next_wake = worker.next_tick(time.monotonic(), heartbeat)
     next_heartbeat = next_wake
     said = ""  # the mode of the last beat sent
@@ -155,14 +224,16 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) 
         # capture fd is not polled at all, errors included: under load an nflog
         # overrun raises POLLERR after every read of its queue, and the beat
         # looks at the capture (its counters, any trouble) anyway.
-        if (armed or listening) and not trouble:
-            poller.register(cap.fileno(), select.POLLIN)
-            polled = True
-        elif polled:
-            poller.unregister(cap.fileno())
-            polled = False
+        wanted = cap.fileno() if (armed or listening) and not trouble else -1
+        if wanted != polled:
+            if polled >= 0:
+                poller.unregister(polled)
+            if wanted >= 0:
+                poller.register(wanted, select.POLLIN)
+            polled = wanted
         title.set(trouble or ("armed" if armed else "counting"))
-        timeout = max(0.0, next_wake - time.monotonic())
+        wake = next_wake if window.first is None else min(next_wake, window.ends)
+        timeout = max(0.0, wake - time.monotonic())
         packet_came = False
         for fd, events in poller.poll(timeout * 1000):
             if fd == sock.fileno():
@@ -171,33 +242,45 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float) 
                     return
                 verb = wire.decode(data)["t"]
                 if verb == "sockets":
-                    if polled:
-                        poller.unregister(cap.fileno())
-                        polled = False
+                    if polled >= 0:
+                        poller.unregister(polled)
+                        polled = -1
                     cap.adopt(fds)
                     trouble = cap.check()
                     if armed:
-                        pending = pending or cap.arm()
+                        window.close()
+                        pending = pending or first_packet(cap.arm())
                     else:
                         cap.count()
                 elif verb == "arm" and not armed:
                     armed, listening = True, False
-                    pending = cap.arm()
+                    pending = first_packet(cap.arm())
                 elif verb == "count" and armed:
                     armed = False
+                    window.close()
                     cap.count()
                     next_wake = min(next_wake, time.monotonic() + min(beat, FIRST_COUNT))
                 elif verb == "report":
                     report_now = True  # the supervisor is about to decide a stop
             elif events & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                 was, trouble = trouble, cap.check()
-                packet_came = listening  # e.g. nflog's overrun: activity
+                # e.g. nflog's overrun: activity
+                packet_came = listening or window.first is not None
                 report_now = report_now or trouble != was  # the supervisor logs it now
+            elif window.first is not None:
+                packet_came = True
             elif armed and pending is None:
-                pending = cap.read_trigger()
+                pending = first_packet(cap.read_trigger())
             elif listening:
                 packet_came = True
         now = time.monotonic()
+        if window.first is not None and (packet_came or now >= window.ends):
+            # gather's count runs up to now: a window that ends with it lets
+            # no packet it counted start the next.
+            pending = window.add(cap.gather(), now)
+            if pending is None and window.first is None:
+                pending = first_packet(cap.arm())  # short of the threshold
+            packet_came = False
         if packet_came:
             # Counted at the next beat, like any packet while counting: left
             # unreported until then, one that races an arm still fires it.

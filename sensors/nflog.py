@@ -93,13 +93,16 @@ def backlog(sock: socket.socket) -> Backlog:
     return Backlog(figures[0], figures[-1])
 
 
-class NflogCapture:
-    def __init__(self, cfg: wire.Message) -> None:
-        self.group = int(cfg["group"])
-        self.want_packet = bool(cfg["want_packet"])
-        self.ack_only = bool(cfg["ack_only"])
-        self.buf = bytearray(RECV_BUFFER)
-        # At the last beat (or the switch to counting), without -a.
+class Group:
+    """One NFLOG group, bound and configured (as root) on a netlink socket of
+    its own. ``reads``: every message is read while counting (-a: batched,
+    a large buffer); otherwise counting shrinks the buffer and reads nothing."""
+
+    def __init__(self, group: int, copy_range: int, reads: bool, buf: bytearray) -> None:
+        self.group = group
+        self.reads = reads
+        self.buf = buf  # shared: one datagram is handled before the next is read
+        # At the last beat (or the switch to counting), when it does not read.
         self.last = Backlog(0, 0)
         # A packet message that came in with the bind acknowledgement; the
         # first ``arm`` fires on it.
@@ -112,20 +115,21 @@ class NflogCapture:
             if exc.errno in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT):
                 raise OSError(exc.errno, NO_NFLOG) from None
             raise
-        self.sock.bind((0, 0))
-        self._bind_group()
-        # Forced: the default rmem_max would cap a plain SO_RCVBUF far below this.
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
-        # A drain reads at most what the buffer can hold, so a group that
-        # fills it faster than we read cannot keep us from beating.
-        self.budget = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        self.sock.setblocking(False)
-        backlog(self.sock)  # counting needs it: a kernel without it fails here, as root
+        try:
+            self.sock.bind((0, 0))
+            self._bind(copy_range)
+            # Forced: the default rmem_max would cap a plain SO_RCVBUF far below this.
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+            # A drain reads at most what the buffer can hold, so a group that
+            # fills it faster than we read cannot keep us from beating.
+            self.budget = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            self.sock.setblocking(False)
+            backlog(self.sock)  # counting needs it: a kernel without it fails here, as root
+        except OSError:
+            self.sock.close()
+            raise
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def _bind_group(self) -> None:
+    def _bind(self, copy_range: int) -> None:
         """Bind and configure in one request, so no message is ever sent to us
         with the kernel's defaults (whole packets, one-second flush).
 
@@ -133,7 +137,6 @@ class NflogCapture:
         backend themselves, and binding it to a family would also divert that
         family's default logging (e.g. conntrack's) for the whole namespace.
         """
-        copy_range = wire.SNAPLEN if self.want_packet else SUMMARY_COPY
         self.sock.send(
             netlink.nflog_config(
                 self.group,
@@ -143,8 +146,8 @@ class NflogCapture:
                 # With -a every message is read while counting, so batch them;
                 # otherwise flush each one at once: the trigger is not held
                 # back until the next timer tick.
-                nlbufsiz=BATCH_BYTES if self.ack_only else SINGLE_BYTES,
-                qthresh=BATCH_MESSAGES if self.ack_only else 1,
+                nlbufsiz=BATCH_BYTES if self.reads else SINGLE_BYTES,
+                qthresh=BATCH_MESSAGES if self.reads else 1,
                 timeout=0,
             )
         )
@@ -177,9 +180,9 @@ class NflogCapture:
                 if msg.kind == netlink.NLMSG_ERROR and msg.seq == seq:
                     err = netlink.ack_error(msg)
                     return errno.EPROTO if err is None else err
-            self.early = self._newest_packet(size) or self.early
+            self.early = self.newest_packet(size) or self.early
 
-    def _receive(self) -> Iterator[int]:
+    def receive(self) -> Iterator[int]:
         """Read what is queued, one datagram at a time, into ``self.buf``: the
         caller handles each datagram before the next overwrites it. Stops when
         the queue is empty or the budget is spent."""
@@ -196,12 +199,12 @@ class NflogCapture:
             budget -= max(size, 1)
             yield size
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
         """Empty the queue (within the budget), reading nothing of it."""
-        for _size in self._receive():
+        for _size in self.receive():
             pass
 
-    def _newest_packet(self, size: int) -> bytes | None:
+    def newest_packet(self, size: int) -> bytes | None:
         newest = None
         for pos, length in netlink.iter_packets(self.buf, size):
             newest = pos, length
@@ -210,54 +213,50 @@ class NflogCapture:
         pos, length = newest
         return bytes(self.buf[pos : pos + length])
 
-    def _trigger(self, buf: netlink.ReadableBuffer, pos: int, length: int) -> loop.Trigger | None:
-        pkt = netlink.parse_packet(buf, pos, length)
-        if pkt is None:
-            return None
-        data, link = _frame(pkt)
-        facts = decode.describe(data, link)
-        prefix = pkt.attrs.get_str("prefix")
-        if prefix:
-            facts["prefix"] = prefix[: wire.MAX_PREFIX]
-        return loop.Trigger(link, facts, data if self.want_packet and data else None)
-
-    def arm(self) -> loop.Trigger | None:
-        # Every message carries the packet (the copy mode never changes), so
-        # the newest one queued since the last count can be the trigger. With
-        # -a the last count read them all; without, what was queued at the
-        # last beat was counted then, and is the trigger only if nothing came
-        # after it. When what came since was dropped, the next message fires.
+    def arm(self) -> bytes | None:
+        """Back to the armed buffer: the newest message that came since the
+        last count, if any. With -a the last count read them all; without,
+        what was queued at the last beat was counted then, and is the
+        trigger only if nothing came after it. When what came since was
+        dropped, the next message fires."""
         fresh = True
-        if not self.ack_only:
+        if not self.reads:
             now = backlog(self.sock)
             fresh = self.last.queued == 0 or now.queued > self.last.queued
             # Back from the counting minimum (as far as rmem_max lets an
             # unprivileged process go: enough for one message at a time).
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ARMED_RCVBUF)
         newest, self.early = self.early, None
-        for size in self._receive():
+        for size in self.receive():
             if fresh:
-                newest = self._newest_packet(size) or newest
-        return None if newest is None else self._trigger(newest, 0, len(newest))
-
-    def read_trigger(self) -> loop.Trigger | None:
-        for size in self._receive():
-            for pos, length in netlink.iter_packets(self.buf, size):
-                return self._trigger(self.buf, pos, length)
-        return None
+                newest = self.newest_packet(size) or newest
+        # What a start window counts is from here on.
+        self.last = Backlog(0, backlog(self.sock).dropped)
+        return newest
 
     def count(self) -> None:
-        if not self.ack_only:
+        if not self.reads:
             # Like the pcap sensor: a minimal buffer makes the kernel drop
             # what we would only have counted.
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)
-        self._drain()
+        self.drain()
         # A message that came after the drain is counted at the first beat.
         self.last = Backlog(0, backlog(self.sock).dropped)
 
+    def gather(self) -> int:
+        """Every message since the last look, read or dropped (at the
+        counting minimum, only a message or two is there to read)."""
+        if not self.reads:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)
+        n = sum(_packets(self.buf, size) for size in self.receive())
+        now = backlog(self.sock)
+        n += (now.dropped - self.last.dropped) % COUNTER
+        self.last = Backlog(0, now.dropped)
+        return n
+
     def take_count(self) -> int:
-        if self.ack_only:
-            return sum(self._count_acks(size) for size in self._receive())
+        if self.reads:
+            return sum(self._count_acks(size) for size in self.receive())
         now = backlog(self.sock)
         n = arrived(self.last, now)
         if n == 0 and now.queued:
@@ -266,7 +265,7 @@ class NflogCapture:
             # arm. One that comes meanwhile is dropped or stays queued, and
             # counts; only one that this read takes along goes uncounted, and
             # it would have had to come within these few microseconds.
-            self._drain()
+            self.drain()
             after = backlog(self.sock)
             n = arrived(Backlog(0, now.dropped), after)
             now = after
@@ -283,6 +282,78 @@ class NflogCapture:
                 n += 1
         return n
 
+    def forget(self) -> None:
+        """Its count is not wanted (the state is up, another group keeps it
+        so): empty the queue, so that ``arm`` fires only on what comes next."""
+        if backlog(self.sock).queued:
+            self.drain()
+        self.last = Backlog(0, 0)
+
+
+class NflogCapture:
+    """The sensor's group, whose first message starts; while up, the group
+    that keeps the state up (--keep-group): the same one, another one bound
+    beside it, or none (another sensor binds it)."""
+
+    def __init__(self, cfg: wire.Message) -> None:
+        group = int(cfg["group"])
+        keeper = cfg.get("count_group", group)
+        self.want_packet = bool(cfg["want_packet"])
+        ack_only = bool(cfg["ack_only"])
+        buf = bytearray(RECV_BUFFER)
+        copy_range = wire.SNAPLEN if self.want_packet else SUMMARY_COPY
+        self.trigger = Group(group, copy_range, ack_only and keeper == group, buf)
+        self.counter: Group | None = self.trigger if keeper == group else None
+        self.woken_by = self.trigger
+        if keeper is not None and keeper != group:
+            try:
+                self.counter = Group(int(keeper), SUMMARY_COPY, ack_only, buf)
+            except OSError:
+                self.trigger.sock.close()
+                raise
+
+    def fileno(self) -> int:
+        return self.woken_by.sock.fileno()
+
+    def _trigger(self, buf: netlink.ReadableBuffer, pos: int, length: int) -> loop.Trigger | None:
+        pkt = netlink.parse_packet(buf, pos, length)
+        if pkt is None:
+            return None
+        data, link = _frame(pkt)
+        facts = decode.describe(data, link)
+        prefix = pkt.attrs.get_str("prefix")
+        if prefix:
+            facts["prefix"] = prefix[: wire.MAX_PREFIX]
+        return loop.Trigger(link, facts, data if self.want_packet and data else None)
+
+    def arm(self) -> loop.Trigger | None:
+        # Every message carries the packet (the copy mode never changes), so
+        # the newest one queued since the last count can be the trigger.
+        self.woken_by = self.trigger
+        newest = self.trigger.arm()
+        return None if newest is None else self._trigger(newest, 0, len(newest))
+
+    def read_trigger(self) -> loop.Trigger | None:
+        buf = self.trigger.buf
+        for size in self.trigger.receive():
+            for pos, length in netlink.iter_packets(buf, size):
+                return self._trigger(buf, pos, length)
+        return None
+
+    def count(self) -> None:
+        self.trigger.count()
+        if self.counter is not None and self.counter is not self.trigger:
+            self.counter.count()
+        self.woken_by = self.counter or self.trigger
+
+    def gather(self) -> int:
+        return self.trigger.gather()
+
+    def take_count(self) -> int:
+        if self.counter is not self.trigger:
+            self.trigger.forget()
+        return 0 if self.counter is None else self.counter.take_count()
+
     def adopt(self, fds: list[int]) -> None:
         # The group stays bound whatever the interfaces do: never asked for.
         for fd in fds:
@@ -291,8 +362,13 @@ class NflogCapture:
     def check(self) -> str | None:
         # Reading SO_ERROR clears it: an overflow wakes a listening loop once
         # (POLLERR), not on every poll until the queue is read.
-        self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        for group in {self.trigger, self.counter or self.trigger}:
+            group.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         return None
+
+
+def _packets(buf: netlink.ReadableBuffer, size: int) -> int:
+    return sum(1 for _ in netlink.iter_packets(buf, size))
 
 
 def _frame(pkt: netlink.Packet) -> tuple[bytes, str]:

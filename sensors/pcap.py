@@ -8,10 +8,14 @@ all: a receive buffer of the kernel's minimum size makes the kernel drop what
 the filter accepted, and PACKET_STATISTICS counts those drops along with the
 rest, once a beat.
 
-A locked filter cannot be swapped, so with -a (count only ACKs) there are two
-sockets: the trigger one, whose buffer is at the minimum while counting, and
-the counting one. The kernel drops a packet for a full buffer before copying
-it, so the idle socket costs one filter run per packet.
+A locked filter cannot be swapped, so with a keep-alive filter (--keep-filter,
+or -a: count only ACKs) there are two sockets: the trigger one, whose buffer
+is at the minimum while counting, and the counting one. The kernel drops a
+packet for a full buffer before copying it, so the idle socket costs one
+filter run per packet.
+
+A start window (--start-packets) counts on the trigger socket, the same way:
+its buffer at the minimum, PACKET_STATISTICS read at each wake-up.
 
 Binding needs no privilege, so the seccomp allow-list (supervisor/
 allowlist.py) forbids it: when the interface is deleted, the socket stays
@@ -43,10 +47,10 @@ LOST = "waiting for interface"
 
 
 def open_sockets(cfg: wire.Message) -> list[socket.socket]:
-    """As root: the trigger socket, then the counting one with -a, each with
+    """As root: the trigger socket, then the keep-alive one if any, each with
     its filter attached and locked, bound to the interface if it exists
     (``bound_to`` tells). Nonblocking, with the armed buffer size."""
-    programs = [cfg["bpf"]] + ([cfg["bpf_ack"]] if cfg.get("bpf_ack") else [])
+    programs = [cfg["bpf"]] + ([cfg["bpf_keep"]] if cfg.get("bpf_keep") else [])
     socks = []
     try:
         for insns in programs:
@@ -108,6 +112,8 @@ class PcapCapture:
     def _use(self, socks: list[socket.socket]) -> None:
         self.socks = socks
         self.trigger_sock, self.count_sock = socks[0], socks[-1]
+        self.woken_by = self.trigger_sock
+        self.unread = 0  # the trigger socket's statistics hold the trigger read
         for sock in socks:
             _take_stats(sock)
 
@@ -119,12 +125,13 @@ class PcapCapture:
         self._use([socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0, fileno=fd) for fd in fds])
 
     def fileno(self) -> int:
-        return self.trigger_sock.fileno()
+        return self.woken_by.fileno()
 
     def arm(self) -> loop.Trigger | None:
-        sock = self.trigger_sock
+        sock = self.woken_by = self.trigger_sock
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ARMED_RCVBUF)
         latest = _drain(sock)
+        self.unread = 0
         if _take_stats(sock) and latest is not None:
             return self._trigger(latest, None)
         return None
@@ -136,6 +143,7 @@ class PcapCapture:
             )
         except OSError:
             return None  # nothing after all, or an error: check() looks at it
+        self.unread = 1
         aux = None
         for level, kind, payload in anc:
             if level == SOL_PACKET and kind == PACKET_AUXDATA and len(payload) >= AUXDATA.size:
@@ -155,10 +163,18 @@ class PcapCapture:
                             data if self.want_packet else None)
 
     def count(self) -> None:
+        self.woken_by = self.count_sock
         for sock in self.socks:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)
             _drain(sock)
             _take_stats(sock)
+
+    def gather(self) -> int:
+        sock = self.trigger_sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)
+        _drain(sock)
+        n, self.unread = max(0, _take_stats(sock) - self.unread), 0
+        return n
 
     def take_count(self) -> int:
         # Drain first: a packet that arrives between the two calls is counted
@@ -202,6 +218,9 @@ class AwaitingInterface:
         pass
 
     def take_count(self) -> int:
+        return 0
+
+    def gather(self) -> int:
         return 0
 
     def check(self) -> str | None:

@@ -384,7 +384,7 @@ def test_crash_loop_is_rate_limited(lab: Lab) -> None:
         d.wait_log("restarting it in 4.0 s", timeout=10)
         watched = time.monotonic() - taken
     finally:
-        thief.sock.close()
+        thief.trigger.sock.close()
     d.wait_log(f"CORE: sensor nflog {GROUP} is back", timeout=10)
     lines = d.lines()
     first = next(i for i, line in enumerate(lines) if f"(pid {old}) killed" in line)

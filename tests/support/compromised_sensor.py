@@ -100,7 +100,7 @@ def _grow_memory() -> None:
 
 
 def attacks(cap: Any, cfg: wire.Message) -> dict[str, Callable[[], object]]:
-    handle = cap.trigger_sock if isinstance(cap, pcap.PcapCapture) else cap.sock
+    handle = cap.trigger_sock if isinstance(cap, pcap.PcapCapture) else cap.trigger.sock
     accept_all = fprog.Program(ACCEPT_ALL)
     return {
         "detach-filter": lambda: handle.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0),
@@ -161,7 +161,8 @@ def main() -> None:
             return Rogue(cfg) if first else pcap.PcapCapture(cfg)
         return pcap.PcapCapture(cfg) if cfg["kind"] == "pcap" else nflog.NflogCapture(cfg)
 
-    def attack(sock: socket.socket, cap: loop.Capture, title: worker.Title, beat: float) -> None:
+    def attack(sock: socket.socket, cap: loop.Capture, title: worker.Title, beat: float,
+               window: loop.StartWindow) -> None:
         cfg = captured["cfg"]
         name = str(cfg["attack"])
         wire.recv(sock)  # the test's go, once it has looked at us
