@@ -42,7 +42,7 @@ def _capture(kind: str, lab: Lab) -> Any:
         program = compile_filter(FILTER, linktype=1)  # DLT_EN10MB
         insns = [[i.code, i.jt, i.jf, i.k] for i in program.bf_insns[: program.bf_len]]
         cfg: dict[str, Any] = {"name": "tap0", "link": "ether", "want_packet": False,
-                               "bpf": insns, "bpf_ack": None}
+                               "bpf": insns, "bpf_keep": None}
         with lab.ns.entered():
             return PcapCapture(cfg)
     from tuninetd.sensors.nflog import NflogCapture

@@ -24,6 +24,13 @@ while quiet) and that ``arm`` fires on a message that came after the last
 beat, not one left from before. With -a, ``take_count`` drains a large
 buffer once a beat and looks at each payload's TCP flags; a drop there is
 not activity (nothing says the lost messages were ACKs).
+
+With --keep-group, what keeps the state up while up is another group: the
+sensor binds it on a second socket (``Group``) and counts that one while
+up, its own group's queue emptied each beat so that ``arm`` fires only on
+what came after; a sensor whose keep group another sensor binds counts
+nothing. A start window (--start-packets) counts the trigger group as
+counting does, and reads the message or two the minimal buffer holds.
 """
 
 from __future__ import annotations

@@ -67,17 +67,19 @@ def sensor_config(spec: SensorSpec, cfg: Settings, jail: str,
         "beat": cfg.beat,
         "want_packet": cfg.pcap_file is not None,
         "ack_only": cfg.ack_only,
+        "start_packets": cfg.start_packets,
+        "start_window": cfg.start_span,
     }
     if spec.waiting:  # no capture until the interface appears: see late_interfaces.py
-        return {**common, "link": "", "bpf": None, "bpf_ack": None}
+        return {**common, "link": "", "bpf": None, "bpf_keep": None}
     if spec.kind == "pcap":
         return {
             **common,
             "link": spec.link,
             "bpf": [list(i) for i in spec.bpf],
-            "bpf_ack": [list(i) for i in spec.bpf_ack] if spec.bpf_ack else None,
+            "bpf_keep": [list(i) for i in spec.bpf_keep] if spec.bpf_keep else None,
         }
-    return {**common, "group": spec.group}
+    return {**common, "group": spec.group, "count_group": spec.count_group}
 
 
 class Arbiter:

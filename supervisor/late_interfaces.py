@@ -43,8 +43,8 @@ class LateInterfaces:
                 log.error("CORE: interface %s appeared with link type %s, which the "
                           "filter does not suit: not capturing on it", spec.name, link)
                 continue
-            _, prog, ack = programs[link]
+            _, prog, keep = programs[link]
             log.info("CORE: interface %s appeared (link type %s): capture starts",
                      spec.name, link)
-            found.append(replace(spec, link=link, bpf=prog, bpf_ack=ack, candidates=()))
+            found.append(replace(spec, link=link, bpf=prog, bpf_keep=keep, candidates=()))
         return found

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from tuninetd.common.logs import log
 from tuninetd.executor import RUN_ID_VAR
+from tuninetd.supervisor.config import bpf
 from tuninetd.supervisor.config.settings import SensorSpec, Settings
 from tuninetd.supervisor.events import HoldView, Outcome
 from tuninetd.supervisor.facts import Facts
@@ -253,6 +254,13 @@ def configuration(cfg: Settings, up: bool, idle: float, hold: HoldView | None) -
             log.info("- capture engine: nflog group %s", spec.name)
     if cfg.ack_only:
         log.info("- using packets with tcp[ack] flag to reset TTL timer")
+    if cfg.keep_filter is not None:
+        log.info("- using packets matching %s to reset TTL timer (pcap)", quoted(cfg.keep_filter))
+    if cfg.keep_group is not None:
+        log.info("- using packets of nflog group %d to reset TTL timer", cfg.keep_group)
+    if cfg.start_packets > 1:
+        log.info("- start threshold: %d packets within %g sec.", cfg.start_packets,
+                 cfg.start_span)
     if cfg.pcap_file:
         log.info("- file to dump start event packets (pcap format): %s", cfg.pcap_file)
     if cfg.command:
@@ -279,6 +287,46 @@ def released(queue: int, why: str, verdict: str, held: int, waited: float, lost:
              "released" if verdict == "accept" else "dropped", held, "s" * (held != 1), waited,
              f", {lost} passed unheld for want of buffer room" if lost else "",
              " (the queue was full: later ones passed unheld)" if full else "")
+def start_threshold(cfg: Settings) -> str:
+    """What starts, in a few words (status, metrics, --check-config)."""
+    if cfg.start_packets <= 1:
+        return "the first matching packet"
+    return f"{cfg.start_packets} matching packets within {cfg.start_span:g} s"
+
+
+def keep_alive(spec: SensorSpec, cfg: Settings) -> str:
+    """What keeps the state up through this sensor, in a few words."""
+    ack = "tcp[ack] packets, " if cfg.ack_only else ""
+    if spec.kind == "pcap":
+        if cfg.keep_filter is not None:
+            return f"keep filter {quoted(cfg.keep_filter)}"
+        if cfg.pcap_filter:
+            return f"{ack}filter {quoted(cfg.pcap_filter)}"
+        return "tcp[ack] packets" if cfg.ack_only else "every packet"
+    if spec.count_group is None:
+        return f"nothing (nflog group {cfg.keep_group} keeps it up)"
+    return f"{ack}nflog group {spec.count_group}"
+
+
+def sensing_lines(cfg: Settings) -> list[str]:
+    """--check-config's account of what starts and what keeps the state up,
+    with the expressions libpcap compiled for each pcap sensor."""
+    lines = [f"start: {start_threshold(cfg)}"]
+    keep = bpf.keep_expression(cfg.keep_filter, cfg.pcap_filter, cfg.ack_only)
+    for spec in cfg.sensors:
+        lines.append(f"{spec.label} keeps it up with: {keep_alive(spec, cfg)}")
+        compiled = [(spec.link, spec.bpf, spec.bpf_keep)] if spec.link else spec.candidates
+        for link, prog, keep_prog in compiled if spec.kind == "pcap" else ():
+            flt = quoted(cfg.pcap_filter) if cfg.pcap_filter else "(none: every packet)"
+            shown = f"  {link}: filter {flt}, {_instructions(len(prog))}"
+            if keep is not None and keep_prog is not None:
+                shown += f"; keep-alive {quoted(keep)}, {_instructions(len(keep_prog))}"
+            lines.append(shown)
+    return lines
+
+
+def _instructions(n: int) -> str:
+    return f"{n} BPF instruction{'s' * (n != 1)}"
 
 
 def dump_failed(path: str, why: str) -> None:

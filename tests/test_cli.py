@@ -364,8 +364,9 @@ EVERY_OPTION = ["-a", "-c <path>", "-d", "-f <filter>", "-i <ifname>", "-n <nflo
                 "--command-timeout SEC", "--beat SEC", "--config FILE", "--check-config",
                 "--name NAME", "--control PATH", "--pidfile PATH", "--metrics HOST:PORT",
                 "--stop-on-exit", "--retry-start SEC", "--wait-for-interface", "--hold QUEUE",
-                "--hold-max SEC", "--hold-fail accept|drop", "-h, --help",
-                "-v, --version"]
+                "--hold-max SEC", "--hold-fail accept|drop", "--start-packets N",
+                "--start-window SEC", "--keep-filter <filter>", "--keep-group <nflog-group>",
+                "-h, --help", "-v, --version"]
 
 
 @pytest.mark.parametrize("flag", ["-h", "--help"])

@@ -85,6 +85,10 @@ def test_effective_configuration_round_trips(tmp_path: Path, script: Path) -> No
         "hold = 3\n"
         "hold_max = 4\n"
         'hold_fail = "drop"\n'
+        "start_packets = 3\n"
+        "start_window = 1.5\n"
+        'keep_filter = "udp and port 53"\n'
+        "keep_group = 9\n"
     )
     r = tuninetd("--config", str(conf), "--check-config", "-t", "45", "--beat", "2")
     assert r.returncode == 0, r.stderr
@@ -98,6 +102,8 @@ def test_effective_configuration_round_trips(tmp_path: Path, script: Path) -> No
         "control": f"{tmp_path}/ctl.sock", "pidfile": f"{tmp_path}/pid",
         "stop_on_exit": True, "retry_start": 5, "wait_for_interface": True,
         "metrics": "127.0.0.1:9101", "hold": 3, "hold_max": 4.0, "hold_fail": "drop",
+        "start_packets": 3, "start_window": 1.5,
+        "keep_filter": "udp and port 53", "keep_group": 9,
     }
     again = tmp_path / "again.toml"
     again.write_text(r.stdout)

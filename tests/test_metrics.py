@@ -18,38 +18,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.support.netlab import Daemon, Netns, events, ready, recorder, wait_for
+from tests.support.netlab import (
+    Daemon,
+    Netns,
+    Samples,
+    events,
+    ready,
+    recorder,
+    samples,
+    scrape,
+    wait_for,
+)
 
 BEAT = 0.2
 FRAME = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
               / IP(src="10.57.0.1", dst="10.57.0.2") / UDP(sport=4000, dport=5353))
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(ns: Netns, port: int, path: str = "/metrics") -> tuple[str, str]:
-    with ns.entered():
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    with s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.decode().partition("\r\n\r\n")
-    return head, body
-
-
-def samples(body: str) -> Samples:
-    out: Samples = {}
-    for family in text_string_to_metric_families(body):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
 
 @pytest.mark.root
 def test_scrape_after_start_stop_and_restart(

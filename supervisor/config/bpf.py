@@ -54,6 +54,14 @@ def ack_expression(flt: str | None) -> str:
     return f"({flt}) and {_ACK}" if flt else _ACK
 
 
+def keep_expression(keep_filter: str | None, flt: str | None, ack_only: bool) -> str | None:
+    """What keeps a pcap sensor's state up, compiled to its second socket:
+    --keep-filter, or -a's ACK test of the filter; None: the filter itself."""
+    if keep_filter is not None:
+        return keep_filter
+    return ack_expression(flt) if ack_only else None
+
+
 def compile_filters(
     requests: Iterable[tuple[str, str]],
 ) -> dict[tuple[str, str], Program | FilterError]:

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuninetd.supervisor import wording
 from tuninetd.supervisor.config import options, probes
 from tuninetd.supervisor.config.settings import Settings
 from tuninetd.supervisor.errors import UsageError
@@ -167,11 +168,15 @@ def _hint(key: str) -> str:
 
 
 def render(cfg: Settings) -> str:
-    """The effective configuration as a TOML file ``--config`` takes back."""
+    """The effective configuration as a TOML file ``--config`` takes back,
+    then, as comments, what each sensor starts on and what keeps it up: the
+    expressions libpcap compiled and the size of each program."""
     lines = ["# tuninetd: effective configuration"]
     for key, value in effective(cfg).items():
         if value is None:
             lines.append(f"# {key} (not set)")
         else:
             lines.append(f"{key} = {_toml(value)}")
+    lines.append("")
+    lines += [f"# {line}" for line in wording.sensing_lines(cfg)]
     return "\n".join(lines) + "\n"

@@ -5,10 +5,16 @@ spawned. A bad value is one line on stderr and exit 2."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import Any, NamedTuple
 
-from tuninetd.supervisor.config import configfile, options, probes, values
-from tuninetd.supervisor.config.settings import Account, Settings, default_sensor_user
+from tuninetd.supervisor.config import bpf, configfile, options, probes, values
+from tuninetd.supervisor.config.settings import (
+    Account,
+    SensorSpec,
+    Settings,
+    default_sensor_user,
+)
 from tuninetd.supervisor.errors import UsageError
 
 Argv = tuple[str, ...]
@@ -130,10 +136,13 @@ def _settings(given: _Given) -> Settings:
     command, start_command, stop_command = _commands(given, exec_user)
     pcap_file = (probes.pcap_file(given["pcap_file"], o("pcap_file", "-w"))
                  if given["pcap_file"] is not None else None)
+    _threshold(given)
     pcap = [probes.interface(i, o("interfaces", "-i"), given["wait_for_interface"])
             for i in interfaces]
     nflog = [values.group(g, o("groups", "-n")) for g in groups]
-    sensors = probes.with_filters(pcap, flt, given["ack_only"], o("filter", "-f")) + nflog
+    keep, keep_option = _keep_filter(given)
+    sensors = (probes.with_filters(pcap, flt, keep, o("filter", "-f"), keep_option)
+               + _keep_group(nflog, checked["keep_group"], o("keep_group", "--keep-group")))
     typed = {
         **checked,
         "command": command,
@@ -148,8 +157,48 @@ def _settings(given: _Given) -> Settings:
         "stop_command": stop_command,
         "stop_on_exit": given["stop_on_exit"],
         "wait_for_interface": given["wait_for_interface"],
+        "keep_filter": given["keep_filter"],
     }
     return Settings(**typed)
+
+
+def _threshold(given: _Given) -> None:
+    o = given.label
+    if given["start_window"] is not None and given["start_packets"] == 1:
+        raise UsageError(f"{o('start_window', '--start-window')} {given['start_window']}: "
+                         "a start window needs --start-packets 2 or more (the first packet "
+                         "starts otherwise)")
+
+
+def _keep_filter(given: _Given) -> tuple[str | None, str]:
+    """The pcap sensors' keep-alive expression, and how to name it: the
+    --keep-filter, or -a's ACK test of the filter; None: the filter's packets."""
+    o = given.label
+    keep, ack = given["keep_filter"], given["ack_only"]
+    if keep is not None and not given["interfaces"]:
+        raise UsageError(f"{o('keep_filter', '--keep-filter')} {keep!r}: a keep-alive filter "
+                         "applies to -i sensors, and there is none (--keep-group is the -n "
+                         "sensors' one)")
+    if keep is not None and ack and not given["groups"]:
+        raise UsageError(f"{o('keep_filter', '--keep-filter')} {keep!r} and "
+                         f"{o('ack_only', '-a')}: -a is the ACK keep-alive filter; give one "
+                         "(with both, write the ACK test into the keep-alive filter)")
+    shown = o("keep_filter", "--keep-filter") if keep is not None else o("ack_only", "-a")
+    return bpf.keep_expression(keep, given["filter"], ack), shown
+
+
+def _keep_group(nflog: list[SensorSpec], keep: int | None, option: str) -> list[SensorSpec]:
+    """--keep-group: the one nflog sensor that counts it while up (its own,
+    or the first one, which binds it beside its group); the others count
+    nothing while up."""
+    if keep is None:
+        return nflog
+    if not nflog:
+        raise UsageError(f"{option} {keep}: a keep-alive group applies to -n sensors, "
+                         "and there is none (--keep-filter is the -i sensors' one)")
+    holder = next((s for s in nflog if s.group == keep), nflog[0])
+    return [replace(s, keep_group=keep if s is holder and s.group != keep else None,
+                    keeps=s is holder) for s in nflog]
 
 
 def parse_or_exit(argv: list[str]) -> Request:

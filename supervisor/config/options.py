@@ -85,6 +85,12 @@ def _hold_max(option: str, given: Any) -> float:
 
 def _hold_fail(option: str, given: Any) -> str:
     return values.choice(option, given, ("accept", "drop"))
+def _start_packets(option: str, given: Any) -> int:
+    return values.whole(option, given, 1, values.MAX_START_PACKETS, "packets")
+
+
+def _start_window(option: str, given: Any) -> float:
+    return values.seconds(option, given, 0.01, 3600, zero_ok=False)
 
 
 def _name(option: str, given: Any) -> str:
@@ -171,6 +177,20 @@ OPTIONS: tuple[Option, ...] = (
            "with the held packets (default {default}: a TCP client is refused at once; "
            "drop: nothing passes until a start succeeds)", metavar="accept|drop",
            default="accept", check=_hold_fail),
+    Option("start_packets", ("--start-packets",), "int", "start only when N matching packets "
+           "come within --start-window of the first: stray packets (a router solicitation, "
+           "an ARP) then start nothing (default {default}: the first packet starts)",
+           metavar="N", default=1, check=_start_packets),
+    Option("start_window", ("--start-window",), "number", "seconds from the first matching "
+           "packet in which the --start-packets must come (default: one --beat)",
+           metavar="SEC", check=_start_window,
+           show=lambda cfg: cfg.start_span if cfg.start_packets > 1 else None),
+    Option("keep_filter", ("--keep-filter",), "str", "while up, only packets matching this "
+           "filter (as tcpdump takes it) keep the pcap sensors' service up; -a is the TCP "
+           "ACK filter", metavar="<filter>"),
+    Option("keep_group", ("--keep-group",), "int", "while up, only packets logged to this "
+           "NFLOG group keep the nflog sensors' service up (bound as well when it is not "
+           "an -n group)", metavar="<nflog-group>", check=values.group_number),
     Option("start_command", (), "argv", "argv list run for start, instead of [command, start]"),
     Option("stop_command", (), "argv", "argv list run for stop, instead of [command, stop]"),
 )

@@ -173,36 +173,40 @@ def interface(name: str, option: str = "-i", wait: bool = False) -> SensorSpec:
     return SensorSpec("pcap", name, link=link or "")
 
 
-def with_filters(specs: list[SensorSpec], flt: str | None, ack_only: bool,
-                 option: str = "-f") -> list[SensorSpec]:
-    """Every pcap sensor gets its programs, compiled all at once. One that
-    waits for its interface gets them for each link type it may turn out to
-    have (known when it appears); the filter must suit one of them."""
-    expressions = [flt or "", *([bpf.ack_expression(flt)] if ack_only else [])]
+def with_filters(specs: list[SensorSpec], flt: str | None, keep: str | None,
+                 option: str = "-f", keep_option: str = "--keep-filter") -> list[SensorSpec]:
+    """Every pcap sensor gets its programs, compiled all at once: the filter's
+    and, with ``keep`` (the keep-alive expression: --keep-filter's, or -a's
+    ACK test), that one's. One that waits for its interface gets them for
+    each link type it may turn out to have (known when it appears); the
+    filters must suit one of them."""
+    expressions = [(flt or "", option, flt)]
+    if keep is not None:
+        expressions.append((keep, keep_option, keep))
     try:
         compiled = bpf.compile_filters(
             (e, link) for s in specs for link in ([s.link] if s.link else bpf.LINKS)
-            for e in expressions)
+            for e, _option, _given in expressions)
     except bpf.CompilerError as exc:
         raise UsageError(f"cannot compile the packet filters of the -i sensors: {exc} "
                          "(check that libpcap is installed and works: Debian's libpcap0.8)"
                          ) from None
 
-    def program(expression: str, spec: SensorSpec, link: str) -> Program:
-        result = compiled[(expression, link)]
-        if isinstance(result, bpf.FilterError):
-            raise UsageError(f"{option} {flt!r}: {result} (on {spec.name}, link type {link})")
-        return result
-
     def programs(spec: SensorSpec, link: str) -> tuple[str, Program, Program | None]:
-        return (link, program(flt or "", spec, link),
-                program(bpf.ack_expression(flt), spec, link) if ack_only else None)
+        out: list[Program] = []
+        for expression, shown_as, given in expressions:
+            result = compiled[(expression, link)]
+            if isinstance(result, bpf.FilterError):
+                raise UsageError(f"{shown_as} {given!r}: {result} "
+                                 f"(on {spec.name}, link type {link})")
+            out.append(result)
+        return link, out[0], out[1] if keep is not None else None
 
     out = []
     for spec in specs:
         if spec.link:
-            _, prog, ack = programs(spec, spec.link)
-            out.append(replace(spec, bpf=prog, bpf_ack=ack))
+            _, prog, keep_prog = programs(spec, spec.link)
+            out.append(replace(spec, bpf=prog, bpf_keep=keep_prog))
             continue
         candidates, refusals = [], []
         for link in bpf.LINKS:

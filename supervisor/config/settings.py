@@ -30,15 +30,30 @@ class SensorSpec:
     name: str  # interface name, or the group number as text
     link: str = "raw"  # pcap: "ether" or "raw" (how packets start)
     bpf: Program = ()
-    bpf_ack: Program | None = None
+    # pcap: while up, the program whose packets keep the state up (-a's ACK
+    # test, --keep-filter), on a second socket; None: bpf's packets do.
+    bpf_keep: Program | None = None
     group: int | None = None
+    # nflog, --keep-group: the group whose packets keep the state up while
+    # up, when it is not this sensor's own (it binds that one too); with
+    # ``keeps`` false, none of this sensor's packets do (another sensor
+    # binds the keep group).
+    keep_group: int | None = None
+    keeps: bool = True
     # --wait-for-interface, the interface missing at startup (link ""): the
-    # programs for each link type it may turn out to have, (link, bpf, bpf_ack).
+    # programs for each link type it may turn out to have, (link, bpf, bpf_keep).
     candidates: tuple[tuple[str, Program, Program | None], ...] = ()
 
     @property
     def waiting(self) -> bool:
         return self.kind == "pcap" and not self.link
+
+    @property
+    def count_group(self) -> int | None:
+        """nflog: the group counted while up; None: none."""
+        if not self.keeps:
+            return None
+        return self.group if self.keep_group is None else self.keep_group
 
     @property
     def label(self) -> str:
@@ -82,6 +97,16 @@ class Settings:
     hold: int | None  # the NFQUEUE new connections wait in until start is done
     hold_max: float  # released after this long, even if start still runs
     hold_fail: str  # what a failed start does with the held packets: accept or drop
+    # The start threshold: start_packets matching packets within start_window
+    # seconds (None: one beat) of the first.
+    start_packets: int
+    start_window: float | None
+    keep_filter: str | None  # pcap: while up, only its packets reset the ttl
+    keep_group: int | None  # nflog: while up, only this group's packets do
+
+    @property
+    def start_span(self) -> float:
+        return self.beat if self.start_window is None else self.start_window
 
     def argv(self, event: str) -> list[str]:
         """What the executor runs for ``event`` ("start" or "stop")."""

@@ -9,6 +9,7 @@ from tuninetd.supervisor.errors import UsageError
 
 MAX_TTL = 10 * 365 * 86400
 MAX_TIMEOUT = 7 * 86400
+MAX_START_PACKETS = 1_000_000
 
 
 def whole_seconds(option: str, given: str | int, maximum: int) -> int:
@@ -19,6 +20,17 @@ def whole_seconds(option: str, given: str | int, maximum: int) -> int:
     if not 0 < value <= maximum:
         raise UsageError(f"{option} {str(given)!r}: expected a whole number of seconds "
                          f"from 1 to {maximum}")
+    return value
+
+
+def whole(option: str, given: str | int, minimum: int, maximum: int, unit: str) -> int:
+    try:
+        value = given if isinstance(given, int) else int(given, 10)
+    except ValueError:
+        value = minimum - 1
+    if not minimum <= value <= maximum:
+        raise UsageError(f"{option} {str(given)!r}: expected a whole number of {unit} "
+                         f"from {minimum} to {maximum}")
     return value
 
 
@@ -51,7 +63,7 @@ def choice(option: str, given: str, allowed: tuple[str, ...]) -> str:
     return given
 
 
-def group(given: str | int, option: str = "-n") -> SensorSpec:
+def group_number(option: str, given: str | int) -> int:
     try:
         group = given if isinstance(given, int) else int(given, 10)
     except ValueError:
@@ -59,4 +71,9 @@ def group(given: str | int, option: str = "-n") -> SensorSpec:
     if not 0 <= group <= 65535:
         raise UsageError(f"{option} {str(given)!r}: expected an NFLOG group number "
                          "from 0 to 65535")
-    return SensorSpec("nflog", str(group), group=group)
+    return group
+
+
+def group(given: str | int, option: str = "-n") -> SensorSpec:
+    number = group_number(option, given)
+    return SensorSpec("nflog", str(number), group=number)

@@ -181,6 +181,13 @@ def render(s: dict[str, Any]) -> str:
         out.append(f"  {name + ':':<14}{value}")
 
     field("ttl", f"{s.get('ttl')} s")
+    start = s.get("start")
+    if isinstance(start, dict) and start.get("text"):
+        field("start on", str(start["text"]))
+    keep = s.get("keep_alive")
+    if isinstance(keep, dict):
+        for n, (sensor, what) in enumerate(keep.items()):
+            field("kept up by" if n == 0 else "", f"{sensor}: {what}")
     idle = s.get("idle_seconds")
     field("idle", "no matching packet yet" if idle is None
           else f"{duration(idle)} since the last matching packet")

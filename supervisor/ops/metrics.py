@@ -18,6 +18,8 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from tuninetd.supervisor import wording
+from tuninetd.supervisor.config.settings import Settings
 from tuninetd.supervisor.errors import StartupError
 from tuninetd.supervisor.events import (
     CommandEnded,
@@ -68,7 +70,7 @@ def _response(status: str, body: bytes, content_type: str = "text/plain; charset
 
 class Metrics(Observer):
     def __init__(self, host: str, port: int, selector: selectors.BaseSelector,
-                 view: Callable[[], Snapshot]) -> None:
+                 view: Callable[[], Snapshot], cfg: Settings) -> None:
         import prometheus_client as prom
 
         self.registry: CollectorRegistry = prom.CollectorRegistry(auto_describe=True)
@@ -111,6 +113,14 @@ class Metrics(Observer):
         self.restarts = prom.Counter(
             "tuninetd_worker_restarts", "workers restarted, by role and reason",
             ["role", "reason"], registry=reg)
+        prom.Gauge("tuninetd_start_packets", "matching packets it takes to start "
+                   "(--start-packets)", registry=reg).set(cfg.start_packets)
+        prom.Gauge("tuninetd_start_window_seconds", "seconds from the first matching packet "
+                   "in which they must come (--start-window)", registry=reg).set(cfg.start_span)
+        keep = prom.Gauge("tuninetd_keep_alive", "1 per sensor: what keeps the state up "
+                          "through it", ["sensor", "source"], registry=reg)
+        for spec in cfg.sensors:
+            keep.labels(spec.label, wording.keep_alive(spec, cfg)).set(1)
         self._generate = prom.generate_latest
         self.content_type = prom.CONTENT_TYPE_LATEST
         self.sock = listen(host, port)

@@ -12,13 +12,20 @@ from collections.abc import Callable
 from typing import Any
 
 from tuninetd.common import __version__
+from tuninetd.supervisor import wording
+from tuninetd.supervisor.config.settings import Settings
 from tuninetd.supervisor.events import Snapshot
 from tuninetd.supervisor.ops.history import History
 
 
 class StatusReport:
-    def __init__(self, name: str, view: Callable[[], Snapshot], history: History) -> None:
+    def __init__(self, name: str, view: Callable[[], Snapshot], history: History,
+                 cfg: Settings) -> None:
         self.name = name
+        # What starts and what keeps the state up: the configuration's, fixed.
+        self.start = {"packets": cfg.start_packets, "window_seconds": cfg.start_span,
+                      "text": wording.start_threshold(cfg)}
+        self.keep_alive = {s.label: wording.keep_alive(s, cfg) for s in cfg.sensors}
         self.view = view
         self.history = history
         self.started = time.monotonic()
@@ -40,6 +47,8 @@ class StatusReport:
             "version": __version__,
             "state": snap.state,
             "ttl": snap.ttl,
+            "start": self.start,
+            "keep_alive": self.keep_alive,
             "idle_seconds": None if snap.idle is None else round(snap.idle, 3),
             "last_trigger": trigger,
             "commands": {

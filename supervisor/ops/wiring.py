@@ -31,13 +31,13 @@ def open_observers(cfg: Settings, me: Instance, selector: selectors.BaseSelector
     history = History(cfg.command_timeout)
     observers.add(history)
     observers.add(SystemdNotify(Notifier.from_environment(), view, cfg.beat))
-    report = StatusReport(me.name, view, history)
+    report = StatusReport(me.name, view, history, cfg)
     observers.add(ControlServer(me.control, me.name, selector, report.record, verbs))
     if cfg.metrics is not None:
         from tuninetd.supervisor.ops.metrics import Metrics
 
         host, port = cfg.metrics
-        metrics = Metrics(host, port, selector, view)
+        metrics = Metrics(host, port, selector, view, cfg)
         observers.add(metrics)
         bound = metrics.address
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]

@@ -478,6 +478,31 @@ class Lab:
                 s.close()
 
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(ns: Netns, port: int, path: str = "/metrics") -> tuple[str, str]:
+    with ns.entered():
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return head, body
+
+
+def samples(body: str) -> Samples:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: Samples = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
 def send_udp(ns: Netns, dst: str, port: int, count: int = 1, data: bytes = b"x") -> Sent:
     """``count`` datagrams sent by the namespace itself to ``dst``; from just
     before the first to just after the last."""
