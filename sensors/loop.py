@@ -275,8 +275,8 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float,
                 packet_came = True
         now = time.monotonic()
         if window.first is not None and (packet_came or now >= window.ends):
-            # gather's count runs up to now: a window that ends with it lets
-            # no packet it counted start the next.
+            # gather counts up to now: after a window that ended short, arm
+            # fires only on a packet that came later, which opens the next.
             pending = window.add(cap.gather(), now)
             if pending is None and window.first is None:
                 pending = first_packet(cap.arm())  # short of the threshold
