@@ -55,6 +55,20 @@ def describe_status(status: int) -> str:
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
+def exit_reason(w: Worker, status: int) -> str:
+    """How ``w``'s process ended, in words: why it was killed, or its exit
+    status with the last error it reported; a status 1 without one is what
+    an uncaught exception gives (a sensor's stderr is /dev/null)."""
+    if w.exit_reason:
+        return w.exit_reason
+    reason = describe_status(status)
+    if w.last_error:
+        return f"{reason} (its last error: {w.last_error})"
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1:
+        return f"{reason} (a failure it did not report, such as an uncaught exception)"
+    return reason
+
+
 def sensor_config(spec: SensorSpec, cfg: Settings, jail: str,
                   seccomp: Program) -> dict[str, Any]:
     common = {
@@ -177,10 +191,18 @@ class Arbiter:
                 return 0
 
     def spawn(self, w: Worker, now: float) -> None:
+        """Start ``w``; at run time a failure (EMFILE, ENOMEM, EAGAIN...) is
+        retried with the backoff: a worker that cannot be replaced now is
+        not a reason to take the daemon down."""
         try:
             w.spawn(now)
         except OSError as exc:
-            raise StartupError(f"cannot start the {w.log_name}: {exc.strerror}") from None
+            if self.starting:
+                raise StartupError(f"cannot start the {w.log_name}: {exc.strerror}") from None
+            delay = w.retry_later(now)
+            log.error("CORE: cannot start the %s: %s; trying again in %.1f s",
+                      w.log_name, exc.strerror or exc, delay)
+            return
         assert w.sock is not None
         self.selector.register(w.sock, selectors.EVENT_READ, w)
 
@@ -202,7 +224,7 @@ class Arbiter:
             workers=tuple(
                 WorkerView(w.role, w.log_name, w.pid, w.mode, w.restarts,
                            now - w.started if w.alive else None, w.alive, w.ready,
-                           w.silent(now, self.cfg.beat))
+                           w.silent(now, self.cfg.beat), w.last_exit)
                 for w in self.workers),
             running=queue.running.event if queue.running is not None else None,
             pending=tuple(job.event for job in queue.pending),
@@ -259,7 +281,11 @@ class Arbiter:
             self.observers.publish(Ready())
             if self.ready_fd is not None:
                 wording.started(os.getpid(), daemon=True)
-                os.write(self.ready_fd, b"ok")
+                try:
+                    os.write(self.ready_fd, b"ok")
+                except OSError as exc:  # EPIPE: it was interrupted, or killed
+                    log.warning("CORE: the tuninetd -d that waited for this start is gone "
+                                "(%s); running on", exc.strerror)
                 os.close(self.ready_fd)
                 self.ready_fd = None
 
@@ -333,7 +359,7 @@ class Arbiter:
         pid = w.pid
         w.hung_up_at = None
         self._forget_channel(w)
-        reason = w.exit_reason or describe_status(status)
+        reason = w.last_exit = exit_reason(w, status)
         if w is self.executor:
             self.executor.ready = False
             ended = self.executor_link.lost()
@@ -350,7 +376,8 @@ class Arbiter:
         delay = w.reaped(now)
         if self.starting:
             raise StartupError(f"the {w.log_name} (pid {pid}) {reason} while starting")
-        self.observers.publish(WorkerRestarted(w.role, reason))
+        # The metric's label: a bounded set of words, not a worker's own text.
+        self.observers.publish(WorkerRestarted(w.role, w.exit_reason or describe_status(status)))
         log.warning("CORE: %s (pid %d) %s; restarting it in %.1f s",
                     w.log_name, pid, reason, delay)
 

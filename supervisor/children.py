@@ -128,6 +128,8 @@ class Worker:
     delay: float = 0.0  # before the next replacement; 0: the backoff's first
     respawn_at: float | None = None
     exit_reason: str = ""
+    last_error: str = ""  # the last error this process reported, cleaned
+    last_exit: str = ""  # how the previous process ended, for status
     hung_up_at: float | None = None  # closed its channel; killed if it lingers
     # The executor: root's own, it keeps the daemon's environment (its
     # commands run in it) and stderr (a crash's traceback reaches the log).
@@ -165,6 +167,7 @@ class Worker:
         self.respawn_at = None
         self.hung_up_at = None
         self.exit_reason = ""
+        self.last_error = ""
         self.send("config", **self.config)
 
     def send(self, kind: str, /, **fields: Any) -> bool:
@@ -231,11 +234,16 @@ class Worker:
         ran = now - self.started
         self.pid = 0
         self.ready = False
+        if ran >= self.backoff.healthy_after:
+            self.delay = 0.0
+        self.restarts += 1
+        return self.retry_later(now)
+
+    def retry_later(self, now: float) -> float:
+        """Start it again after the backoff's next delay (a replacement, or
+        a spawn that failed); returns the delay."""
         self.mode = "restarting"
-        if ran >= self.backoff.healthy_after or not self.delay:
-            self.delay = self.backoff.first
-        delay = self.delay
+        delay = self.delay or self.backoff.first
         self.delay = min(delay * 2, self.backoff.longest)
         self.respawn_at = now + delay
-        self.restarts += 1
         return delay

@@ -103,6 +103,7 @@ class WorkerView:
     alive: bool
     ready: bool  # said hello and passed the checks
     silent: bool  # alive, but not heard from for too long
+    last_exit: str  # how its previous process ended ("" before any did)
 
 
 @dataclass(frozen=True, slots=True)

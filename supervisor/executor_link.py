@@ -95,6 +95,8 @@ class ExecutorLink:
                 return ended
         elif kind == "error":
             reason = wire.clean_text(msg["reason"])
+            if msg.get("fatal"):  # why it is about to exit; the rest are complaints
+                self.worker.last_error = reason
             if reason not in self.said:
                 self.said.add(reason)
                 log.error("CORE: executor: %s", reason)

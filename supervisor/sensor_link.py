@@ -75,7 +75,7 @@ class SensorLink:
         if kind == "trigger":
             return self._trigger(w, msg)
         self._charge(w, "errors", now)
-        reason = wire.clean_text(msg["reason"])  # error
+        reason = w.last_error = wire.clean_text(msg["reason"])  # error
         if starting and not w.ready:
             raise StartupError(reason)
         log.error("CORE: %s: %s", w.log_name, reason)

@@ -8,10 +8,12 @@ libc sends there is read back byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -119,3 +121,72 @@ def test_no_syslog_socket_is_said_on_stderr_before_detaching(netns: Netns,
         "systemd the journal keeps the lines)"]
     assert daemon_pids(netns) == []
     assert not (tmp_path / "c.sock").exists()
+
+
+def test_the_daemon_runs_on_when_the_waiting_parent_is_gone(
+    veth: Netns, tmp_path: Path, syslog: tuple[Syslog, list[str]]
+) -> None:
+    """The `tuninetd -d` that waits for the start is killed (an interrupted
+    shell) before the workers said hello: the daemon's "ok" finds no reader.
+    It says so and runs on, instead of dying of the broken pipe."""
+    log, prefix = syslog
+    script, record = recorder(tmp_path)
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    argv = [*prefix, *veth.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main",
+            "-i", "tap0", "-f", "udp", "-c", str(script), "-d", "--name", name,
+            "--control", str(tmp_path / "control.sock"))]
+    try:
+        # The daemon is caught (SIGSTOP) before it answers; a machine fast
+        # enough to answer first gets another try.
+        for _ in range(5):
+            if (caught := stopped_before_it_answers(argv, veth)) is not None:
+                break
+        else:
+            pytest.fail("the daemon answered its parent before it could be stopped, 5 times")
+        parent, pid = caught
+        parent.kill()
+        parent.wait()
+        os.kill(pid, signal.SIGCONT)
+        log.wait("CORE: the tuninetd -d that waited for this start is gone (Broken pipe); "
+                 "running on")
+        log.wait("Success! Tuninetd has been started with PID:")
+        veth.sender().send(FRAME)
+        log.wait("PCAP: start command done")
+        assert [e[0] for e in events(record)] == ["start"]
+        assert not gone(pid)
+    finally:
+        for p in daemon_pids(veth):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGTERM)
+        wait_for("daemon gone", lambda: not daemon_pids(veth))
+        for suffix in (".state", ".lock"):
+            Path(f"/run/tuninetd/{name}{suffix}").unlink(missing_ok=True)
+
+
+def stopped_before_it_answers(argv: list[str],
+                              ns: Netns) -> tuple[subprocess.Popen[bytes], int] | None:
+    """`tuninetd -d` started, its daemon stopped (SIGSTOP) as soon as it is
+    there: the parent, still waiting, and the daemon's pid; None: the daemon
+    had answered already (it is gone again)."""
+    parent = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid = wait_for("the detached daemon", lambda: detached(ns, parent.pid), every=0.001)
+    os.kill(pid, signal.SIGSTOP)
+    if parent.poll() is None:
+        return parent, pid
+    os.kill(pid, signal.SIGCONT)
+    os.kill(pid, signal.SIGTERM)
+    wait_for("that daemon gone", lambda: gone(pid))
+    return None
+
+
+def detached(ns: Netns, parent: int) -> int | None:
+    """The daemon that ``parent`` (tuninetd -d) forked twice: the process
+    of the namespace whose own parent is not there (it left its session)."""
+    pids = set(ns.pids())
+    for pid in pids - {parent}:
+        try:
+            if psutil.Process(pid).ppid() not in pids:
+                return pid
+        except psutil.Error:
+            continue
+    return None

@@ -57,6 +57,7 @@ import json
 import os
 import pwd
 import re
+import resource
 import signal
 import socket
 import stat
@@ -107,6 +108,7 @@ from tests.support.netlab import (
     worker,
 )
 from tuninetd.common import wire
+from tuninetd.supervisor.ops import client
 
 REPO = Path(__file__).resolve().parent.parent
 BEAT = 0.2
@@ -394,11 +396,45 @@ def test_crash_loop_is_rate_limited(lab: Lab) -> None:
     for i, delay in enumerate(("1.0", "2.0", "4.0")):
         assert re.fullmatch(rf"CORE: sensor nflog {GROUP}: .*nflog group {GROUP} is already "
                             "bound by another process", loop[2 * i]), loop
-        assert re.fullmatch(rf"CORE: sensor nflog {GROUP} \(pid \d+\) exited with status 1; "
-                            rf"restarting it in {delay} s", loop[2 * i + 1]), loop
+        assert re.fullmatch(rf"CORE: sensor nflog {GROUP} \(pid \d+\) exited with status 1 "
+                            rf"\(its last error: .*nflog group {GROUP} is already bound by "
+                            rf"another process\); restarting it in {delay} s",
+                            loop[2 * i + 1]), loop
+    said = client.query(d.control)
+    last_exit = loop[-1].partition(") ")[2].partition("; restarting")[0]
+    assert [r.get("last_exit") for r in said["processes"]
+            if r["role"] == f"nflog:{GROUP}"] == [last_exit], said["processes"]
+    assert f"  last exit of nflog:{GROUP}: {last_exit}\n" in client.render(said)
     report(f"row 5 crash loop: {len(loop)} lines in {watched:.1f} s of failing starts "
            "(retries after 0.5, 1, 2, 4 s)")
     send_nflog(lab)
+    wait_kinds(d, record, ["start"])
+
+
+def test_a_replacement_that_cannot_be_spawned_is_retried(lab: Lab) -> None:
+    """The supervisor out of descriptors (EMFILE, its RLIMIT_NOFILE lowered
+    from outside) when a killed sensor is due to be replaced: it says why and
+    tries again with the backoff, rather than exiting. Once descriptors are
+    there again, the sensor is back and fires the start."""
+    run = lab.run(*PCAP_ARGS, ttl=600)
+    d, record = run.daemon, run.record
+    old = worker(d, PCAP, "armed")
+    limits = resource.prlimit(d.pid, resource.RLIMIT_NOFILE)
+    # The sensor's channel closes at its reap: one descriptor free, and a
+    # replacement needs two (its socketpair).
+    resource.prlimit(d.pid, resource.RLIMIT_NOFILE, (fd_count(d.pid), limits[1]))
+    try:
+        os.kill(old, signal.SIGKILL)
+        d.wait_log("CORE: cannot start the sensor pcap tap0: Too many open files; "
+                   "trying again in 1.0 s")
+        d.wait_log("CORE: cannot start the sensor pcap tap0: Too many open files; "
+                   "trying again in 2.0 s")
+        assert d.proc.poll() is None
+    finally:
+        resource.prlimit(d.pid, resource.RLIMIT_NOFILE, limits)
+    new = worker(d, PCAP, "armed", not_pid=old)
+    d.wait_log(f"CORE: sensor pcap tap0 is back (pid {new})")
+    send_pcap(lab)
     wait_kinds(d, record, ["start"])
 
 

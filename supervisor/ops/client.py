@@ -230,6 +230,9 @@ def render(s: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     for r in rows:
         out.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    for p in s.get("processes") or []:
+        if p.get("last_exit"):
+            out.append(f"  last exit of {p.get('role')}: {p['last_exit']}")
     return "\n".join(out) + "\n"
 
 

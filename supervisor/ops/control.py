@@ -26,6 +26,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from tuninetd.common.logs import log
 from tuninetd.supervisor.errors import StartupError
 from tuninetd.supervisor.events import Observer
 from tuninetd.supervisor.ops.serve import Server
@@ -161,7 +162,10 @@ class ControlServer(Observer):
             return encode({"name": self.name, "pid": os.getpid(), "changed": changed,
                            "result": result})
         except Exception as exc:  # a bug here must not take the daemon down
-            return encode({"error": f"{cmd} failed: {type(exc).__name__}: {exc}"})
+            # ... nor go unseen: the client's screen is not the daemon's log.
+            failed = f"{cmd} failed: {type(exc).__name__}: {exc}"
+            log.error("CORE: %s over the control socket", failed)
+            return encode({"error": failed})
 
     def deadline(self) -> float | None:
         return self.server.deadline()

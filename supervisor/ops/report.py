@@ -84,6 +84,8 @@ class StatusReport:
                           now - self.started)]
         for w in snap.workers:
             rows.append(self._row(w.role, w.pid, w.mode, w.restarts, w.uptime))
+            if w.last_exit:
+                rows[-1]["last_exit"] = w.last_exit
         if snap.command_pid and snap.running is not None:
             rows.append(self._row("command", snap.command_pid, snap.running, 0, None))
         alive = {row["pid"] for row in rows}
