@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.netlab import need_root
-from tests.test_status import answer
+from tests.support.stand_in_daemon import answer
 from tuninetd.supervisor.errors import StartupError
 from tuninetd.supervisor.ops import control
 

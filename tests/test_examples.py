@@ -20,8 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.support.links import has_carrier, holders
 from tests.support.netlab import Netns, need, wait_for
-from tests.test_tuntapd import console_script, has_carrier, holders
+from tests.support.tuntapd import console_script
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -49,7 +49,6 @@ nothing happens.
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
 import errno
@@ -59,14 +58,10 @@ import pwd
 import re
 import resource
 import signal
-import socket
 import stat
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -77,7 +72,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
-from tests.support.fake_sensor import CONTROL_VAR
+from tests.support.fake_sensor_harness import FakeSensors, Plan
 from tests.support.garbage import (
     AFTER_PARSE,
     BEFORE_HELLO,
@@ -99,7 +94,6 @@ from tests.support.netlab import (
     need_root,
     proc_status,
     ready,
-    recorder,
     sh,
     title,
     wait_for,
@@ -107,11 +101,11 @@ from tests.support.netlab import (
     wait_title,
     worker,
 )
+from tests.support.nft_rules import TABLE, log_rules, nft
+from tests.support.timing import BEAT
 from tuninetd.common import wire
 from tuninetd.supervisor.ops import client
 
-REPO = Path(__file__).resolve().parent.parent
-BEAT = 0.2
 SLACK = 0.5  # scheduling noise on top of a promised bound
 BACKOFF_FIRST = 0.5
 V4_LOCAL, V4_PEER = "10.78.0.1", "10.78.0.2"
@@ -166,15 +160,8 @@ def send_nflog(lab: Lab, seq: int = 1) -> None:
                       / b"n"), V4_PEER)
 
 
-def nft(lab: Lab, *args: str) -> None:
-    sh(*lab.ns.exec_argv("nft", *args))
-
-
 def add_rule(lab: Lab) -> None:
-    nft(lab, "add", "table", "inet", "tnd")
-    nft(lab, "add", "chain", "inet", "tnd", "out", "{ type filter hook output priority 0; }")
-    nft(lab, "add", "rule", "inet", "tnd", "out", "udp", "dport", str(NFLOG_PORT),
-        "log", "group", str(GROUP))
+    log_rules(lab.ns, f"udp dport {NFLOG_PORT} log group {GROUP}")
 
 
 @pytest.fixture
@@ -445,12 +432,12 @@ def test_a_replacement_that_cannot_be_spawned_is_retried(lab: Lab) -> None:
 def test_nflog_rule_removed_and_added_again(lab: Lab, tool: str) -> None:
     if tool == "nft":
         def remove() -> None:
-            nft(lab, "delete", "table", "inet", "tnd")
+            nft(lab.ns, "delete", "table", "inet", TABLE)
 
         def add() -> None:
             add_rule(lab)
     else:
-        nft(lab, "delete", "table", "inet", "tnd")
+        nft(lab.ns, "delete", "table", "inet", TABLE)
         rule = ["OUTPUT", "-p", "udp", "--dport", str(NFLOG_PORT), "-j", "NFLOG",
                 "--nflog-group", str(GROUP)]
 
@@ -643,17 +630,6 @@ def test_flapping_200_cycles(lab: Lab) -> None:
 # -- 10. a sensor sending garbage ------------------------------------------------------------
 
 
-@dataclass
-class Plan:
-    hello: bool
-    records: list[bytes]
-    hangup: bool  # the first bad record is an empty one: the same as EOF
-
-    def json(self) -> bytes:
-        return json.dumps({"hello": self.hello, "trigger": False, "records": [
-            base64.b64encode(r).decode() for r in self.records]}).encode() + b"\n"
-
-
 # Each kind of refusal at least once, before hypothesis draws its own.
 EXAMPLES = [
     (False, obj("trigger", link="raw", **IP_FACTS)),  # valid, but before hello
@@ -680,65 +656,6 @@ def plans(draw: st.DrawFn) -> Plan:
     bad = draw(st.one_of(MALFORMED, AFTER_PARSE, out_of_order))
     tail = draw(st.lists(st.one_of(MALFORMED, HARMLESS), max_size=2))
     return Plan(hello, [*prefix, bad, *tail], hangup=bad == b"")
-
-
-class FakeSensors:
-    """The real supervisor with a fake sensor (tests/support/fake_sensor.py), and the
-    control socket each fake sensor asks for its plan."""
-
-    def __init__(self, folder: Path, command_body: str = "") -> None:
-        self.folder = folder
-        self.control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        path = folder / "control.sock"
-        self.control.bind(str(path))
-        self.control.listen(4)
-        self.script, self.record = recorder(folder, body=command_body)
-        self.name = f"test-{uuid.uuid4().hex[:12]}"
-        nobody = pwd.getpwnam("nobody")
-        setup = {"command": str(self.script), "user": "nobody", "uid": nobody.pw_uid,
-                 "gid": nobody.pw_gid, "ttl": 600, "beat": BEAT,
-                 "control": str(folder / "status.sock"), "name": self.name}
-        self.log = folder / "supervisor.log"
-        self.logf = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, CONTROL_VAR: str(path),
-               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.fake_sensor", "supervise", json.dumps(setup)],
-            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=self.logf,
-            stderr=subprocess.STDOUT,
-        )
-
-    def lines(self) -> list[str]:
-        return self.log.read_text(errors="replace").splitlines()
-
-    def alive(self) -> None:
-        assert self.proc.poll() is None, "\n".join(self.lines())
-        assert not any("Traceback" in line for line in self.lines()), "\n".join(self.lines())
-
-    def next_sensor(self, plan: bytes, timeout: float = 15.0) -> int:
-        """Wait for the next fake sensor to ask; hand it ``plan``; its pid."""
-        self.control.settimeout(timeout)
-        try:
-            conn, _ = self.control.accept()
-        except TimeoutError:
-            raise AssertionError("no fake sensor asked for a plan\n"
-                                 + "\n".join(self.lines())) from None
-        with conn:
-            conn.settimeout(timeout)
-            pid = int(json.loads(conn.makefile().readline())["pid"])
-            conn.sendall(plan)
-        return pid
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.logf.close()
-        self.control.close()
 
 
 def test_garbage_from_a_sensor_is_refused_and_changes_nothing(tmp_path: Path) -> None:

@@ -15,9 +15,10 @@ import signal
 import time
 from pathlib import Path
 
+from tests.support.fake_sensor_harness import FakeSensors, Plan
 from tests.support.garbage import obj
 from tests.support.netlab import gone, kinds, need_root, wait_for
-from tests.test_faults import BEAT, FakeSensors, Plan
+from tests.support.timing import BEAT
 from tuninetd.supervisor import allowance
 from tuninetd.supervisor.ops import client
 

@@ -40,7 +40,7 @@ from tests.support.netlab import (
     title,
     wait_for,
 )
-from tests.test_nflog_daemon import nft
+from tests.support.nft_rules import log_rules
 from tuninetd.supervisor.ops import client
 
 PEER = "10.77.0.2"
@@ -123,7 +123,7 @@ def plain(start_daemon: StartDaemon, ns: Netns, enter: Enter, *args: str,
 def test_three_daemons_side_by_side(tap_ns: Netns, private_run: Enter, tmp_path: Path,
                                     start_daemon: StartDaemon) -> None:
     enter = private_run
-    nft(tap_ns, "udp dport 3000 log group 7")
+    log_rules(tap_ns, "udp dport 3000 log group 7")
     scripts = {n: recorder(tmp_path, name=f"{n}.sh") for n in ("a", "b", "c")}
     a = plain(start_daemon, tap_ns, enter, "-i", "tap0", "-f", "udp port 1000",
               "-c", str(scripts["a"][0]))

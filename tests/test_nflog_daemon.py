@@ -40,6 +40,7 @@ from tests.support.netlab import (
     title,
     wait_for,
 )
+from tests.support.nft_rules import log_rules, nft
 
 pytestmark = pytest.mark.root
 
@@ -55,15 +56,6 @@ BOTH = 8888  # seen by both sensors (pcap+nflog test)
 
 
 # -- the namespace -----------------------------------------------------------------
-
-
-def nft(ns: Netns, *rules: str, hook: str = "output", family: str = "inet") -> None:
-    """A table whose one chain holds ``rules`` (each logs what it matches)."""
-    chain = f"{{ type filter hook {hook} priority 0; }}"
-    sh(*ns.exec_argv("nft", "add", "table", family, "t"))
-    sh(*ns.exec_argv("nft", "add", "chain", family, "t", hook, chain))
-    for rule in rules:
-        sh(*ns.exec_argv("nft", "add", "rule", family, "t", hook, *rule.split()))
 
 
 def udp_socket(ns: Netns, dst: str) -> socket.socket:
@@ -127,7 +119,7 @@ def v4_line(src: str = V4_LOCAL, dst: str = V4_PEER, proto: str = "0x11 (UDP)") 
 
 
 def test_nft_log_group_start_and_stop(lab: Lab) -> None:
-    nft(lab.ns, f'udp dport {PORT} log group 5 prefix "tnd"')
+    log_rules(lab.ns, f'udp dport {PORT} log group 5 prefix "tnd"')
     run = lab.run("-n", "5")
     run.daemon.wait_log("Start listening nflog-group 5")
     send_udp(lab.ns, V4_PEER, PORT)
@@ -153,7 +145,7 @@ def test_ip6tables_nflog_target_ipv6(lab: Lab) -> None:
         *lab.ns.exec_argv("ip6tables", "-A", "OUTPUT", "-p", "udp", "--dport", str(PORT)),
         *("-j", "NFLOG", "--nflog-group", "6", "--nflog-prefix", "v6"),
     )
-    listed = sh(*lab.ns.exec_argv("nft", "list", "ruleset")).stdout
+    listed = nft(lab.ns, "list", "ruleset").stdout
     assert "group 6" in listed, f"not an iptables-nft rule?\n{listed}"
     run = lab.run("-n", "6")
     send_udp(lab.ns, V6_PEER, PORT)
@@ -171,7 +163,7 @@ def test_ip6tables_nflog_target_ipv6(lab: Lab) -> None:
 
 
 def test_ack_only_with_nflog(lab: Lab) -> None:
-    nft(lab.ns, f"tcp dport {PORT} log group 7", f"udp dport {PORT} log group 7")
+    log_rules(lab.ns, f"tcp dport {PORT} log group 7", f"udp dport {PORT} log group 7")
     run = lab.run("-n", "7", "-a")
     # Any logged packet is a trigger; while up, only TCP ACKs move the clock.
     send_tcp(lab.ns, "S")
@@ -206,8 +198,8 @@ def test_ack_only_with_nflog(lab: Lab) -> None:
 
 def test_pcap_file_from_nflog(lab: Lab) -> None:
     dump = lab.folder / "starts.pcap"
-    nft(lab.ns, f"udp dport {PORT} log group 8")
-    nft(lab.ns, f'iifname "tap0" udp dport {PORT} log group 8', hook="prerouting")
+    log_rules(lab.ns, f"udp dport {PORT} log group 8")
+    log_rules(lab.ns, f'iifname "tap0" udp dport {PORT} log group 8', hook="prerouting")
     run = lab.run("-n", "8", "-w", str(dump))
     payloads = [os.urandom(300), os.urandom(1200)]
     # Sent by us (output): no link header, the file gets a synthetic one.
@@ -242,7 +234,7 @@ def test_pcap_file_from_nflog(lab: Lab) -> None:
 
 
 def test_pcap_and_nflog_together(lab: Lab) -> None:
-    nft(lab.ns, f"udp dport {{ {BOTH}, {PORT} }} log group 9")
+    log_rules(lab.ns, f"udp dport {{ {BOTH}, {PORT} }} log group 9")
     flt = f"udp dst port {PCAP_ONLY} or udp dst port {BOTH}"
     run = lab.run("-i", "tap0", "-f", flt, "-n", "9", sensors=2)
 
@@ -290,7 +282,7 @@ def test_pcap_and_nflog_together(lab: Lab) -> None:
 
 
 def test_second_daemon_on_the_same_group(lab: Lab) -> None:
-    nft(lab.ns, f"udp dport {PORT} log group 11")
+    log_rules(lab.ns, f"udp dport {PORT} log group 11")
     first = lab.run("-n", "11")
     script, _ = recorder(lab.folder, name="second.sh")
     second = lab.start_daemon(lab.ns, "-c", str(script), "--beat", str(BEAT), "-n", "11")
@@ -311,7 +303,7 @@ def test_second_daemon_on_the_same_group(lab: Lab) -> None:
 
 
 def test_burst_while_up_keeps_beating_and_quiet(lab: Lab) -> None:
-    nft(lab.ns, f"udp dport {PORT} log group 12")
+    log_rules(lab.ns, f"udp dport {PORT} log group 12")
     run = lab.run("-n", "12", ttl=2)
     send_udp(lab.ns, V4_PEER, PORT)
     run.wait_events(1)
@@ -358,7 +350,7 @@ def test_a_packet_a_beat_keeps_it_up_after_a_burst_and_silence_stops_it(lab: Lab
     the kernel keeps a message or two queued and drops the rest. One packet a
     beat from then on, each dropped or queued unread, must keep the daemon up
     through several ttl; the silence after the last must stop it in time."""
-    nft(lab.ns, f"udp dport {PORT} log group 14")
+    log_rules(lab.ns, f"udp dport {PORT} log group 14")
     ttl = 1
     run = lab.run("-n", "14", ttl=ttl)
     send_udp(lab.ns, V4_PEER, PORT)
@@ -377,7 +369,7 @@ def test_a_packet_a_beat_keeps_it_up_after_a_burst_and_silence_stops_it(lab: Lab
 
 
 def test_killed_nflog_sensor_is_replaced(lab: Lab) -> None:
-    nft(lab.ns, f"udp dport {PORT} log group 13")
+    log_rules(lab.ns, f"udp dport {PORT} log group 13")
     run = lab.run("-n", "13")
     send_udp(lab.ns, V4_PEER, PORT)
     run.wait_events(1)
@@ -414,7 +406,7 @@ def test_group_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_two_groups_two_sensor_processes(lab: Lab) -> None:
-    nft(lab.ns, f"udp dport {PORT} log group 21", f"udp dport {BOTH} log group 22")
+    log_rules(lab.ns, f"udp dport {PORT} log group 21", f"udp dport {BOTH} log group 22")
     run = lab.run("-n", "21", "-n", "22", sensors=2)
     sensors = run.sensors()
     assert set(sensors) == {"tuninetd: sensor nflog 21", "tuninetd: sensor nflog 22"}, sensors

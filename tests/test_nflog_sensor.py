@@ -20,6 +20,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 
 from tests.support.netlab import Netns, proc_status, send_udp, sh
+from tests.support.nft_rules import log_rules
 from tuninetd.common import wire
 from tuninetd.supervisor import facts, wording
 from tuninetd.supervisor.sandbox import allowlist
@@ -40,14 +41,6 @@ def lab(veth: Netns) -> Netns:
     dropped there, never leaving the namespace."""
     veth.address_tap(MAC_LOCAL, (V4_LOCAL, V6_LOCAL), MAC_PEER, (V4_PEER, V6_PEER))
     return veth
-
-
-def nft_log(ns: Netns, rule: str, hook: str = "output", family: str = "inet") -> None:
-    """A table whose one chain logs what ``rule`` matches."""
-    chain = f"{{ type filter hook {hook} priority 0; }}"
-    sh(*ns.exec_argv("nft", "add", "table", family, "t"))
-    sh(*ns.exec_argv("nft", "add", "chain", family, "t", "c", chain))
-    sh(*ns.exec_argv("nft", "add", "rule", family, "t", "c", *rule.split()))
 
 
 def bridge_peer(ns: Netns) -> None:
@@ -151,7 +144,7 @@ def _group() -> int:
 
 def test_ipv4_trigger_from_nft_rule_with_prefix(lab: Netns) -> None:
     group = _group()
-    nft_log(lab, f"udp dport {PORT} log group {group} prefix tnd")
+    log_rules(lab, f"udp dport {PORT} log group {group} prefix tnd")
     sensor = Sensor(lab, group)
     sensor.hello()
     send_udp(lab, V4_PEER, PORT)
@@ -167,7 +160,7 @@ def test_ipv4_trigger_from_nft_rule_with_prefix(lab: Netns) -> None:
 
 def test_ipv6_trigger(lab: Netns) -> None:
     group = _group()
-    nft_log(lab, f"udp dport {PORT} log group {group}")
+    log_rules(lab, f"udp dport {PORT} log group {group}")
     sensor = Sensor(lab, group)
     sensor.hello()
     send_udp(lab, V6_PEER, PORT)
@@ -195,7 +188,7 @@ def test_trigger_from_iptables_nflog_target(lab: Netns) -> None:
 def test_incoming_frame_gives_mac_line(lab: Netns) -> None:
     """A packet that came in on an Ethernet device carries its link header."""
     group = _group()
-    nft_log(lab, f'iifname "tap0" udp dport {PORT} log group {group}', hook="prerouting")
+    log_rules(lab, f'iifname "tap0" udp dport {PORT} log group {group}', hook="prerouting")
     sensor = Sensor(lab, group)
     sensor.hello()
     frame = Ether(src=MAC_PEER, dst=MAC_LOCAL)
@@ -214,7 +207,7 @@ def test_bridge_family_trigger(lab: Netns) -> None:
     group = _group()
     bridge_peer(lab)
     rule = f"udp dport {PORT} log group {group} prefix br"
-    nft_log(lab, rule, hook="prerouting", family="bridge")
+    log_rules(lab, rule, hook="prerouting", family="bridge")
     sensor = Sensor(lab, group)
     sensor.hello()
     send_udp(lab, V4_PEER, PORT)
@@ -232,7 +225,7 @@ def test_bridge_vlan_tag_is_put_back(lab: Netns) -> None:
     """The kernel moves the 802.1Q tag into metadata; the trigger shows it."""
     group = _group()
     bridge_peer(lab)
-    nft_log(lab, f"vlan id 5 log group {group}", hook="prerouting", family="bridge")
+    log_rules(lab, f"vlan id 5 log group {group}", hook="prerouting", family="bridge")
     sensor = Sensor(lab, group, want_packet=True)
     sensor.hello()
     frame = Ether(src=MAC_LOCAL, dst=MAC_PEER) / Dot1Q(vlan=5)
@@ -249,7 +242,7 @@ def test_bridge_vlan_tag_is_put_back(lab: Netns) -> None:
 
 def test_want_packet_sends_the_whole_packet(lab: Netns) -> None:
     group = _group()
-    nft_log(lab, f"udp dport {PORT} log group {group}")
+    log_rules(lab, f"udp dport {PORT} log group {group}")
     sensor = Sensor(lab, group, want_packet=True)
     sensor.hello()
     payload = secrets.token_bytes(1400)
@@ -262,7 +255,7 @@ def test_want_packet_sends_the_whole_packet(lab: Netns) -> None:
 
 def test_burst_while_counting_keeps_beating(lab: Netns) -> None:
     group, beat, burst = _group(), 0.2, 150_000
-    nft_log(lab, f"udp dport {PORT} log group {group}")
+    log_rules(lab, f"udp dport {PORT} log group {group}")
     sensor = Sensor(lab, group, beat=beat)
     sensor.hello()
     sensor.order("count")
@@ -288,7 +281,7 @@ def test_burst_while_counting_keeps_beating(lab: Netns) -> None:
 
 def test_ack_only_counts_tcp_ack_packets(lab: Netns) -> None:
     group = _group()
-    nft_log(lab, f"tcp dport {PORT} log group {group}")
+    log_rules(lab, f"tcp dport {PORT} log group {group}")
     sensor = Sensor(lab, group, ack_only=True)
     sensor.hello()
     sensor.order("count")
@@ -307,7 +300,7 @@ def test_ack_only_counts_tcp_ack_packets(lab: Netns) -> None:
 def counting(lab: Netns, beat: float) -> Sensor:
     """A sensor on a fresh group that logs UDP to PORT, told to count, and counting."""
     group = _group()
-    nft_log(lab, f"udp dport {PORT} log group {group}")
+    log_rules(lab, f"udp dport {PORT} log group {group}")
     sensor = Sensor(lab, group, beat=beat)
     sensor.hello()
     sensor.order("count")

@@ -24,6 +24,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from tests.support.links import has_carrier
 from tests.support.netlab import (
     Daemon,
     Netns,
@@ -35,7 +36,7 @@ from tests.support.netlab import (
     wait_for,
     worker,
 )
-from tests.test_tuntapd import Tuntapd, has_carrier
+from tests.support.tuntapd import Tuntapd
 from tuninetd.supervisor.ops import client
 
 pytestmark = pytest.mark.root

@@ -16,7 +16,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +36,7 @@ from tests.support.netlab import (
     recorder,
     wait_for,
 )
+from tests.support.stand_in_daemon import answer
 from tuninetd.supervisor.ops import client
 
 pytestmark = pytest.mark.root
@@ -231,25 +231,6 @@ def test_no_daemon_and_usage() -> None:
     assert r.returncode == 3 and "no daemon running" in r.stderr and r.stdout == ""
     r = run_status("--bogus")
     assert r.returncode == 2 and r.stderr.startswith("tuninetd status: ")
-
-
-def answer(path: Path, record: dict[str, Any], times: int) -> threading.Thread:
-    """A stand-in daemon on ``path`` that answers ``times`` status requests with ``record``."""
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen(times)
-
-    def serve() -> None:
-        with server:
-            for _ in range(times):
-                conn, _ = server.accept()
-                with conn:
-                    conn.makefile("rb").readline()
-                    conn.sendall(json.dumps(record).encode() + b"\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_json_and_text_renderings_agree_on_missing_values(

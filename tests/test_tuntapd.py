@@ -8,21 +8,18 @@ Every wait polls with a deadline; nothing sleeps to synchronise.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
-import sysconfig
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
+from tests.support.links import has_carrier, holders, link
 from tests.support.netlab import (
     Daemon,
     Netns,
@@ -35,43 +32,11 @@ from tests.support.netlab import (
     wait_for,
 )
 from tests.support.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev, private_dev_log
+from tests.support.tuntapd import TUNTAPD, Tuntapd, console_script, run_tuntapd
 
-TUNTAPD = [sys.executable, "-m", "tuninetd.tuntapd"]
 ROUTED = "10.99.0.0/24"
 OWN = "10.99.1.1"
 TARGET = "10.99.0.5"
-
-
-class Tuntapd:
-    """tuntapd in the foreground in a namespace, its stderr in a file."""
-
-    def __init__(self, ns: Netns, log: Path, *args: str) -> None:
-        self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(ns.exec_argv(*TUNTAPD, *args), stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_log(self, needle: str) -> str:
-        def probe() -> str | None:
-            found = next((line for line in self.text().splitlines() if needle in line), None)
-            if found is None and self.proc.poll() is not None:
-                raise AssertionError(f"tuntapd exited ({self.proc.returncode}):\n{self.text()}")
-            return found
-
-        return wait_for(f"tuntapd log line {needle!r}", probe)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(10)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture
@@ -86,40 +51,6 @@ def tuntapd(netns: Netns, tmp_path: Path) -> Iterator[Callable[..., Tuntapd]]:
     yield start
     for t in started:
         t.stop(signal.SIGKILL)
-
-
-def link(ns: Netns, dev: str) -> dict[str, Any] | None:
-    """``ip -d -s -j link show dev`` (None when there is no such device)."""
-    out = ns.ip("-d", "-s", "-j", "link", "show", dev, check=False)
-    if out.returncode != 0:
-        return None
-    info: dict[str, Any] = json.loads(out.stdout)[0]
-    return info
-
-
-def has_carrier(ns: Netns, dev: str) -> bool:
-    info = link(ns, dev)
-    return info is not None and "LOWER_UP" in info["flags"]
-
-
-def holders(ns: Netns, dev: str) -> list[int]:
-    """Processes in the namespace with ``dev`` open (the kernel names a tun
-    file's device in its fdinfo)."""
-    found = []
-    for pid in ns.pids():
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-                if f"iff:\t{dev}\n" in Path(f"/proc/{pid}/fdinfo/{fd}").read_text():
-                    found.append(pid)
-                    break
-        except OSError:
-            continue
-    return found
-
-
-def run_tuntapd(ns: Netns, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(ns.exec_argv(*TUNTAPD, *args), capture_output=True, text=True,
-                          timeout=10)
 
 
 def tx_stats(ns: Netns, dev: str) -> dict[str, int]:
@@ -293,13 +224,6 @@ def syslog(tmp_path: Path) -> Iterator[tuple[Syslog, list[str]]]:
     """The receiver, and the argv prefix that runs a command seeing it as /dev/log."""
     with private_dev_log(tmp_path, "tuntapd") as receiver_and_prefix:
         yield receiver_and_prefix
-
-
-def console_script() -> str:
-    path = Path(sysconfig.get_path("scripts")) / "tuntapd"
-    if not path.exists():
-        pytest.fail(f"no console script at {path}: run pip install -e .")
-    return str(path)
 
 
 @pytest.mark.root
