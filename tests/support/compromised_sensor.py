@@ -135,7 +135,7 @@ def _no_confine(program: object) -> None:
 
 
 def _break_at_once(sock: socket.socket, cap: loop.Capture, title: worker.Title,
-                   beat: float) -> None:
+                   beat: float, window: loop.StartWindow) -> None:
     """Right after its hello: a call the allow-list refuses, so that the
     supervisor looks at it while seccomp is killing it."""
     socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
