@@ -21,6 +21,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from tests.support.fake_prometheus import MISSING, fake_library
 from tests.support.netlab import (
     Daemon,
     Netns,
@@ -96,22 +97,6 @@ def test_scrape_after_start_stop_and_restart(
         assert scrape(veth, port)[0].startswith("HTTP/1.0 200 OK")
     finally:
         idle.close()
-
-
-def fake_library(folder: Path, init: str, version: str | None) -> Path:
-    """A prometheus_client package of ``init`` (and, with a ``version``, its
-    metadata) in ``folder``, for PYTHONPATH."""
-    (folder / "prometheus_client").mkdir(parents=True)
-    (folder / "prometheus_client" / "__init__.py").write_text(init)
-    if version is not None:
-        meta = folder / f"prometheus_client-{version}.dist-info"
-        meta.mkdir()
-        (meta / "METADATA").write_text(
-            f"Metadata-Version: 2.1\nName: prometheus_client\nVersion: {version}\n")
-    return folder
-
-
-MISSING = "raise ImportError('not installed (test)')\n"
 
 
 def with_library(tmp_path: Path, init: str, version: str | None, *args: str

@@ -23,9 +23,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.package.conftest import TUNINETD
+from tests.support.fake_prometheus import MISSING, fake_library
 from tests.support.netlab import Netns, gone, recorder, wait_for
 from tests.support.syslogd import private_dev_log
-from tests.test_metrics import MISSING, fake_library
 
 pytestmark = pytest.mark.root
 
