@@ -2,9 +2,10 @@
 
 Runs the daemon on real traffic in a network namespace it creates, measures
 cost per packet (against tcpdump in the same run), start latency, stop
-precision, memory and restart time, prints a table with each target
+precision, memory, restart time and the hold's first connection, prints a table with each target
 marked pass or MISS, and writes every figure as JSON. Needs root,
-iproute2, nftables and tcpdump (strace for one restart figure).
+iproute2, nftables and tcpdump (strace for one restart figure, iptables-nft
+for the hold).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import cost, idle, memory, restart, timing
+from bench import cost, hold, idle, memory, restart, timing
 from bench.lab import Lab
 from bench.report import as_json, table, targets
 from bench.settings import Settings
@@ -34,6 +35,7 @@ SECTIONS: dict[str, Section] = {
     "stop": timing.stop_precision,
     "memory": memory.measure,
     "restart": restart.measure,
+    "hold": hold.measure,
 }
 
 

@@ -86,6 +86,16 @@ def targets(results: dict[str, Any]) -> list[Target]:
         pair = next((t for t in trees if (t["pcap"], t["nflog"]) == (1, 1)), None)
         out.append(_at_most("memory: tree PSS, one pcap + one nflog sensor",
                             pair["tree_pss"] if pair else None, 60.0, "MiB"))
+    hold = results.get("hold")
+    if hold:
+        held = hold["with_hold"]
+        out.append(_at_most("hold: first connection, first byte after start ended, p50",
+                            held["after_start_ms"]["p50"] if "after_start_ms" in held
+                            else None, 20.0, "ms"))
+        out.append(_at_most("hold: first connections lost (refused or reset)",
+                            held["lost"], 0.0, ""))
+        out.append(_at_most("hold: supervisor CPU per new connection while up",
+                            hold["while_up"]["per_connection_us"], 5.0, "us"))
     restart = results.get("restart")
     if restart:
         for sensor in ("pcap", "nflog"):
@@ -222,6 +232,24 @@ def table(results: dict[str, Any], checked: list[Target]) -> str:
              cell(restart[s]["first_count"]), cell(restart[s]["first_trigger"])]
             for s in ("pcap", "nflog")
         ])
+    hold = results.get("hold")
+    if hold:
+        lines.append("")
+        lines.append("6. Hold: the first connection to a service start launches, first byte "
+                     "minus the start command's own duration (ms)")
+        rows = []
+        for key, name in (("with_hold", "with --hold"), ("without_hold", "without")):
+            run = hold[key]
+            after = run.get("after_start_ms")
+            rows.append([name, str(run["cycles"]), str(run["lost"]),
+                         *(_num(after[k], 1) if after else "n/a"
+                           for k in ("min", "p50", "p99", "max"))])
+        lines += _grid(["", "cycles", "lost", "min", "p50", "p99", "max"], rows)
+        up = hold["while_up"]
+        lines.append(f"  while up: supervisor {up['busy_ms_per_s']:.3f} ms/s during "
+                     f"{up['connections']} new connections in {up['seconds']:.1f} s, "
+                     f"{up['idle_ms_per_s']:.3f} ms/s idle: "
+                     f"{up['per_connection_us']:.2f} us per connection")
     lines.append("")
     lines.append("Targets")
     for t in checked:

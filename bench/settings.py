@@ -28,6 +28,8 @@ class Settings:
     restart_rounds: int  # restart, per sensor kind and state
     idle_seconds: float  # one idle window: a whole number of heartbeats (6 beats)
     idle_rounds: int  # idle windows per state
+    hold_cycles: int  # first connections, with --hold and without
+    hold_connections: int  # new connections while up, at least, for the hold's cost
     memory_trees: list[tuple[int, int]] = field(
         default_factory=lambda: [(1, 0), (1, 1), (2, 2), (8, 8)]
     )  # (pcap sensors, nflog sensors)
@@ -37,12 +39,14 @@ class Settings:
     def full(cls) -> Settings:
         return cls(quick=False, beat=1.0, cost_seconds=8.0, cost_idle_seconds=4.0,
                    latency_cycles=50, restart_rounds=5, idle_seconds=12.0, idle_rounds=3,
+                   hold_cycles=30, hold_connections=1000,
                    stop_runs=[StopRun(2, 1.0, 20), StopRun(1, 1.0, 10)])
 
     @classmethod
     def fast(cls) -> Settings:
         return cls(quick=True, beat=0.25, cost_seconds=0.5, cost_idle_seconds=0.5,
                    latency_cycles=10, restart_rounds=1, idle_seconds=3.0, idle_rounds=1,
+                   hold_cycles=5, hold_connections=200,
                    stop_runs=[StopRun(1, 0.25, 3)])
 
     def progress(self, text: str) -> None:

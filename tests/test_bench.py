@@ -18,7 +18,7 @@ import pytest
 from tests.support.netlab import need_root
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("idle", "cost", "start_latency", "stop", "memory", "restart")
+SECTIONS = ("idle", "cost", "start_latency", "stop", "memory", "restart", "hold")
 FULL = os.environ.get("TUNINETD_TEST_BENCH") == "1"
 
 
@@ -106,6 +106,14 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
         keys = ["hello", "first_trigger"] + (["first_count"] if restart["strace"] else [])
         for key in keys:
             assert _number(restart[kind][key]["max"]), (kind, key)
+
+    hold = results["hold"]
+    assert hold["with_hold"]["cycles"] > 0 and hold["without_hold"]["cycles"] > 0
+    for key in ("min", "p50", "p99", "max"):
+        assert _number(hold["with_hold"]["after_start_ms"][key]), key
+    for key in ("idle_ms_per_s", "busy_ms_per_s", "per_connection_us"):
+        assert _number(hold["while_up"][key]), key
+    assert hold["while_up"]["connections"] > 0
 
     assert results["targets"], "no targets checked"
     for target in results["targets"]:

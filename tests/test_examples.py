@@ -27,7 +27,8 @@ from tests.support.tuntapd import console_script
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 SCRIPTS = sorted(EXAMPLES.glob("*.sh"))
-START_STOP = ["ssh-tunnel.sh", "wireguard.sh", "systemd-service.sh", "wake-on-lan.sh"]
+START_STOP = ["ssh-tunnel.sh", "wireguard.sh", "systemd-service.sh", "wake-on-lan.sh",
+              "on-demand-web.sh", "openvpn-dispatcher.sh"]
 
 
 def fake(bin_dir: Path, name: str, body: str) -> Path:

@@ -25,17 +25,18 @@ SERVER = Path(__file__).resolve().parent / "hold_server.py"
 
 
 class Pair:
-    """``server``: the namespace the daemon runs in (its end ``srv0``);
-    ``client``: a second one (``cli0``), removed by ``close``."""
+    """``server``: the namespace the daemon runs in (its end ``inside``,
+    srv0 by default); ``client``: a second one (``cli0``), removed by
+    ``close``."""
 
-    def __init__(self, server: Netns) -> None:
+    def __init__(self, server: Netns, inside: str = "srv0") -> None:
         self.server = server
         self.client = Netns()
-        server.ip("link", "add", "srv0", "type", "veth", "peer", "name", "cli0",
+        server.ip("link", "add", inside, "type", "veth", "peer", "name", "cli0",
                   "netns", self.client.name)
-        server.ip("addr", "add", f"{SERVER_IP}/24", "dev", "srv0")
+        server.ip("addr", "add", f"{SERVER_IP}/24", "dev", inside)
         self.client.ip("addr", "add", f"{CLIENT_IP}/24", "dev", "cli0")
-        server.ip("link", "set", "srv0", "up")
+        server.ip("link", "set", inside, "up")
         self.client.ip("link", "set", "cli0", "up")
 
     def close(self) -> None:
