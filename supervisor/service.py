@@ -51,7 +51,7 @@ class Service:
         record = self.state_file.load()
         if record is None or record.state != "up":
             return
-        self.machine.trigger(now)
+        self.machine.trigger(now, seen=False)
         self.trigger_sensor, self.trigger_lines = record.sensor, record.summary
         wording.resumed(record.since)
         self.observers.publish(Resumed(record.sensor, record.summary, record.since))
@@ -124,7 +124,7 @@ class Service:
         # The queue first: if it refuses, nothing has changed yet.
         self._start(wording.command_env("start", wording.CONTROL_SENSOR, self.cfg.ttl),
                     "core", (), now)
-        self.machine.trigger(now)
+        self.machine.trigger(now, seen=False)
         self.trigger_sensor, self.trigger_lines = wording.CONTROL_SENSOR, ()
         self.executor.dispatch()
         self._save()

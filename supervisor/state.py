@@ -16,20 +16,27 @@ class Machine:
     ``last_activity`` (None: no matching packet yet) moves on each trigger
     and each beat that counted packets, always to the supervisor's receive
     time, which is never before the packet: so stop never fires early, and at
-    most one beat late. It is the daemon's one idle clock.
+    most one beat late. It is the daemon's one ttl clock. An up that no
+    sensor reported (resumed from the state file, or ``tuninetd up``) starts
+    that clock too, but only what the sensors reported is ``last_seen``, the
+    idle time that status, metrics and the title show.
     """
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self.up = False
         self.last_activity: float | None = None
+        self.last_seen: float | None = None
 
     def _moved(self, now: float) -> float:
         return now if self.last_activity is None else max(self.last_activity, now)
 
-    def trigger(self, now: float) -> bool:
-        """A sensor saw its first packet. True when this brings the state up."""
+    def trigger(self, now: float, seen: bool = True) -> bool:
+        """A sensor saw its first packet (``seen``), or the state is brought
+        up without one. True when this brings the state up."""
         self.last_activity = self._moved(now)
+        if seen:
+            self.last_seen = self.last_activity
         if self.up:
             return False
         self.up = True
@@ -39,7 +46,7 @@ class Machine:
         """Packets counted; while down they only move the idle clock (the
         next trigger moves it again before any deadline is computed)."""
         if packets > 0:
-            self.last_activity = self._moved(now)
+            self.last_activity = self.last_seen = self._moved(now)
 
     def deadline(self) -> float | None:
         if not self.up or self.last_activity is None:
@@ -60,8 +67,9 @@ class Machine:
         return was_up
 
     def idle(self, now: float) -> float | None:
-        """Seconds since the last matching packet; None: none yet."""
-        return None if self.last_activity is None else max(0.0, now - self.last_activity)
+        """Seconds since the last matching packet a sensor reported; None:
+        none yet."""
+        return None if self.last_seen is None else max(0.0, now - self.last_seen)
 
 
 @dataclass(slots=True)

@@ -154,6 +154,8 @@ def test_a_restarted_daemon_resumes_up_and_stops_after_ttl(lab: Lab, sig: int) -
     assert line.endswith("); start not run again"), line
     sensor(second, lab.ifname, "counting")
     wait_for("status up", lambda: client.query(second.control)["state"] == "up")
+    # No packet since the restart: the idle time is unknown, not the uptime.
+    assert client.query(second.control)["idle_seconds"] is None
 
     got = wait_for("stop", lambda: kinds(record) == ["start", "stop"], timeout=TTL + 10)
     stopped = float(events(record)[1][1])
@@ -186,6 +188,7 @@ def test_up_over_the_control_socket_is_resumed_too(lab: Lab) -> None:
     first = lab.run(script)
     sensor(first, lab.ifname, "armed")
     assert client.query(first.control, cmd="up")["changed"] is True
+    assert client.query(first.control)["idle_seconds"] is None  # up, but no packet seen
     wait_for("start", lambda: kinds(record) == ["start"])
     first.wait_log("CORE: start command done")
     wait_for("the state file up",
@@ -196,6 +199,8 @@ def test_up_over_the_control_socket_is_resumed_too(lab: Lab) -> None:
     second.wait_log(RESUMED)
     sensor(second, lab.ifname, "counting")
     lab.send()  # only activity: start does not run again
+    idle = wait_for("the packet reported", lambda: client.query(second.control)["idle_seconds"])
+    assert 0 <= idle < 10, idle
     assert client.query(second.control)["state"] == "up"
     assert kinds(record) == ["start"]
 

@@ -60,6 +60,31 @@ def test_late_beat_never_moves_activity_back() -> None:
     assert m.last_activity == 100.0
 
 
+def test_idle_is_from_what_the_sensors_reported_not_from_an_up_without_a_packet() -> None:
+    """Resumed up (or `tuninetd up`): the ttl clock starts, but no packet was
+    seen, so idle is unknown, not the daemon's uptime; the first reported
+    packet sets it."""
+    m = Machine(ttl=10)
+    assert m.trigger(100.0, seen=False)
+    assert m.deadline() == 110.0
+    assert m.idle(101.9) is None
+    m.activity(102.0, packets=1)
+    assert m.idle(102.5) == 0.5
+    assert m.deadline() == 112.0
+
+
+def test_idle_follows_triggers_and_counted_beats_only() -> None:
+    m = Machine(ttl=10)
+    assert m.idle(5.0) is None
+    m.activity(50.0, packets=2)  # while down: a sensor reported packets
+    assert m.idle(51.0) == 1.0
+    m.trigger(60.0)
+    m.activity(63.0, packets=0)
+    assert m.idle(64.0) == 4.0
+    m.activity(65.0, packets=1)
+    assert m.idle(66.0) == 1.0
+
+
 def test_queue_runs_one_at_a_time_in_order() -> None:
     q = CommandQueue()
     q.push("start")
