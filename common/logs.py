@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import syslog
+import time
 
 log = logging.getLogger("tuninetd")
 
@@ -44,17 +45,24 @@ class SyslogHandler(logging.Handler):
 
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Lines on stderr; ``<N>``-prefixed when stderr is the journal."""
+    """Lines on stderr; ``<N>``-prefixed when stderr is the journal, else,
+    with ``timestamps``, beginning with the local time to the millisecond."""
 
-    def __init__(self) -> None:
+    def __init__(self, timestamps: bool = False) -> None:
         super().__init__(sys.stderr)
         self.journal = is_journal(sys.stderr.fileno())
+        self.timestamps = timestamps and not self.journal
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        if not self.journal:
+        if self.journal:
+            prefix = f"<{_PRIORITY.get(record.levelno, syslog.LOG_INFO)}>"
+        elif self.timestamps:
+            when = time.localtime(record.created)
+            millis = int(record.created * 1000) % 1000
+            prefix = f"{time.strftime('%Y-%m-%d %H:%M:%S', when)}.{millis:03d} "
+        else:
             return text
-        prefix = f"<{_PRIORITY.get(record.levelno, syslog.LOG_INFO)}>"
         return "\n".join(prefix + line for line in text.split("\n"))
 
 
@@ -91,8 +99,8 @@ def daemon_refusal(prog: str) -> str | None:
     return None
 
 
-def to_stderr() -> None:
-    use(StderrHandler())
+def to_stderr(timestamps: bool = False) -> None:
+    use(StderrHandler(timestamps))
 
 
 def to_syslog() -> None:

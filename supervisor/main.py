@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         logs.to_syslog()
         ready_fd = daemonize()
     else:
-        logs.to_stderr()
+        logs.to_stderr(timestamps=cfg.timestamps)
         wording.started(os.getpid(), daemon=False)
     arbiter = None
     me = None

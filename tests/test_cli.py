@@ -366,7 +366,7 @@ EVERY_OPTION = ["-a", "-c <path>", "-d", "-f <filter>", "-i <ifname>", "-n <nflo
                 "--stop-on-exit", "--retry-start SEC", "--wait-for-interface", "--hold QUEUE",
                 "--hold-max SEC", "--hold-fail accept|drop", "--start-packets N",
                 "--start-window SEC", "--keep-filter <filter>", "--keep-group <nflog-group>",
-                "-h, --help", "-v, --version"]
+                "--timestamps", "-h, --help", "-v, --version"]
 
 
 @pytest.mark.parametrize("flag", ["-h", "--help"])

@@ -89,6 +89,7 @@ def test_effective_configuration_round_trips(tmp_path: Path, script: Path) -> No
         "start_window = 1.5\n"
         'keep_filter = "udp and port 53"\n'
         "keep_group = 9\n"
+        "timestamps = true\n"
     )
     r = tuninetd("--config", str(conf), "--check-config", "-t", "45", "--beat", "2")
     assert r.returncode == 0, r.stderr
@@ -104,6 +105,7 @@ def test_effective_configuration_round_trips(tmp_path: Path, script: Path) -> No
         "metrics": "127.0.0.1:9101", "hold": 3, "hold_max": 4.0, "hold_fail": "drop",
         "start_packets": 3, "start_window": 1.5,
         "keep_filter": "udp and port 53", "keep_group": 9,
+        "timestamps": True,
     }
     again = tmp_path / "again.toml"
     again.write_text(r.stdout)

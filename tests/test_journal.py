@@ -34,10 +34,12 @@ FRAME = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 WARNING = "Warning! Executable command doesn't return 0 code"
 
 
-def run_once(veth: Netns, tmp_path: Path, start: Callable[..., Daemon]) -> list[str]:
+def run_once(veth: Netns, tmp_path: Path, start: Callable[..., Daemon], *args: str
+             ) -> list[str]:
     """Start, one trigger, a stop command that fails (a warning), stop: the log."""
     script, record = recorder(tmp_path, body='[ "$1" = stop ] && exit 1; exit 0')
-    d = start(veth, "-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", "0.2")
+    d = start(veth, "-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", "0.2",
+              *args)
     ready(d)
     veth.sender().send(FRAME)
     wait_for("start and stop", lambda: [e[0] for e in events(record)] == ["start", "stop"])
@@ -71,6 +73,42 @@ def test_lines_are_unchanged_when_stderr_is_not_the_journal(
     lines = run_once(veth, tmp_path, start_daemon)
     assert any(line.startswith(WARNING) for line in lines), lines
     assert not [line for line in lines if re.match(r"<\d>", line)]
+
+
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} "
+
+
+def test_timestamps_begin_every_line_on_request(
+        veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]) -> None:
+    """--timestamps: each line begins with the local time, then the
+    original's line unchanged; in the order they were written."""
+    lines = run_once(veth, tmp_path, start_daemon, "--timestamps")
+    assert lines, "no log lines"
+    for line in lines:
+        assert re.match(STAMP, line), line
+    plain = [line[24:] for line in lines]
+    assert re.fullmatch(r"Started with pid \d+", plain[0]), plain[0]
+    assert "CORE: executing STOP command..." in plain
+    assert any(line.startswith(WARNING) for line in plain), plain
+    assert [line[:23] for line in lines] == sorted(line[:23] for line in lines)
+
+
+def test_no_timestamps_by_default_nor_on_the_journal(
+        veth: Netns, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        start_daemon: Callable[..., Daemon]) -> None:
+    """The original's lines by default; on the journal --timestamps adds
+    nothing (journald stamps each line), the priority prefix stays."""
+    lines = run_once(veth, tmp_path, start_daemon)
+    assert lines[0].startswith("Started with pid"), lines[0]
+    assert not [line for line in lines if re.match(STAMP, line)]
+    log = tmp_path / "daemon1.log"  # the file start_daemon's second daemon writes
+    log.touch()
+    st = os.stat(log)
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    (tmp_path / "again").mkdir()  # a record of its own for the second daemon's commands
+    journal = run_once(veth, tmp_path / "again", start_daemon, "--timestamps")
+    assert journal[0].startswith("<6>Started with pid"), journal[0]
+    assert not [line for line in journal if re.search(STAMP, line)]
 
 
 @pytest.fixture

@@ -158,6 +158,7 @@ def _settings(given: _Given) -> Settings:
         "stop_on_exit": given["stop_on_exit"],
         "wait_for_interface": given["wait_for_interface"],
         "keep_filter": given["keep_filter"],
+        "timestamps": given["timestamps"],
     }
     return Settings(**typed)
 

@@ -191,6 +191,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("keep_group", ("--keep-group",), "int", "while up, only packets logged to this "
            "NFLOG group keep the nflog sensors' service up (bound as well when it is not "
            "an -n group)", metavar="<nflog-group>", check=values.group_number),
+    Option("timestamps", ("--timestamps",), "bool", "begin each line logged on stderr with "
+           "the local date and time (not on the journal, which keeps its own, nor with -d)",
+           default=False),
     Option("start_command", (), "argv", "argv list run for start, instead of [command, start]"),
     Option("stop_command", (), "argv", "argv list run for stop, instead of [command, stop]"),
 )

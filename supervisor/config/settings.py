@@ -103,6 +103,7 @@ class Settings:
     start_window: float | None
     keep_filter: str | None  # pcap: while up, only its packets reset the ttl
     keep_group: int | None  # nflog: while up, only this group's packets do
+    timestamps: bool  # stderr lines (not the journal's) begin with the time
 
     @property
     def start_span(self) -> float:
