@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from tests.support.netlab import Daemon, Netns, need_root
+from tests.support.netlab import Daemon, Lab, Netns, need_root
+from tests.support.timing import BEAT
 
 # Speed is measured in bench/, not asserted here: hypothesis' per-example
 # deadline (200 ms) would fail a parser test on a busy shared machine.
@@ -29,6 +30,15 @@ def netns() -> Iterator[Netns]:
 def veth(netns: Netns) -> Netns:
     netns.add_veth()
     return netns
+
+
+@pytest.fixture
+def lab(veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Iterator[Lab]:
+    """The veth namespace, a folder, and daemons started there on the tests'
+    beat; a module whose lab needs more (addresses, rules) has its own."""
+    lab = Lab(veth, tmp_path, start_daemon, BEAT)
+    yield lab
+    lab.close()
 
 
 @pytest.fixture

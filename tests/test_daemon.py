@@ -13,7 +13,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -99,15 +99,6 @@ def stream(sock: socket.socket, frames: list[bytes], every: float, duration: flo
 
 
 # -- the daemon ------------------------------------------------------------------
-
-
-
-
-@pytest.fixture
-def lab(veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Iterator[Lab]:
-    lab = Lab(veth, tmp_path, start_daemon, BEAT)
-    yield lab
-    lab.close()
 
 
 # (run, stop_index, last, ttl): the stop came [ttl, ttl + BEAT + SLACK] after the

@@ -15,9 +15,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -26,9 +25,7 @@ from scapy.layers.l2 import ARP, Ether
 
 from tests.support import netlab
 from tests.support.netlab import (
-    Daemon,
     Lab,
-    Netns,
     Run,
     Sent,
     epoch,
@@ -37,11 +34,12 @@ from tests.support.netlab import (
     send_udp,
     sh,
 )
+from tests.support.nft_rules import log_rules
+from tests.support.timing import BEAT
 from tuninetd.supervisor.ops import client
 
 pytestmark = pytest.mark.root
 
-BEAT = 0.2
 SLACK = 0.8  # scheduling noise on top of the promised bounds (a busy machine)
 WINDOW = 0.5
 # Strays this far apart never share a window, even when the sensor reads the
@@ -94,13 +92,6 @@ def stream(send_one: Callable[[], Sent], every: float, until: Callable[[], bool]
         last = send_one()
         n += 1
     return last
-
-
-@pytest.fixture
-def lab(veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Iterator[Lab]:
-    lab = Lab(veth, tmp_path, start_daemon, BEAT)
-    yield lab
-    lab.close()
 
 
 stop_delta = partial(netlab.stop_delta, beat=BEAT, slack=SLACK)
@@ -171,7 +162,7 @@ def test_a_slow_trickle_never_starts_the_window_is_anew_each_time(lab: Lab) -> N
 
 def test_nflog_start_threshold(lab: Lab) -> None:
     lab.ns.address_tap(MAC_LOCAL, (V4_LOCAL, V6_LOCAL), MAC_PEER, (V4_PEER, V6_PEER))
-    nft(lab.ns, f"udp dport {PORT} log group 22")
+    log_rules(lab.ns, f"udp dport {PORT} log group 22")
     run = lab.run("-n", "22", "--start-packets", "3", "--start-window", str(WINDOW))
     for _ in range(3):
         send_udp(lab.ns, V6_PEER, PORT, count=2)  # two a window: never enough
@@ -239,19 +230,11 @@ def test_ack_only_keeps_its_meaning_and_log_lines(lab: Lab) -> None:
                      shown.stdout), shown.stdout
 
 
-def nft(ns: Netns, *rules: str) -> None:
-    chain = "{ type filter hook output priority 0; }"
-    sh(*ns.exec_argv("nft", "add", "table", "inet", "t"))
-    sh(*ns.exec_argv("nft", "add", "chain", "inet", "t", "c", chain))
-    for rule in rules:
-        sh(*ns.exec_argv("nft", "add", "rule", "inet", "t", "c", *rule.split()))
-
-
 def test_keep_group_decides_what_keeps_it_up(lab: Lab) -> None:
     """Group 24 starts (all the service's traffic); while up only group 25
     keeps it up, which the rules give all but the keepalives (to KEEP_PORT)."""
     lab.ns.address_tap(MAC_LOCAL, (V4_LOCAL, V6_LOCAL), MAC_PEER, (V4_PEER, V6_PEER))
-    nft(lab.ns, f"udp dport {{ {PORT}, {KEEP_PORT} }} log group 24",
+    log_rules(lab.ns, f"udp dport {{ {PORT}, {KEEP_PORT} }} log group 24",
         f"udp dport {PORT} log group 25")
     run = lab.run("-n", "24", "--keep-group", "25", "--start-packets", "2",
                   "--start-window", "1.0")
