@@ -205,6 +205,7 @@ class Arbiter:
             return
         assert w.sock is not None
         self.selector.register(w.sock, selectors.EVENT_READ, w)
+        self.sensor_link.handover.spawned(w)
 
     def snapshot(self) -> Snapshot:
         now = time.monotonic()

@@ -58,6 +58,7 @@ class SensorLink:
     def __init__(self, cfg: Settings, workers: list[Worker]) -> None:
         self.cfg = cfg
         self.workers = workers
+        self.handover = handover.Handover()
         self.allowances: dict[int, Allowance] = {}  # by pid: each process starts afresh
 
     def receive(self, w: Worker, msg: wire.Message, now: float,
@@ -70,7 +71,7 @@ class SensorLink:
             raise Misbehaved(f"{kind} before hello")
         if kind == "beat":
             self._mode(w, wire.clean_text(msg.get("mode", ""), 40), now)
-            handover.offer(w)
+            self.handover.offer(w)
             return Beat(w, msg["n"])
         if kind == "trigger":
             return self._trigger(w, msg)

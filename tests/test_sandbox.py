@@ -384,3 +384,45 @@ def test_a_sensor_seccomp_kills_at_its_hello_is_not_called_privileged(
     killed = ") killed by seccomp (signal 31, SIGSYS) while starting. Abort"
     assert "Error: the sensor pcap tap0 (pid " in r.stderr and killed in r.stderr, r.stderr
     assert "privilege" not in r.stderr, r.stderr
+
+
+def test_a_sensor_claiming_its_interface_is_gone_gets_no_stream_of_sockets(
+        veth: Netns, tmp_path: Path) -> None:
+    """A compromised pcap sensor says "waiting for interface" at every beat
+    while tap0 is there: it is handed no socket (before, a fresh root-opened
+    one each beat). Once tap0 is deleted and made again (a new index), it
+    gets one socket for the new interface, and no more after that."""
+    script, _ = recorder(tmp_path)
+    argv = ["-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", "0.2",
+            "--control", str(tmp_path / "ctl")]
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(
+            veth.exec_argv(sys.executable, "-m", "tests.support.compromised_sensor",
+                           "supervise-lost", str(tmp_path / "marker"), *argv),
+            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
+    try:
+        rogue = wait_for("the sensor claiming a lost interface",
+                         lambda: _child(proc.pid, "tuninetd: sensor attacked", "got "), 20)
+
+        def got() -> str:
+            return title(rogue).rpartition("got ")[2]
+
+        def holds(count: str, beats: int) -> None:
+            """``got count`` for that many beats of the sensor's (it claims
+            its loss at each)."""
+            end = time.monotonic() + beats * 0.2
+            while time.monotonic() < end:
+                assert got() == count, f"{title(rogue)}\n{log.read_text(errors='replace')}"
+                time.sleep(0.05)
+
+        holds("0", 20)
+        veth.ip("link", "del", "tap0")
+        veth.add_veth()
+        wait_for("one socket for the new tap0", lambda: got() == "1", 10)
+        holds("1", 20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)

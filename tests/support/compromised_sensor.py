@@ -19,8 +19,9 @@ attack code works where nothing stops it.
 ``python -m tests.support.compromised_sensor supervise MARKER ARGV...`` runs the
 real supervisor (the command line ARGV) with its pcap sensor pointed here:
 the first sensor breaks the allow-list on its first packet (with
-``supervise-at-hello``: right after its hello), each replacement (MARKER
-exists by then) is the real sensor.
+``supervise-at-hello``: right after its hello; ``supervise-lost``: it says
+its interface is gone at every beat), each replacement (MARKER exists by
+then) is the real sensor.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ import contextlib
 import ctypes
 import errno
 import os
+import select
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -141,6 +144,30 @@ def _break_at_once(sock: socket.socket, cap: loop.Capture, title: worker.Title,
     socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
 
+def _claim_lost(sock: socket.socket, cap: loop.Capture, title: worker.Title,
+                beat: float) -> None:
+    """Says "waiting for interface" at every beat though its interface is
+    there, to be handed fresh root-opened sockets; counts the descriptors
+    that came in its title (``... got N``) and closes them."""
+    got = 0
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    title.set(f"got {got}")
+    while True:
+        wire.send(sock, "beat", n=0, mode=pcap.LOST)
+        deadline = time.monotonic() + beat
+        while (left := deadline - time.monotonic()) > 0:
+            if not poller.poll(left * 1000):
+                continue
+            data, fds = wire.recv_with_fds(sock, 4)
+            if not data:
+                os._exit(0)
+            got += len(fds)
+            for fd in fds:
+                os.close(fd)
+            title.set(f"got {got}")
+
+
 def main() -> None:
     """What the worker bootstrap runs: the real setup, then the attack."""
     real_serve = loop._serve
@@ -156,8 +183,10 @@ def main() -> None:
             first = not os.path.exists(str(cfg["marker"]))
             with open(str(cfg["marker"]), "a"):
                 pass
-            if first and cfg.get("at_hello"):
+            if first and cfg.get("flavour") == "at-hello":
                 loop._serve = _break_at_once
+            elif first and cfg.get("flavour") == "lost":
+                loop._serve = _claim_lost
             return Rogue(cfg) if first else pcap.PcapCapture(cfg)
         return pcap.PcapCapture(cfg) if cfg["kind"] == "pcap" else nflog.NflogCapture(cfg)
 
@@ -173,17 +202,18 @@ def main() -> None:
     loop.run("attacked", opener)
 
 
-def supervise(marker: str, argv: list[str], at_hello: bool = False) -> None:
+def supervise(marker: str, argv: list[str], flavour: str = "") -> None:
     """The real supervisor; its pcap sensor is this module, which breaks
     the allow-list once (no MARKER yet: on its first packet, or with
-    ``at_hello`` right after its hello) and then behaves."""
+    ``flavour`` at-hello right after its hello) and then behaves. With
+    ``flavour`` lost, the first one claims its interface is gone instead."""
     from tuninetd.supervisor.config import configure
     run_with_sensor(configure.parse(argv).settings, "tests.support.compromised_sensor",
-                    {"marker": marker, "at_hello": at_hello})
+                    {"marker": marker, "flavour": flavour})
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["supervise"]:
         supervise(sys.argv[2], sys.argv[3:])
-    elif sys.argv[1:2] == ["supervise-at-hello"]:
-        supervise(sys.argv[2], sys.argv[3:], at_hello=True)
+    elif sys.argv[1].startswith("supervise-"):
+        supervise(sys.argv[2], sys.argv[3:], sys.argv[1].removeprefix("supervise-"))
