@@ -145,7 +145,7 @@ def _break_at_once(sock: socket.socket, cap: loop.Capture, title: worker.Title,
 
 
 def _claim_lost(sock: socket.socket, cap: loop.Capture, title: worker.Title,
-                beat: float) -> None:
+                beat: float, window: loop.StartWindow) -> None:
     """Says "waiting for interface" at every beat though its interface is
     there, to be handed fresh root-opened sockets; counts the descriptors
     that came in its title (``... got N``) and closes them."""
