@@ -66,4 +66,4 @@ def test_daemon_mode_without_syslog_is_quoted_as_written(tmp_path: Path) -> None
 
 def test_status_without_a_packet_is_quoted_as_written() -> None:
     lines = client.render({"name": "eth0", "state": "up", "idle_seconds": None}).splitlines()
-    assert [line for line in lines if "idle:" in line][0] in quoted()
+    assert next(line for line in lines if "idle:" in line) in quoted()
