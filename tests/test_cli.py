@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -390,6 +391,15 @@ def test_version(flag: str) -> None:
     assert r.status == 0, r.err
     assert r.out == f"tuninetd {version('tuninetd')}\n"
     assert r.err == ""
+
+
+def test_help_names_the_installed_configuration() -> None:
+    """Where the package puts the sample configuration, not the checkout's conf/."""
+    r = run_cli(["--help"])
+    config = re.search(r"^  --config FILE\s+(.*?)\n  -", r.out, re.M | re.S)
+    assert config, r.out
+    assert "/etc/tuninetd/tuninetd.toml" in " ".join(config[1].split()), config[1]
+    assert "conf/" not in r.out
 
 
 def test_help_ignores_the_missing_rest(paths: dict[str, str]) -> None:

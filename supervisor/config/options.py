@@ -139,8 +139,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("beat", ("--beat",), "number",
            "heartbeat interval of the workers (default {default:g}; at least 0.1)",
            metavar="SEC", default=1.0, check=_beat),
-    Option("config", ("--config",), "str", "read options from this TOML file (its keys: man 5 "
-           "tuninetd.toml); the command line overrides it", metavar="FILE",
+    Option("config", ("--config",), "str", "read options from this TOML file (the package's "
+           "commented sample: /etc/tuninetd/tuninetd.toml; its keys: man 5 tuninetd.toml); "
+           "the command line overrides it", metavar="FILE",
            in_file=False),
     Option("check_config", ("--check-config",), "bool", "check the configuration, print it "
            "as TOML and exit (0: valid, 2: not, 1: its name is held by a running daemon)",
