@@ -183,6 +183,30 @@ def test_after_sigkill_the_next_syn_bypasses(start_daemon: StartDaemon, pair: Pa
         assert sock.recv(16) == b"hello\n"
 
 
+def test_an_orderly_exit_lets_the_held_packets_go(start_daemon: StartDaemon, pair: Pair,
+                                                 tmp_path: Path) -> None:
+    """SIGTERM: with --hold-fail accept the held SYN goes on before the
+    socket closes (which would drop it), and reaches the listener at once."""
+    with a_held_syn(start_daemon, pair, tmp_path) as (d, sock):
+        os.kill(d.pid, signal.SIGTERM)
+        assert connected(sock, NO_RETRANSMIT)
+        d.wait_log("exiting: released 1 held packet")
+
+
+def test_after_a_failed_start_with_retry_start_it_passes_then_holds_again(
+        start_daemon: StartDaemon, pair: Pair, tmp_path: Path) -> None:
+    """Standby after the failure: clients are refused at once, not held with
+    nothing to start; once the sensors are armed again, the queue holds."""
+    d = daemon(start_daemon, pair, holdlab.service_script(tmp_path, start="exit 1"),
+               "--retry-start", "2")
+    with pytest.raises(ConnectionRefusedError):
+        holdlab.first_byte(pair.client, timeout=NO_RETRANSMIT)
+    d.wait_log("start failed: released 1 held packet")
+    assert status(d)["hold"]["state"] == "passing"
+    d.wait_log("sensors armed again after the failed start")
+    wait_for("holding again", lambda: status(d)["hold"]["state"] == "holding")
+
+
 def test_a_second_daemon_on_the_queue_exits_1_naming_it(
         start_daemon: StartDaemon, pair: Pair, tmp_path: Path) -> None:
     first = daemon(start_daemon, pair, holdlab.service_script(tmp_path))
