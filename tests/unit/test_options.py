@@ -75,3 +75,13 @@ def test_every_bad_ttl_gets_one_wording(ttl: str) -> None:
         configure.parse(["-n", "1", "-c", "/bin/true", "-t", ttl])
     assert str(exc.value) == (f"-t {ttl!r}: expected a whole number of seconds "
                               "from 1 to 315360000")
+
+
+def test_bash_completion_offers_every_flag() -> None:
+    """The installed package's test completes for real; this one catches a
+    new option in the ordinary run."""
+    text = (ROOT / "conf" / "bash-completion" / "tuninetd").read_text()
+    offered = set(re.findall(r"(?<![\w-])(-[\w-]+)", text.split('if [[ $cur == -* ]]', 2)[2]
+                             .split("elif", 1)[0]))
+    flags = {f for o in options.OPTIONS for f in o.flags}
+    assert flags - offered == set()
