@@ -19,13 +19,19 @@ needs write access to the common ancestor, the daemon's directory, which is
 handed to that user). The supervisor finds a run from its own pid and the
 run id alone, so it can kill the run of an executor that died.
 
+Where no cgroup2 is mounted but the daemon has a mount namespace of its own
+(``ip netns exec`` gives it one, with a fresh /sys that has no cgroup file
+systems), ``setup`` mounts cgroup2 at /sys/fs/cgroup in that namespace,
+where no one else sees it (not where that mount would propagate to others).
 Where no writable cgroup v2 hierarchy with ``cgroup.kill`` (Linux 5.14) is
-found, ``setup`` says why and the executor falls back to the run-id marker.
+found even so, ``setup`` says why and the executor falls back to the run-id
+marker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 
@@ -55,6 +61,60 @@ def cgroup2_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, s
             if fields[dash + 1 : dash + 2] == ["cgroup2"]:
                 mounts.append((_unescape(fields[3]), _unescape(fields[4])))
     return mounts
+
+
+MOUNT_POINT = "/sys/fs/cgroup"
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+
+
+def _mount_of(path: str, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """The mountinfo fields of the mount that holds ``path``."""
+    best, found = "", []
+    with open(mountinfo) as f:
+        for line in f:
+            fields = line.split()
+            point = _unescape(fields[4])
+            inside = path == point or path.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, found = point, fields
+    return found
+
+
+def _own_mount_namespace() -> bool:
+    """This process's mount namespace is not the host's: it differs from
+    init's or, where init's cannot be read, /sys is the sysfs that ``ip
+    netns exec`` mounts in the mount namespace it makes (its source is the
+    name of this process's network namespace in /run/netns)."""
+    try:
+        return os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt")
+    except OSError:
+        pass
+    fields = _mount_of("/sys")
+    if not fields or fields[4] != "/sys" or fields[fields.index("-") + 1] != "sysfs":
+        return False
+    source = _unescape(fields[fields.index("-") + 2])
+    try:
+        named, own = os.stat(f"/run/netns/{source}"), os.stat("/proc/self/ns/net")
+    except (OSError, ValueError):
+        return False
+    return "/" not in source and (named.st_dev, named.st_ino) == (own.st_dev, own.st_ino)
+
+
+def mount_own() -> None:
+    """cgroup2 at /sys/fs/cgroup, for this mount namespace alone; Unavailable
+    with the reason when that is not this process's to do."""
+    if not _own_mount_namespace():
+        raise Unavailable("no cgroup2 file system mounted")
+    mount = _mount_of(MOUNT_POINT)
+    if any(x.startswith("shared:") for x in mount[6:mount.index("-")]):
+        raise Unavailable(f"no cgroup2 file system mounted, and a mount at {MOUNT_POINT} "
+                          "would propagate out of this mount namespace")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"cgroup2", MOUNT_POINT.encode(), b"cgroup2",
+                  MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
+        err = ctypes.get_errno()
+        raise Unavailable(f"no cgroup2 file system mounted, and mounting one in this mount "
+                          f"namespace failed ({os.strerror(err)})")
 
 
 def cgroup_of(pid: int) -> str:
@@ -102,6 +162,8 @@ class RunGroups:
         of ``first_run`` and, for an executor that will run as ``uid``, hand
         them over. Raises Unavailable with the reason."""
         try:
+            if not cgroup2_mounts():
+                mount_own()
             directory = daemon_group(supervisor_pid)
             remove_stale(os.path.dirname(directory))
             with contextlib.suppress(FileExistsError):

@@ -46,9 +46,10 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     running: list[Daemon] = []
 
     def start(ns: Netns, *args: str, cgroup2: bool = True, plain: bool = False,
-              enter: tuple[str, ...] = (), wrap: tuple[str, ...] = ()) -> Daemon:
+              enter: tuple[str, ...] = (), wrap: tuple[str, ...] = (),
+              can_mount: bool = False) -> Daemon:
         d = Daemon(ns, list(args), tmp_path / f"daemon{len(running)}.log", cgroup2,
-                   plain, enter, wrap)
+                   plain, enter, wrap, can_mount)
         running.append(d)
         return d
 

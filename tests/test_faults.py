@@ -299,7 +299,8 @@ def test_no_cgroup_is_said_once_per_daemon_with_what_to_do(lab: Lab) -> None:
     repeat it."""
     run = lab.run(*PCAP_ARGS, cgroup2=False)
     d = run.daemon
-    line = ("CORE: executor: no cgroup for the commands (no cgroup2 file system mounted): a "
+    line = ("CORE: executor: no cgroup for the commands (no cgroup2 file system mounted, and "
+            "mounting one in this mount namespace failed (Operation not permitted)): a "
             "timed-out command is killed through its TUNINETD_RUN_ID marker, and processes "
             "that drop it may survive; to kill the whole tree, run under systemd (the units "
             "delegate a cgroup) or mount cgroup2 on /sys/fs/cgroup (Linux 5.14 or later)")

@@ -255,6 +255,43 @@ KILLED_RUN = {
 }
 
 
+def cgroup2_mounts_of(pid: int | str) -> list[str]:
+    with open(f"/proc/{pid}/mountinfo") as f:
+        return [line for line in f if " - cgroup2 " in line]
+
+
+def test_under_ip_netns_exec_the_daemon_mounts_cgroup2_for_itself(
+        veth: Netns, start_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """``ip netns exec`` gives the daemon a mount namespace of its own with a
+    fresh /sys and no cgroup2 (before, its executor ran on the fallback and
+    said so at every start). The daemon mounts cgroup2 there, seen by no one
+    else; a command that left its session and environment is killed through
+    its cgroup at the timeout, and nothing is said about a missing cgroup."""
+    host_mounts = cgroup2_mounts_of("self")
+
+    def own_mount(ns: Netns, *args: str, cgroup2: bool) -> Daemon:
+        return start_daemon(ns, *args, cgroup2=False, can_mount=True)
+
+    lab = Lab(veth, tmp_path, own_mount, BEAT, args=("-i", "tap0", "-f", f"udp port {PORT}"))
+    escapee = tmp_path / "escapee.pid"
+    try:
+        run = lab.run("--command-timeout", "1", ttl=1, body=(
+            f"[ \"$1\" = start ] && {{ setsid env -i sh -c 'echo $$ > {escapee}; "
+            "exec sleep 1000' & sleep 1000; }; exit 0"))
+        d = run.daemon
+        lab.send_frame(FRAME)
+        pid = wait_pids(escapee)[0]
+        d.wait_log("Warning! Executable command timed out after 1 s and was "
+                   f"{KILLED_TREE[True]}")
+        wait_gone([pid], 3)
+        assert "no cgroup" not in d.text(), d.text()
+        mounted = cgroup2_mounts_of(d.pid)
+        assert [line.split()[4] for line in mounted] == ["/sys/fs/cgroup"], mounted
+        assert cgroup2_mounts_of("self") == host_mounts
+    finally:
+        lab.close()
+
+
 @pytest.mark.parametrize("cgroup2", [True, False], ids=["cgroup", "fallback"])
 def test_hung_start_neither_stalls_capture_nor_the_ttl_clock(lab: Lab, cgroup2: bool) -> None:
     f = lab.folder

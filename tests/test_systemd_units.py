@@ -190,7 +190,7 @@ def test_the_daemon_works_under_the_units_restrictions(
     hostname = socket.gethostname()
 
     def restricted(ns: Netns, *args: str, cgroup2: bool) -> Daemon:
-        return start_daemon(ns, *args, cgroup2=False, wrap=unit_wrapper(tmp_path))
+        return start_daemon(ns, *args, cgroup2=False, can_mount=True, wrap=unit_wrapper(tmp_path))
 
     lab = Lab(veth, tmp_path, restricted, 0.2)
     probes = PROBES.format(out=out)

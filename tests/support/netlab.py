@@ -190,12 +190,15 @@ class Daemon:
 
     def __init__(self, ns: Netns, args: list[str], log: Path, cgroup2: bool = True,
                  plain: bool = False, enter: tuple[str, ...] = (),
-                 wrap: tuple[str, ...] = ()) -> None:
+                 wrap: tuple[str, ...] = (), can_mount: bool = False) -> None:
         """``ip netns exec`` mounts a fresh /sys without the cgroup
         hierarchies; with ``cgroup2`` the daemon gets the cgroup v2 one back
-        at /sys/fs/cgroup, as on a systemd host (without, its executor runs
-        on the fallback). ``enter``: a command that runs the rest in other
-        namespaces (nsenter into a mount namespace of the test's). ``wrap``:
+        at /sys/fs/cgroup, as on a systemd host. Without, the daemon would
+        mount one itself in the mount namespace ``ip netns exec`` gave it;
+        unless ``can_mount``, it runs without CAP_SYS_ADMIN (as the systemd
+        units do), cannot, and its executor runs on the fallback. ``enter``:
+        a command that runs the rest in other namespaces (nsenter into a
+        mount namespace of the test's). ``wrap``:
         a command that runs the daemon's command line inside the network
         namespace (restrictions of a test's, as a unit's)."""
         self.log = log
@@ -215,6 +218,8 @@ class Daemon:
         if cgroup2:  # the same pid: sh execs the daemon
             argv = ["sh", "-c", 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@"', "sh",
                     *argv]
+        elif not can_mount:
+            argv = ["setpriv", "--bounding-set=-sys_admin", *argv]
         self.proc = subprocess.Popen(
             [*enter, *ns.exec_argv(*argv)],
             stdin=subprocess.DEVNULL,
