@@ -9,6 +9,7 @@ a type ``t``. The supervisor treats whatever a worker sends as untrusted:
 from __future__ import annotations
 
 import array
+import enum
 import json
 import mmap
 import socket
@@ -75,13 +76,87 @@ EXECUTOR_MESSAGES: dict[str, dict[str, tuple[type, ...]]] = {
 # Fields every message of that type must have; others in the table are optional.
 REQUIRED: dict[str, frozenset[str]] = {
     "hello": frozenset({"pid"}),
-    "beat": frozenset({"n"}),
+    "beat": frozenset({"n", "mode"}),
     "trigger": frozenset({"link"}),
     "error": frozenset({"reason"}),
     "started": frozenset({"id", "pid"}),
     "out": frozenset({"id", "line"}),
     "done": frozenset({"id", "rc", "sig", "dur", "timeout"}),
 }
+
+
+
+class Mode(enum.Enum):
+    """What a worker is doing. A beat carries the value; status shows it."""
+
+    STARTING = "starting"  # spawned, no hello yet
+    ARMED = "armed"  # a sensor: its next matching packet is a trigger
+    COUNTING = "counting"  # a sensor: counts matching packets (the state is up)
+    LOST = "waiting for interface"  # a pcap sensor whose interface is gone
+    IDLE = "idle"  # the executor, between commands
+    RUNNING = "running"  # the executor, a command running
+    RESTARTING = "restarting"  # exited; its replacement is due
+
+
+# The modes a beat may carry, per sender.
+SENSOR_MODES = frozenset({Mode.ARMED, Mode.COUNTING, Mode.LOST})
+EXECUTOR_MODES = frozenset({Mode.IDLE, Mode.RUNNING})
+
+# The order of a sensor's messages, declared the way OpenSSH's monitor declares
+# the requests it permits (mon_dispatch): for each phase of a sensor process,
+# the messages it may send and the phase each one leads to. Any other message
+# breaks the contract, and the sensor is killed. The supervisor's orders move
+# the phase too (SENSOR_ORDERS).
+#   new: started: hello once ready, or the error that says why it is not.
+#   armed: it may send one trigger.
+#   rearmed: armed again before its trigger came; that trigger may be on its
+#     way, and one more may follow the new arming.
+#   fired: its trigger came; no other until it is armed again.
+#   ended: it sent an error, which is fatal (it exits): nothing more may come.
+SENSOR_PERMITS: dict[str, dict[str, str]] = {
+    "new": {"hello": "armed", "error": "ended"},
+    "armed": {"beat": "armed", "trigger": "fired", "error": "ended"},
+    "rearmed": {"beat": "rearmed", "trigger": "armed", "error": "ended"},
+    "fired": {"beat": "fired", "error": "ended"},
+    "ended": {},
+}
+# Order -> phase -> the phase it leads to; ``count`` and ``report`` change none.
+SENSOR_ORDERS: dict[str, dict[str, str]] = {
+    "arm": {"armed": "rearmed", "rearmed": "rearmed", "fired": "armed"},
+}
+# Why a message a phase does not permit is refused: "<message> <why>" (a
+# hello after the first: "hello again").
+_OUT_OF_PLACE = {"new": "before hello", "fired": "while not armed", "ended": "after a fatal error"}
+
+
+class Contract:
+    """One sensor process's place in SENSOR_PERMITS: the one place that
+    enforces the order of its messages."""
+
+    __slots__ = ("phase",)
+
+    def __init__(self) -> None:
+        self.phase = "new"
+
+    def received(self, kind: str) -> None:
+        """Move on with a ``kind`` message; ProtocolError if it is out of place."""
+        after = SENSOR_PERMITS[self.phase].get(kind)
+        if after is None:
+            again = kind == "hello" and self.phase != "ended"
+            raise ProtocolError(f"{kind} {'again' if again else _OUT_OF_PLACE[self.phase]}")
+        self.phase = after
+
+    def ordered(self, verb: str) -> None:
+        self.phase = SENSOR_ORDERS.get(verb, {}).get(self.phase, self.phase)
+
+
+def mode_of(msg: Message, allowed: frozenset[Mode]) -> Mode:
+    """The mode a beat says, if its sender may be in it; else ProtocolError."""
+    for mode in allowed:
+        if msg["mode"] == mode.value:
+            return mode
+    said = clean_text(str(msg["mode"]), 40)
+    raise ProtocolError(f"beat: mode {said!r} is not one of its sender's")
 
 
 def encode(kind: str, /, **fields: Any) -> bytes:

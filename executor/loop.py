@@ -187,7 +187,8 @@ class Executor:
     def _on_timers(self) -> None:
         now = time.monotonic()
         if now >= self.next_beat and not self.gone:
-            self._send("beat", n=0, mode="idle" if self.run is None else "running")
+            mode = wire.Mode.IDLE if self.run is None else wire.Mode.RUNNING
+            self._send("beat", n=0, mode=mode.value)
             self.next_beat = next_tick(now, self.heartbeat)
         for output in self._open_outputs():
             self._forward(output, output.tick(now))

@@ -130,10 +130,10 @@ class Capture(Protocol):
         """Counting: matching packets since the last call."""
         ...
 
-    def check(self) -> str | None:
+    def check(self) -> wire.Mode | None:
         """Once a beat, and when the handle reports an error: recover what can
-        be recovered; return a state for the title while capture is impossible
-        (e.g. the interface is gone), None when all is well."""
+        be recovered; return the mode while capture is impossible (e.g. the
+        interface is gone), None when all is well."""
         ...
 
     def adopt(self, fds: list[int]) -> None:
@@ -208,7 +208,7 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float,
     polled = -1  # the capture's descriptor in the poller
     next_wake = worker.next_tick(time.monotonic(), heartbeat)
     next_heartbeat = next_wake
-    said = ""  # the mode of the last beat sent
+    said: wire.Mode | None = None  # the mode of the last beat sent
     report_now = False
     while True:
         if pending is not None:
@@ -231,7 +231,7 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float,
             if wanted >= 0:
                 poller.register(wanted, select.POLLIN)
             polled = wanted
-        title.set(trouble or ("armed" if armed else "counting"))
+        title.set((trouble or (wire.Mode.ARMED if armed else wire.Mode.COUNTING)).value)
         wake = next_wake if window.first is None else min(next_wake, window.ends)
         timeout = max(0.0, wake - time.monotonic())
         packet_came = False
@@ -290,11 +290,11 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float,
         if scheduled or report_now:
             trouble = cap.check()
             n = 0 if armed or trouble else cap.take_count()
-            mode = trouble or ("armed" if armed else "counting")
+            mode = trouble or (wire.Mode.ARMED if armed else wire.Mode.COUNTING)
             # In trouble, every beat: the supervisor answers a lost
             # interface with fresh sockets once it is back (handover).
             if n or report_now or trouble or mode != said or now >= next_heartbeat - beat / 2:
-                wire.send(sock, "beat", n=n, mode=mode)
+                wire.send(sock, "beat", n=n, mode=mode.value)
                 said = mode
                 next_heartbeat = worker.next_tick(now, heartbeat)
             if scheduled:

@@ -366,7 +366,7 @@ class NflogCapture:
         for fd in fds:
             os.close(fd)
 
-    def check(self) -> str | None:
+    def check(self) -> wire.Mode | None:
         # Reading SO_ERROR clears it: an overflow wakes a listening loop once
         # (POLLERR), not on every poll until the queue is read.
         for group in {self.trigger, self.counter or self.trigger}:

@@ -20,7 +20,8 @@ its buffer at the minimum, PACKET_STATISTICS read at each wake-up.
 Binding needs no privilege, so the seccomp allow-list (supervisor/
 allowlist.py) forbids it: when the interface is deleted, the socket stays
 tied to the old one, and the sensor asks the supervisor (its trouble mode,
-LOST, in a beat) for fresh sockets, which it hands over the socketpair.
+``wire.Mode.LOST``, in a beat) for fresh sockets, which it hands over the
+socketpair.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 AUXDATA = struct.Struct("IIIHHHH")
 ARMED_RCVBUF = 256 * 1024
-LOST = "waiting for interface"
 
 
 def open_sockets(cfg: wire.Message) -> list[socket.socket]:
@@ -187,14 +187,14 @@ class PcapCapture:
             counts.append(_take_stats(sock))
         return counts[-1]
 
-    def check(self) -> str | None:
+    def check(self) -> wire.Mode | None:
         for sock in self.socks:
             # Reading SO_ERROR clears it (ENETDOWN while the interface is down:
             # the kernel hooks the socket in again when it comes up).
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if all(bound_to(sock) == self.ifname for sock in self.socks):
             return None
-        return LOST
+        return wire.Mode.LOST
 
 
 class AwaitingInterface:
@@ -223,8 +223,8 @@ class AwaitingInterface:
     def gather(self) -> int:
         return 0
 
-    def check(self) -> str | None:
-        return LOST
+    def check(self) -> wire.Mode | None:
+        return wire.Mode.LOST
 
     def adopt(self, fds: list[int]) -> None:
         for fd in fds:  # not asked for: the supervisor replaces this sensor instead

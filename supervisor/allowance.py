@@ -1,15 +1,16 @@
-"""How much a sensor may say: its messages, errors and mode changes, per window.
+"""How much a sensor may say: its messages and mode changes, per window.
 
 A sensor that works sends at most a beat a beat (while packets flow or it is
 in trouble; a heartbeat every few beats when idle), a few more when asked to
-report or when it fires, at most one error (a sensor's errors are fatal: it exits after
-one) and changes its mode (into trouble, e.g. its interface is gone, and
-back) rarely. A sensor that sends more is flooding the supervisor's CPU and
-log: it is misbehaving, and the sensor link has it killed and replaced. So the
-log takes at most ERRORS + MODES lines a window from one sensor process,
-whatever it sends, and the supervisor reads at most MESSAGES of its records
-a window; then one line says it is killed, and its replacement comes after
-the restart backoff, which doubles while the kills go on.
+report or when it fires, and changes its mode (into trouble, e.g. its
+interface is gone, and back) rarely. A sensor that sends more is flooding
+the supervisor's CPU and log: it is misbehaving, and the sensor link has it
+killed and replaced. So the log takes at most MODES lines a window from one
+sensor process, and one error line in its life (the contract in
+common/wire.py: an error is its last word), whatever it sends, and the
+supervisor reads at most MESSAGES of its records a window; then one line
+says it is killed, and its replacement comes after the restart backoff,
+which doubles while the kills go on.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 WINDOW_BEATS = 10
 # Per window of WINDOW_BEATS beats.
 MESSAGES = 30 * WINDOW_BEATS
-ERRORS = 1
 MODES = 4
 
 
@@ -27,7 +27,7 @@ class Allowance:
     def __init__(self, beat: float, now: float) -> None:
         self.window = WINDOW_BEATS * beat
         self.start = now
-        self.used = {"messages": 0, "errors": 0, "mode changes": 0}
+        self.used = {"messages": 0, "mode changes": 0}
 
     def charge(self, what: str, now: float) -> str | None:
         """Count one of ``what``; past the limit, why the sensor must go."""
@@ -41,4 +41,4 @@ class Allowance:
         return None
 
 
-_LIMITS = {"messages": MESSAGES, "errors": ERRORS, "mode changes": MODES}
+_LIMITS = {"messages": MESSAGES, "mode changes": MODES}

@@ -41,6 +41,7 @@ from tuninetd.supervisor.sandbox import allowlist
 from tuninetd.supervisor.sandbox.jail import empty_dir
 from tuninetd.supervisor.sensor_link import Misbehaved, SensorLink
 from tuninetd.supervisor.service import Service
+from tuninetd.supervisor.statefile import StateFile
 
 STARTUP_GRACE = 15.0  # seconds for every worker to say hello before we give up
 SENSOR_EXIT_GRACE = 2.0
@@ -96,48 +97,61 @@ def sensor_config(spec: SensorSpec, cfg: Settings, jail: str,
     return {**common, "group": spec.group, "count_group": spec.count_group}
 
 
+def build(cfg: Settings, me: Instance, ready_fd: int | None = None) -> Arbiter:
+    """The daemon's arbiter, its workers and links, for ``cfg``."""
+    jail = empty_dir()
+    seccomp = allowlist.build(worker.CHANNEL_FD)
+    sensors = [
+        Worker(
+            role=spec.label,
+            module=f"tuninetd.sensors.{spec.kind}",
+            config=sensor_config(spec, cfg, jail, seccomp),
+            schema=wire.SENSOR_MESSAGES,
+            log_name=f"sensor {spec.kind} {spec.name}",
+        )
+        for spec in cfg.sensors
+    ]
+    exec_user = cfg.exec_user
+    executor = Worker(
+        role="executor",
+        module="tuninetd.executor.__main__",
+        config={
+            "timeout": cfg.command_timeout,
+            "beat": cfg.beat,
+            "uid": exec_user.uid if exec_user else None,
+            "gid": exec_user.gid if exec_user else None,
+            "user": exec_user.name if exec_user else None,
+            "name": me.name,
+            "first_run": 1,
+        },
+        schema=wire.EXECUTOR_MESSAGES,
+        log_name="executor",
+        trusted=True,
+    )
+    observers = Observers()
+    return Arbiter(cfg, me, observers, SensorLink(cfg, sensors),
+                   ExecutorLink(cfg, executor, observers), StateFile(me.state_path, cfg),
+                   ready_fd)
+
+
 class Arbiter:
-    def __init__(self, cfg: Settings, me: Instance, ready_fd: int | None = None) -> None:
+    def __init__(self, cfg: Settings, me: Instance, observers: Observers,
+                 sensor_link: SensorLink, executor_link: ExecutorLink, state_file: StateFile,
+                 ready_fd: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
+        self.clock = clock
         self.me = me
         self.ready_fd = ready_fd
         self.selector = selectors.DefaultSelector()
-        self.observers = Observers()
-        jail = empty_dir()
-        seccomp = allowlist.build(worker.CHANNEL_FD)
-        self.sensors = [
-            Worker(
-                role=spec.label,
-                module=f"tuninetd.sensors.{spec.kind}",
-                config=sensor_config(spec, cfg, jail, seccomp),
-                schema=wire.SENSOR_MESSAGES,
-                log_name=f"sensor {spec.kind} {spec.name}",
-            )
-            for spec in cfg.sensors
-        ]
-        exec_user = cfg.exec_user
-        self.executor = Worker(
-            role="executor",
-            module="tuninetd.executor.__main__",
-            config={
-                "timeout": cfg.command_timeout,
-                "beat": cfg.beat,
-                "uid": exec_user.uid if exec_user else None,
-                "gid": exec_user.gid if exec_user else None,
-                "user": exec_user.name if exec_user else None,
-                "name": me.name,
-                "first_run": 1,
-            },
-            schema=wire.EXECUTOR_MESSAGES,
-            log_name="executor",
-            trusted=True,
-        )
+        self.observers = observers
+        self.sensor_link = sensor_link
+        self.executor_link = executor_link
+        self.sensors = sensor_link.workers
+        self.executor = executor_link.worker
         self.workers = [self.executor, *self.sensors]
-        self.executor_link = ExecutorLink(cfg, self.executor, self.observers)
-        self.sensor_link = SensorLink(cfg, self.sensors)
-        self.hold = Hold(cfg, self.observers) if cfg.hold is not None else None
-        self.service = Service(cfg, self.sensor_link, self.executor_link, self.observers,
-                               me.state_path, self.hold)
+        self.hold = Hold(cfg, observers) if cfg.hold is not None else None
+        self.service = Service(cfg, sensor_link, executor_link, observers, state_file, self.hold)
         self.late = LateInterfaces(cfg.sensors)
         self.replacing: list[Worker] = []  # killed to be started anew at once
         self.handlers: dict[int, Callable[[], None]] = {
@@ -161,34 +175,41 @@ class Arbiter:
         self.selector.register(wakeup, selectors.EVENT_READ, None)
         open_observers(self.cfg, self.me, self.selector, self.snapshot, self.observers,
                        {"up": self.control_up, "down": self.control_down})
+        self.start()
+        while not (self.stopping and not any(w.alive for w in self.workers)):
+            now = self.clock()
+            due = self._next_wakeup(now)
+            self.turn(None if due is None else max(0.0, due - now))
+        self.service.exited()
+        log.info("CORE: all workers have exited, bye")
+        return 0
+
+    def start(self) -> None:
+        """Resume the previous run's state; spawn every worker."""
         for spec in self.cfg.sensors:
             wording.listening(spec)
-        now = time.monotonic()
+        now = self.clock()
         self.service.resume(now)
         if self.hold is not None:  # the workers cannot have it: see hold.py
             self.hold.open(self.selector, self.service.machine.up)
         self.startup_deadline = now + STARTUP_GRACE
         for w in self.workers:
             self.spawn(w, now)
-        while True:
-            now = time.monotonic()
-            due = self._next_wakeup(now)
-            timeout = None if due is None else max(0.0, due - now)
-            caught: list[int] = []
-            for key, events in self.selector.select(timeout):
-                if key.data is None:
-                    caught += signals.pending(wakeup)
-                elif isinstance(key.data, Worker):
-                    self._handle(key.data, time.monotonic())
-                else:
-                    key.data(events)  # the control socket, metrics: see operations.py
-            for sig in caught:
-                self.handlers[sig]()
-            self.manage(time.monotonic())
-            if self.stopping and not any(w.alive for w in self.workers):
-                self.service.exited()
-                log.info("CORE: all workers have exited, bye")
-                return 0
+
+    def turn(self, timeout: float | None) -> None:
+        """One pass of the loop: what the workers, signals and clients say
+        within ``timeout`` seconds (None: until one does), then ``manage``."""
+        caught: list[int] = []
+        for key, events in self.selector.select(timeout):
+            if key.data is None:
+                caught += signals.pending(key.fd)  # the wake-up fd
+            elif isinstance(key.data, Worker):
+                self._handle(key.data, self.clock())
+            else:
+                key.data(events)  # the control socket, metrics: see operations.py
+        for sig in caught:
+            self.handlers[sig]()
+        self.manage(self.clock())
 
     def spawn(self, w: Worker, now: float) -> None:
         """Start ``w``; at run time a failure (EMFILE, ENOMEM, EAGAIN...) is
@@ -208,7 +229,7 @@ class Arbiter:
         self.sensor_link.handover.spawned(w)
 
     def snapshot(self) -> Snapshot:
-        now = time.monotonic()
+        now = self.clock()
         if self.starting:
             state = "starting"
         elif self.stopping:
@@ -240,17 +261,13 @@ class Arbiter:
             if not data:
                 self._hung_up(w)
                 return
+            assert w.link is not None  # each worker is made with its link
             try:
                 msg = wire.parse(data, w.schema)
                 w.last_heard = now
-                if w is self.executor:
-                    ended = self.executor_link.receive(msg, self.starting)
-                    if ended is not None:
-                        self.service.command_ended(ended, now, exiting=self.stopping)
-                else:
-                    event = self.sensor_link.receive(w, msg, now, self.starting)
-                    if event is not None:
-                        self.service.from_sensor(event, now)
+                event = w.link.receive(w, msg, now, self.starting)
+                if event is not None:
+                    self.service.handle(event, now, exiting=self.stopping)
             except (wire.ProtocolError, Misbehaved) as exc:
                 self._misbehaved(w, str(exc))
                 return
@@ -263,7 +280,7 @@ class Arbiter:
         # One that lingers without its channel is killed a beat later (manage).
         self._forget_channel(w)
         if w.alive:
-            w.hung_up_at = time.monotonic()
+            w.hung_up_at = self.clock()
 
     def _forget_channel(self, w: Worker) -> None:
         if w.sock is not None:
@@ -307,14 +324,14 @@ class Arbiter:
         wording.requested("up")
         if self.starting or self.stopping:
             return False, f"{'starting' if self.starting else 'stopping'}: nothing done"
-        if self.service.force_up(time.monotonic()):
+        if self.service.force_up(self.clock()):
             return True, f"up: start is being run; stop after {self.cfg.ttl} s without traffic"
-        if self.hold is not None and self.hold.up(time.monotonic()):
+        if self.hold is not None and self.hold.up(self.clock()):
             return True, "already up: the held packets are released"
         return False, "already up: nothing done"
 
     def handle_usr1(self) -> None:
-        self.service.log_configuration(time.monotonic())
+        self.service.log_configuration(self.clock())
 
     def handle_term(self) -> None:
         self.shutdown("SIGTERM")
@@ -326,19 +343,19 @@ class Arbiter:
         if self.stopping:
             log.info("CORE: %s caught again: killing the running command", name)
             if self.executor.alive:
-                os.kill(self.executor.pid, signal.SIGTERM)
+                self.executor.signal(signal.SIGTERM)
             return
         log.info("CORE: %s caught, exiting", name)
         self.stopping = True
         self.observers.publish(Stopping())
         self.service.exiting()
         if self.hold is not None:
-            self.hold.exiting(time.monotonic())
+            self.hold.exiting(self.clock())
         grace = self.executor_link.close(run_stop=self.cfg.stop_on_exit)
         for s in self.sensors:
             self._forget_channel(s)  # EOF: sensors exit at once
             s.respawn_at = None
-        self.stop_deadline = time.monotonic() + grace
+        self.stop_deadline = self.clock() + grace
 
     # -- processes -------------------------------------------------------------
 
@@ -352,20 +369,20 @@ class Arbiter:
                 return
             for w in self.workers:
                 if w.pid == pid:
-                    self._worker_exited(w, status)
+                    self.exited(w, status)
                     break
 
-    def _worker_exited(self, w: Worker, status: int) -> None:
-        now = time.monotonic()
+    def exited(self, w: Worker, status: int) -> None:
+        """``w``'s process ended with ``status`` (reaped)."""
+        now = self.clock()
         pid = w.pid
         w.hung_up_at = None
         self._forget_channel(w)
         reason = w.last_exit = exit_reason(w, status)
-        if w is self.executor:
-            self.executor.ready = False
-            ended = self.executor_link.lost()
-            if ended is not None:
-                self.service.command_ended(ended, now, exiting=self.stopping)
+        assert w.link is not None
+        ended = w.link.lost(w)
+        if ended is not None:
+            self.service.handle(ended, now, exiting=self.stopping)
         if any(r is w for r in self.replacing) and not self.stopping:
             self.replacing = [r for r in self.replacing if r is not w]
             w.pid = 0

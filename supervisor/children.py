@@ -21,10 +21,15 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tuninetd.common import wire
 from tuninetd.common.worker import CHANNEL_FD
+from tuninetd.supervisor.sandbox import privcheck
+
+if TYPE_CHECKING:
+    from tuninetd.supervisor.events import CommandEnded
+    from tuninetd.supervisor.sensor_link import SensorEvent
 
 # Workers with nothing to say beat every HEARTBEAT_BEATS (6) beats; one not
 # heard from for SILENT_BEATS is frozen: found 4 to 10 beats after it stopped
@@ -110,6 +115,21 @@ def _inheritable(fd: int) -> bool:
         return False
 
 
+class Link(Protocol):
+    """The supervisor's side of one kind of worker: it judges what the
+    worker says and turns it into events for the service."""
+
+    def receive(self, w: Worker, msg: wire.Message, now: float,
+                starting: bool) -> SensorEvent | CommandEnded | None:
+        """A message, already checked against the worker's schema. Raises
+        ProtocolError (or StartupError while starting) for one it refuses."""
+        ...
+
+    def lost(self, w: Worker) -> CommandEnded | None:
+        """The worker's process is gone: what that ends."""
+        ...
+
+
 @dataclass(slots=True)
 class Worker:
     role: str  # "executor" or the sensor label, e.g. "pcap:eth0"
@@ -117,12 +137,13 @@ class Worker:
     config: dict[str, Any]
     schema: dict[str, dict[str, tuple[type, ...]]]
     log_name: str  # "executor", "sensor pcap eth0"
+    link: Link | None = None  # what speaks for it: its link takes it when made
     pid: int = 0
     sock: socket.socket | None = None
     started: float = 0.0
     last_heard: float = 0.0
     ready: bool = False  # said hello and passed the checks
-    mode: str = "starting"
+    mode: wire.Mode = wire.Mode.STARTING
     restarts: int = 0
     backoff: Backoff = Backoff()
     delay: float = 0.0  # before the next replacement; 0: the backoff's first
@@ -142,18 +163,7 @@ class Worker:
     def spawn(self, now: float) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            os.set_inheritable(child.fileno(), True)
-            argv = [
-                sys.executable, "-S", "-P", "-c", BOOT, *import_path(), self.module,
-                str(CHANNEL_FD), str(os.getpid()),
-            ]
-            self.pid = os.posix_spawn(
-                sys.executable,
-                argv,
-                os.environ if self.trusted else SENSOR_ENV,
-                setsid=True,
-                file_actions=spawn_fds(child.fileno(), self.trusted),
-            )
+            self.pid = self.start_process(child)
         except OSError:
             parent.close()
             raise
@@ -163,12 +173,27 @@ class Worker:
         self.sock = parent
         self.started = self.last_heard = now
         self.ready = False
-        self.mode = "starting"
+        self.mode = wire.Mode.STARTING
         self.respawn_at = None
         self.hung_up_at = None
         self.exit_reason = ""
         self.last_error = ""
         self.send("config", **self.config)
+
+    def start_process(self, channel: socket.socket) -> int:
+        """The worker's process, holding ``channel`` as CHANNEL_FD; its pid."""
+        os.set_inheritable(channel.fileno(), True)
+        argv = [
+            sys.executable, "-S", "-P", "-c", BOOT, *import_path(), self.module,
+            str(CHANNEL_FD), str(os.getpid()),
+        ]
+        return os.posix_spawn(
+            sys.executable,
+            argv,
+            os.environ if self.trusted else SENSOR_ENV,
+            setsid=True,
+            file_actions=spawn_fds(channel.fileno(), self.trusted),
+        )
 
     def send(self, kind: str, /, **fields: Any) -> bool:
         """False when the worker cannot take it (gone, or its queue is full)."""
@@ -215,13 +240,24 @@ class Worker:
             return self.hung_up_at + beat
         return self.silent_at(beat)
 
+    def privileges_left(self, uid: int, gid: int) -> list[str]:
+        """What is still privileged about the process, read from /proc."""
+        return privcheck.privileges_left(self.pid, uid, gid, self.config.get("jail"))
+
+    def seccomp_killing(self) -> bool:
+        """The process is being killed by its seccomp filter (read from /proc)."""
+        return privcheck.seccomp_killing(self.pid)
+
     def kill(self, reason: str) -> None:
         """SIGKILL; the reap brings the replacement. The first reason sticks."""
         if not self.exit_reason:
             self.exit_reason = reason
         if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+            self.signal(signal.SIGKILL)
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
 
     def close(self) -> socket.socket | None:
         sock, self.sock = self.sock, None
@@ -242,7 +278,7 @@ class Worker:
     def retry_later(self, now: float) -> float:
         """Start it again after the backoff's next delay (a replacement, or
         a spawn that failed); returns the delay."""
-        self.mode = "restarting"
+        self.mode = wire.Mode.RESTARTING
         delay = self.delay or self.backoff.first
         self.delay = min(delay * 2, self.backoff.longest)
         self.respawn_at = now + delay

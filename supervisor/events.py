@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tuninetd.common.wire import Mode
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -97,7 +99,7 @@ class WorkerView:
     role: str
     log_name: str
     pid: int
-    mode: str
+    mode: Mode
     restarts: int
     uptime: float | None
     alive: bool

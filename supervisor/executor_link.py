@@ -17,6 +17,7 @@ class ExecutorLink:
     def __init__(self, cfg: Settings, worker: Worker, observers: Observers) -> None:
         self.cfg = cfg
         self.worker = worker
+        worker.link = self
         self.observers = observers
         self.queue = CommandQueue()
         self.command_pid = 0  # the running command's, once the executor says
@@ -58,20 +59,21 @@ class ExecutorLink:
         if not sent:
             self.worker.kill("could not take a command")
 
-    def receive(self, msg: wire.Message, starting: bool) -> CommandEnded | None:
+    def receive(self, w: Worker, msg: wire.Message, now: float,
+                starting: bool) -> CommandEnded | None:
         """A command's end is returned too: the service acts on a failed start."""
         kind = msg["t"]
         job = self.queue.running
         if kind == "hello":
-            self.worker.ready = True
-            self.worker.mode = "idle"
-            if self.worker.restarts:
-                log.info("CORE: executor is back (pid %d)", self.worker.pid)
+            w.ready = True
+            w.mode = wire.Mode.IDLE
+            if w.restarts:
+                log.info("CORE: executor is back (pid %d)", w.pid)
         elif kind == "beat":
-            self.worker.mode = wire.clean_text(msg.get("mode", ""), 40)
+            w.mode = wire.mode_of(msg, wire.EXECUTOR_MODES)
         elif kind == "started" and job is not None and msg["id"] == job.id:
             self.command_pid = msg["pid"]
-            self.worker.mode = "running"  # before its next heartbeat says so
+            w.mode = wire.Mode.RUNNING  # before its next heartbeat says so
         elif kind == "out":
             event = job.event if job is not None and msg["id"] == job.id else "command"
             wording.command_output(event, wire.clean_text(msg["line"]))
@@ -79,7 +81,7 @@ class ExecutorLink:
             finished = self.queue.finish(msg["id"])
             if finished is not None:
                 self.command_pid = 0
-                self.worker.mode = "idle"
+                w.mode = wire.Mode.IDLE
                 outcome = Outcome(
                     error=wire.clean_text(msg["error"]) if msg.get("error") else None,
                     timeout=bool(msg["timeout"]), signal=msg["sig"], exit_code=msg["rc"],
@@ -100,13 +102,14 @@ class ExecutorLink:
             if reason not in self.said:
                 self.said.add(reason)
                 log.error("CORE: executor: %s", reason)
-            if starting and not self.worker.ready:
+            if starting and not w.ready:
                 raise StartupError(reason)
         return None
 
-    def lost(self) -> CommandEnded | None:
+    def lost(self, w: Worker) -> CommandEnded | None:
         """The executor died: the command it ran counts as failed, and
         whatever is left of it (adopted by us, the subreaper) is killed."""
+        w.ready = False
         job = self.queue.running
         if job is None:
             return None

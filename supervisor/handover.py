@@ -2,7 +2,7 @@
 
 A sensor may not bind (its seccomp allow-list forbids it: an unprivileged
 bind could point the socket at any other interface), so its socket stays tied
-to an interface that was deleted. While its beats say so (``pcap.LOST``),
+to an interface that was deleted. While its beats say so (``Mode.LOST``),
 the supervisor opens new sockets as root, filters attached and locked,
 exactly as the sensor did at its start, and passes them over the socketpair
 (SCM_RIGHTS) with a ``sockets`` record.
@@ -48,7 +48,7 @@ class Handover:
         """Hand ``w`` fresh sockets if it has lost its interface and the
         interface is back with a new index; True when they went out. Called
         on its beats."""
-        if w.sock is None or w.config.get("kind") != "pcap" or w.mode != pcap.LOST:
+        if w.sock is None or w.config.get("kind") != "pcap" or w.mode is not wire.Mode.LOST:
             return False
         if w.config.get("bpf") is None:
             return False  # never had an interface: late_interfaces replaces the sensor

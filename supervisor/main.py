@@ -9,7 +9,7 @@ from typing import NoReturn
 from tuninetd.common import daemon, logs, procstatus
 from tuninetd.executor import cgroup
 from tuninetd.supervisor import instance, wording
-from tuninetd.supervisor.arbiter import Arbiter
+from tuninetd.supervisor.arbiter import build
 from tuninetd.supervisor.config import configfile, configure
 from tuninetd.supervisor.errors import StartupError
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # The name first: whatever else this daemon takes, it takes as NAME.
         me = instance.claim(cfg.name, cfg.sensors, cfg.control)
-        arbiter = Arbiter(cfg, me, ready_fd)
+        arbiter = build(cfg, me, ready_fd)
         code = arbiter.run()
     except StartupError as exc:
         wording.startup_failed(str(exc))

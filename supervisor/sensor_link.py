@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tuninetd.common import wire
 from tuninetd.common.logs import log
@@ -23,9 +23,9 @@ from tuninetd.supervisor.children import Worker
 from tuninetd.supervisor.config.settings import Settings
 from tuninetd.supervisor.errors import StartupError
 from tuninetd.supervisor.facts import Facts
-from tuninetd.supervisor.sandbox.privcheck import privileges_left, seccomp_killing
 
-NORMAL_MODES = ("armed", "counting")
+Mode = wire.Mode
+CAPTURING = frozenset({Mode.ARMED, Mode.COUNTING})
 
 
 class Misbehaved(Exception):
@@ -54,40 +54,51 @@ class Trigger:
 SensorEvent = Hello | Beat | Trigger
 
 
+@dataclass(slots=True)
+class Standing:
+    """One sensor process's record: where it is in the contract, and how
+    much it has said."""
+
+    allowance: Allowance
+    contract: wire.Contract = field(default_factory=wire.Contract)
+
+
 class SensorLink:
     def __init__(self, cfg: Settings, workers: list[Worker]) -> None:
         self.cfg = cfg
         self.workers = workers
         self.handover = handover.Handover()
-        self.allowances: dict[int, Allowance] = {}  # by pid: each process starts afresh
+        for w in workers:
+            w.link = self
+        self.standings: dict[int, Standing] = {}  # by pid: each process starts afresh
 
     def receive(self, w: Worker, msg: wire.Message, now: float,
                 starting: bool) -> SensorEvent | None:
         kind = msg["t"]
-        self._charge(w, "messages", now)
+        standing = self._standing(w, now)
+        self._charge(standing, "messages", now)
+        standing.contract.received(kind)
         if kind == "hello":
             return self._hello(w, starting)
-        if not w.ready and kind != "error":
-            raise Misbehaved(f"{kind} before hello")
         if kind == "beat":
-            self._mode(w, wire.clean_text(msg.get("mode", ""), 40), now)
+            self._mode(w, standing, wire.mode_of(msg, wire.SENSOR_MODES), now)
             self.handover.offer(w)
             return Beat(w, msg["n"])
         if kind == "trigger":
             return self._trigger(w, msg)
-        self._charge(w, "errors", now)
         reason = w.last_error = wire.clean_text(msg["reason"])  # error
         if starting and not w.ready:
             raise StartupError(reason)
         log.error("CORE: %s: %s", w.log_name, reason)
         return None
 
+    def lost(self, w: Worker) -> None:
+        """A sensor's end ends nothing else: its replacement says hello anew."""
+        self.standings.pop(w.pid, None)
+
     def _hello(self, w: Worker, starting: bool) -> Hello | None:
-        if w.ready:
-            raise Misbehaved("hello twice")
-        wrong = privileges_left(w.pid, self.cfg.sensor_user.uid, self.cfg.sensor_user.gid,
-                                w.config.get("jail"))
-        if wrong and seccomp_killing(w.pid):
+        wrong = w.privileges_left(self.cfg.sensor_user.uid, self.cfg.sensor_user.gid)
+        if wrong and w.seccomp_killing():
             # Not privileged but dying: its exit, reaped next, is logged as
             # "killed by seccomp".
             return None
@@ -99,29 +110,33 @@ class SensorLink:
                 raise StartupError(f"the {w.log_name} did not drop its privileges")
             return None
         w.ready = True
-        w.mode = "armed"
+        w.mode = Mode.ARMED
         if w.restarts:
             log.info("CORE: %s is back (pid %d)", w.log_name, w.pid)
         return Hello(w)
 
-    def _charge(self, w: Worker, what: str, now: float) -> None:
-        allowance = self.allowances.get(w.pid)
-        if allowance is None:
+    def _standing(self, w: Worker, now: float) -> Standing:
+        standing = self.standings.get(w.pid)
+        if standing is None:
             live = {x.pid for x in self.workers}
-            self.allowances = {pid: a for pid, a in self.allowances.items() if pid in live}
-            allowance = self.allowances[w.pid] = Allowance(self.cfg.beat, now)
-        exceeded = allowance.charge(what, now)
+            self.standings = {pid: s for pid, s in self.standings.items() if pid in live}
+            standing = self.standings[w.pid] = Standing(Allowance(self.cfg.beat, now))
+        return standing
+
+    @staticmethod
+    def _charge(standing: Standing, what: str, now: float) -> None:
+        exceeded = standing.allowance.charge(what, now)
         if exceeded:
             raise Misbehaved(exceeded)
 
-    def _mode(self, w: Worker, mode: str, now: float) -> None:
+    def _mode(self, w: Worker, standing: Standing, mode: Mode, now: float) -> None:
         """Log the way into and out of trouble (e.g. the interface is gone),
         once each, not every beat."""
-        if mode not in NORMAL_MODES and mode != w.mode:
-            self._charge(w, "mode changes", now)
-            log.warning("CORE: %s: %s", w.log_name, mode)
-        elif mode in NORMAL_MODES and w.mode not in NORMAL_MODES:
-            self._charge(w, "mode changes", now)
+        if mode not in CAPTURING and mode is not w.mode:
+            self._charge(standing, "mode changes", now)
+            log.warning("CORE: %s: %s", w.log_name, mode.value)
+        elif mode in CAPTURING and w.mode not in CAPTURING:
+            self._charge(standing, "mode changes", now)
             log.info("CORE: %s: capturing again", w.log_name)
         w.mode = mode
 
@@ -136,7 +151,7 @@ class SensorLink:
             checked = facts.check(msg)
         except facts.Bad as exc:
             raise Misbehaved(f"trigger with a bad {exc}") from None
-        w.mode = "counting"
+        w.mode = Mode.COUNTING
         return Trigger(w, checked, wording.summary(checked), packet)
 
     # -- orders ------------------------------------------------------------------
@@ -145,8 +160,11 @@ class SensorLink:
         """Send ``arm`` or ``count``; the title follows unless the sensor is
         in trouble, which only its own beat can end."""
         w.send(verb)
-        if w.mode in NORMAL_MODES:
-            w.mode = "armed" if verb == "arm" else "counting"
+        standing = self.standings.get(w.pid)
+        if standing is not None:
+            standing.contract.ordered(verb)
+        if w.mode in CAPTURING:
+            w.mode = Mode.ARMED if verb == "arm" else Mode.COUNTING
 
     def order_all(self, verb: str, but: Worker | None = None) -> None:
         for w in self.workers:
@@ -156,4 +174,4 @@ class SensorLink:
     def behind(self, deadline: float) -> list[Worker]:
         """Counting sensors not heard from since ``deadline``."""
         return [w for w in self.workers
-                if w.ready and w.mode == "counting" and w.last_heard < deadline]
+                if w.ready and w.mode is Mode.COUNTING and w.last_heard < deadline]

@@ -21,7 +21,7 @@ from tuninetd.supervisor.dump import PacketDump
 from tuninetd.supervisor.events import CommandEnded, Counted, Observers, Resumed, Triggered
 from tuninetd.supervisor.executor_link import ExecutorLink
 from tuninetd.supervisor.hold import Hold
-from tuninetd.supervisor.sensor_link import Beat, Hello, SensorLink, Trigger
+from tuninetd.supervisor.sensor_link import Beat, Hello, SensorEvent, SensorLink, Trigger
 from tuninetd.supervisor.state import Machine
 from tuninetd.supervisor.statefile import StateFile
 
@@ -30,7 +30,8 @@ REPORT_WAIT = 0.5  # seconds past the ttl a counting sensor's report is awaited
 
 class Service:
     def __init__(self, cfg: Settings, sensors: SensorLink, executor: ExecutorLink,
-                 observers: Observers, state_path: str, hold: Hold | None = None) -> None:
+                 observers: Observers, state_file: StateFile,
+                 hold: Hold | None = None) -> None:
         self.cfg = cfg
         self.sensors = sensors
         self.executor = executor
@@ -41,7 +42,7 @@ class Service:
         self.trigger_sensor = ""  # the sensor that brought the state up last
         self.trigger_lines: tuple[str, ...] = ()
         self.report_asked = 0.0  # the ttl deadline sensors were last asked to report on
-        self.state_file = StateFile(state_path, cfg)
+        self.state_file = state_file
         self.start_open = False  # a start is queued or running: up is "starting"
         self.retry_at: float | None = None  # a start failed: sensors re-armed then
 
@@ -73,8 +74,12 @@ class Service:
             else:
                 self.hold.up(now)
 
-    def from_sensor(self, event: Hello | Beat | Trigger, now: float) -> None:
-        if isinstance(event, Hello):
+    def handle(self, event: SensorEvent | CommandEnded, now: float,
+               exiting: bool = False) -> None:
+        """What a link made of a worker's message (or of its end)."""
+        if isinstance(event, CommandEnded):
+            self.command_ended(event, now, exiting)
+        elif isinstance(event, Hello):
             if self.machine.up:
                 self.sensors.order(event.worker, "count")
         elif isinstance(event, Beat):

@@ -641,6 +641,7 @@ EXAMPLES = [
     (True, obj("beat", n=0, mode="m" * wire.MAX_MESSAGE)),  # oversized
     (True, json.dumps({"v": 2, "t": "beat", "n": 0}).encode()),
     (True, obj("beat", n=-1)),
+    (True, obj("beat", n=0, mode="sideways")),  # not a sensor's mode
     (True, obj("beat", n=0, extra=1)),
     (True, obj("trigger", link="ppp")),
     (True, obj("trigger", link="raw", pkt="!!not base64!!")),

@@ -23,9 +23,12 @@ from tuninetd.supervisor import allowance
 from tuninetd.supervisor.ops import client
 
 BAD = re.compile(r"CORE: sensor nflog 1 sent a bad message \((.*)\): killing it")
-LIMITS = {"errors": allowance.ERRORS, "mode changes": allowance.MODES,
-          "messages": allowance.MESSAGES}
-LOGGED = {"errors": allowance.ERRORS, "mode changes": allowance.MODES, "messages": 0}
+WINDOW = f"{allowance.WINDOW_BEATS * BEAT:g} s"
+# Why each flood is cut short, and how many of its records reach the log first.
+CUT = {"errors": "error after a fatal error",
+       "mode changes": f"more than {allowance.MODES} mode changes in {WINDOW}",
+       "messages": f"more than {allowance.MESSAGES} messages in {WINDOW}"}
+LOGGED = {"errors": 1, "mode changes": allowance.MODES, "messages": 0}
 INJECTED = ("$(touch", "`id`", "reboot", "-rf /", "\x1b", "\x07")
 
 
@@ -125,8 +128,7 @@ def test_a_flooding_sensor_is_killed_and_the_log_stays_short(tmp_path: Path) -> 
                 f"(pid {pid})" in x and "restarting it" in x for x in fake.lines()), 5)
             new = fake.lines()[before:]
             said = [m.group(1) for x in new if (m := BAD.fullmatch(x))]
-            assert said == [f"more than {LIMITS[what]} {what} in "
-                            f"{allowance.WINDOW_BEATS * BEAT:g} s"], new
+            assert said == [CUT[what]], new
             # What it was allowed to log, the kill, the restart, the replacement's hello.
             assert len(new) == LOGGED[what] + 3, new
             figures.append(f"{what}: {len(new)} log lines, status answered {len(answered)} "
@@ -134,5 +136,44 @@ def test_a_flooding_sensor_is_killed_and_the_log_stays_short(tmp_path: Path) -> 
             fake.alive()
         assert kinds(fake.record) == []
         print("\n[figure] 40,000 records per flooding sensor; " + "; ".join(figures))
+    finally:
+        fake.stop()
+
+
+TRIGGER = obj("trigger", link="raw", ip=4, src="192.0.2.1", dst="192.0.2.2", proto=17)
+BEAT_ = obj("beat", n=0, mode="counting")
+# The sensor contract's rules (SENSOR_PERMITS in common/wire.py), each broken
+# by a sensor that keeps every other rule: (rule, says hello, its records,
+# the reason logged).
+BROKEN_RULES = [
+    ("hello comes first", False, [BEAT_], "beat before hello"),
+    ("hello comes once", True, [BEAT_, obj("hello", pid=1)], "hello again"),
+    ("an error is the last word", True, [obj("error", reason="gone", fatal=True), BEAT_],
+     "beat after a fatal error"),
+    ("one error only", True, [obj("error", reason="gone", fatal=True),
+                              obj("error", reason="again", fatal=True)],
+     "error after a fatal error"),
+    ("a trigger only while armed", True, [TRIGGER, BEAT_, TRIGGER], "trigger while not armed"),
+]
+
+
+def test_a_sensor_breaking_a_rule_of_the_contract_is_killed(tmp_path: Path) -> None:
+    need_root()  # the fake sensor drops privileges the way the real ones do
+    fake = FakeSensors(tmp_path)
+    try:
+        first = fake.next_sensor(Plan(True, [], hangup=False).json())
+        wait_for("started", lambda: client.query(str(tmp_path / "status.sock"))["state"] == "down")
+        os.kill(first, signal.SIGKILL)
+        for rule, hello, records, reason in BROKEN_RULES:
+            before = len(fake.lines())
+            pid = fake.next_sensor(Plan(hello, records, hangup=False).json())
+            wait_for(f"{rule}: the fake sensor {pid} killed",
+                     lambda pid=pid: gone(pid), 5, every=0.01)  # type: ignore[misc]
+            said = wait_for(f"{rule}: the kill logged", lambda before=before: [  # type: ignore[misc]
+                m.group(1) for x in fake.lines()[before:] if (m := BAD.fullmatch(x))], 5)
+            assert said == [reason], (rule, said)
+        # The trigger that was in place fired the start: only the second was refused.
+        wait_for("the start", lambda: kinds(fake.record) == ["start"])
+        fake.alive()
     finally:
         fake.stop()

@@ -14,9 +14,10 @@ import os
 import socket
 from collections.abc import Callable
 
+from tuninetd.common.wire import Mode
 from tuninetd.supervisor.events import Event, Observer, Ready, Snapshot, Stopping
 
-QUIET_MODES = ("armed", "counting", "idle", "running")
+QUIET_MODES = frozenset({Mode.ARMED, Mode.COUNTING, Mode.IDLE, Mode.RUNNING})
 
 
 class Notifier:
@@ -93,7 +94,7 @@ def status_line(snap: Snapshot) -> str:
         text = snap.state
     if snap.state in ("up", "down"):
         troubled = [w.log_name for w in snap.workers if not (w.alive and w.ready)]
-        troubled += [f"{w.log_name}: {w.mode}" for w in snap.workers
+        troubled += [f"{w.log_name}: {w.mode.value}" for w in snap.workers
                      if w.alive and w.ready and w.mode not in QUIET_MODES]
         if troubled:
             text += "; not well: " + ", ".join(troubled)

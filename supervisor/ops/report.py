@@ -83,7 +83,7 @@ class StatusReport:
         rows = [self._row("supervisor", os.getpid(), snap.title or snap.state, 0,
                           now - self.started)]
         for w in snap.workers:
-            rows.append(self._row(w.role, w.pid, w.mode, w.restarts, w.uptime))
+            rows.append(self._row(w.role, w.pid, w.mode.value, w.restarts, w.uptime))
             if w.last_exit:
                 rows[-1]["last_exit"] = w.last_exit
         if snap.command_pid and snap.running is not None:

@@ -117,7 +117,7 @@ def run_with_sensor(cfg: Any, module: str, config: dict[str, Any]) -> NoReturn:
 
     logs.to_stderr()
     me = instance.claim(cfg.name, cfg.sensors, cfg.control)
-    arb = arbiter.Arbiter(cfg, me)
+    arb = arbiter.build(cfg, me)
     for w in arb.sensors:
         w.config.update(config)
         w.module = module
