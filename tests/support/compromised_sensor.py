@@ -154,7 +154,7 @@ def _claim_lost(sock: socket.socket, cap: loop.Capture, title: worker.Title,
     poller.register(sock, select.POLLIN)
     title.set(f"got {got}")
     while True:
-        wire.send(sock, "beat", n=0, mode=pcap.LOST)
+        wire.send(sock, "beat", n=0, mode=wire.Mode.LOST.value)
         deadline = time.monotonic() + beat
         while (left := deadline - time.monotonic()) > 0:
             if not poller.poll(left * 1000):

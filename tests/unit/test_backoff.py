@@ -28,7 +28,7 @@ def test_a_failed_spawn_waits_the_next_delay_of_the_same_backoff() -> None:
     w = Worker("pcap:eth0", "m", {}, wire.SENSOR_MESSAGES, "sensor pcap eth0")
     assert crash_at(w, 0.0, 1.0) == 0.5
     assert [w.retry_later(10.0 + i) for i in range(3)] == [1, 2, 4]
-    assert w.respawn_at == 12.0 + 4 and w.mode == "restarting" and w.restarts == 1
+    assert w.respawn_at == 12.0 + 4 and w.mode is wire.Mode.RESTARTING and w.restarts == 1
 
 
 def test_exit_reasons() -> None:

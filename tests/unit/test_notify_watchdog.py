@@ -17,7 +17,7 @@ from tuninetd.supervisor.ops.notify import Notifier, SystemdNotify
 BEAT = 0.25  # exact in binary: each tick lands on the next ping's time
 WELL = Snapshot(state="down", ttl=600, idle=None, trigger_sensor="", title="down",
                 workers=(WorkerView("pcap:tap0", "sensor pcap tap0", 1234, Mode.ARMED, 0, 1.0,
-                                    True, True, False),),
+                                    True, True, False, ""),),
                 running=None, pending=(), command_pid=0)
 
 

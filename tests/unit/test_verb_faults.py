@@ -25,6 +25,7 @@ from tuninetd.supervisor.ops import client
 from tuninetd.supervisor.ops.control import ControlServer
 from tuninetd.supervisor.sensor_link import SensorLink
 from tuninetd.supervisor.service import Service
+from tuninetd.supervisor.statefile import StateFile
 
 
 def test_a_verb_that_raises_is_logged_and_answered(tmp_path: Path,
@@ -60,7 +61,7 @@ def test_up_refused_by_the_queue_changes_nothing(tmp_path: Path) -> None:
     cfg = settings(command="/bin/true", sensors=(), sensor_user=Account("nobody", 65534, 65534))
     executor = Worker("executor", "m", {}, wire.EXECUTOR_MESSAGES, "executor")
     service = Service(cfg, SensorLink(cfg, []), ExecutorLink(cfg, executor, Observers()),
-                      Observers(), str(tmp_path / "t.state"))
+                      Observers(), StateFile(str(tmp_path / "t.state"), cfg))
     service.executor.queue.last_event = "start"  # a start the queue still counts as last
     with pytest.raises(ValueError, match="two start commands in a row"):
         service.force_up(100.0)
