@@ -26,12 +26,10 @@ from scapy.utils import rdpcap
 
 from tests.support import netlab
 from tests.support.netlab import Daemon, Lab, Netns, Run, Sent, epoch, wait_for
+from tests.support.timing import BEAT, SLACK
 
 pytestmark = pytest.mark.root
 
-BEAT = 0.2
-# Scheduling noise allowed on top of the promised bounds (2 busy cores).
-SLACK = 0.5
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 V4_A, V4_B = "10.9.0.1", "10.9.0.2"
 V6_A, V6_B = "fd00:9::1", "fd00:9::2"

@@ -24,12 +24,11 @@ import psutil
 import pytest
 
 from tests.support.netlab import gone, wait_gone
+from tests.support.timing import BEAT, SILENT_BEATS
 from tuninetd.common import wire
 from tuninetd.common.worker import HEARTBEAT_BEATS
 from tuninetd.executor import cgroup
 
-BEAT = 0.2
-SILENT_BEATS = 10  # the supervisor kills a worker silent for this many beats
 PATH_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 # Records pids atomically (write then rename) so a test never reads half a pid.
 NOTE_PID = """

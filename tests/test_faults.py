@@ -102,12 +102,10 @@ from tests.support.netlab import (
     worker,
 )
 from tests.support.nft_rules import TABLE, log_rules, nft
-from tests.support.timing import BEAT
+from tests.support.timing import BACKOFF_FIRST, BEAT, SLACK
 from tuninetd.common import wire
 from tuninetd.supervisor.ops import client
 
-SLACK = 0.5  # scheduling noise on top of a promised bound
-BACKOFF_FIRST = 0.5
 V4_LOCAL, V4_PEER = "10.78.0.1", "10.78.0.2"
 MAC_LOCAL, MAC_PEER = "02:00:00:00:78:01", "02:00:00:00:78:02"
 PCAP_PORT = 9101  # the pcap sensor's filter

@@ -25,10 +25,10 @@ import pytest
 from tests.support import holdlab
 from tests.support.holdlab import GROUP, QUEUE, SERVER_IP, TCP_PORT, UDP_PORT, Pair
 from tests.support.netlab import Daemon, Netns, ready, sh, wait_for
+from tests.support.timing import BEAT
 
 pytestmark = pytest.mark.root
 
-BEAT = "0.2"
 NO_RETRANSMIT = 0.9  # TCP's first SYN retransmit comes after 1 s
 CYCLES = 3
 
@@ -46,7 +46,7 @@ def pair(netns: Netns) -> Iterator[Pair]:
 def daemon(start_daemon: StartDaemon, pair: Pair, script: Path, *args: str,
            hold: bool = True, armed: bool = True) -> Daemon:
     held = ("--hold", str(QUEUE)) if hold else ()
-    d = start_daemon(pair.server, "-n", str(GROUP), *held, "-c", str(script), "--beat", BEAT,
+    d = start_daemon(pair.server, "-n", str(GROUP), *held, "-c", str(script), "--beat", str(BEAT),
                      "-t", "60", *args)
     if armed:
         ready(d)
@@ -211,7 +211,7 @@ def test_a_second_daemon_on_the_queue_exits_1_naming_it(
         start_daemon: StartDaemon, pair: Pair, tmp_path: Path) -> None:
     first = daemon(start_daemon, pair, holdlab.service_script(tmp_path))
     second = start_daemon(pair.server, "-n", str(GROUP + 1), "--hold", str(QUEUE), "-c",
-                          str(holdlab.service_script(tmp_path)), "--beat", BEAT)
+                          str(holdlab.service_script(tmp_path)), "--beat", str(BEAT))
     assert second.proc.wait(30) == 1
     assert (f"--hold {QUEUE}: queue {QUEUE} is already bound by another process "
             f"(pid {first.pid}, tuninetd: supervisor") in second.text()

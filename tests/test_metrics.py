@@ -33,8 +33,8 @@ from tests.support.netlab import (
     scrape,
     wait_for,
 )
+from tests.support.timing import BEAT
 
-BEAT = 0.2
 FRAME = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
               / IP(src="10.57.0.1", dst="10.57.0.2") / UDP(sport=4000, dport=5353))
 

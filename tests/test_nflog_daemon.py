@@ -41,10 +41,10 @@ from tests.support.netlab import (
     wait_for,
 )
 from tests.support.nft_rules import log_rules, nft
+from tests.support.timing import BEAT
 
 pytestmark = pytest.mark.root
 
-BEAT = 0.2
 # Scheduling noise allowed on top of the promised bounds (a small, busy machine).
 SLACK = 0.8
 V4_LOCAL, V4_PEER = "10.202.0.1", "10.202.0.2"

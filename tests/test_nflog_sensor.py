@@ -21,6 +21,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 
 from tests.support.netlab import Netns, proc_status, send_udp, sh
 from tests.support.nft_rules import log_rules
+from tests.support.timing import SILENT_BEATS
 from tuninetd.common import wire
 from tuninetd.supervisor import facts, wording
 from tuninetd.supervisor.sandbox import allowlist
@@ -31,7 +32,6 @@ V4_LOCAL, V4_PEER = "10.201.0.1", "10.201.0.2"
 V6_LOCAL, V6_PEER = "fd00:201::1", "fd00:201::2"
 MAC_LOCAL, MAC_PEER = "02:00:00:00:01:01", "02:00:00:00:02:02"
 PORT = 9999
-SILENT_BEATS = 10  # the supervisor kills a worker silent for this many beats
 
 
 @pytest.fixture

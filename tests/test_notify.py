@@ -22,10 +22,10 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.support.netlab import Daemon, Netns, events, gone, recorder, wait_for
+from tests.support.timing import BEAT
 
 pytestmark = pytest.mark.root
 
-BEAT = 0.2
 FRAME = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
               / IP(src="10.56.0.1", dst="10.56.0.2") / UDP(sport=4000, dport=5353))
 NOTIFY_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")

@@ -43,15 +43,12 @@ from tests.support.netlab import (
     wait_title,
     worker,
 )
+from tests.support.timing import BACKOFF_FIRST, BEAT, SILENT_BEATS, SLACK
 
 pytestmark = pytest.mark.root
 
-BEAT = 0.2
-SILENT_BEATS = 10  # the supervisor kills a worker silent for this many beats
 HEARTBEAT_BEATS = 6  # a worker with nothing to say beats this often
-BACKOFF_FIRST = 0.5
 TERM_GRACE = 2.0  # the executor's TERM-to-KILL grace for a timed-out tree
-SLACK = 0.5  # scheduling noise on top of a promised bound
 PORT = 9000
 FRAME = bytes(
     Ether(src="02:00:00:00:00:0b", dst="ff:ff:ff:ff:ff:ff")

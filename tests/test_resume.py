@@ -36,12 +36,12 @@ from tests.support.netlab import (
     wait_for,
     worker,
 )
+from tests.support.timing import BEAT
 from tests.support.tuntapd import Tuntapd
 from tuninetd.supervisor.ops import client
 
 pytestmark = pytest.mark.root
 
-BEAT = 0.2
 TTL = 2
 SERVER = "10.77.0.1"
 PORT = 8000

@@ -25,10 +25,10 @@ from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
 from tests.support.netlab import Daemon, Lab, Netns, Run, as_nobody, public_folder
+from tests.support.timing import BEAT
 
 pytestmark = pytest.mark.root
 
-BEAT = 0.2
 SECRET = b"ssh-ed25519 AAAA root's own key\n"
 
 
