@@ -136,7 +136,7 @@ def test_stop_after_ttl_over_cycles(lab: Lab) -> None:
     got = run.events()
     assert [e[0] for e in got] == ["start", "stop"] * 3, got
     assert [e[3] for e in got[::2]] == ["10.9.1.1", "10.9.1.2", "10.9.1.3"], got
-    print("ttl=1 beat=0.2 stop delays (from before, after the last send):",
+    print(f"ttl=1 beat={BEAT} stop delays (from before, after the last send):",
           [f"{a:.3f}/{b:.3f}" for a, b in deltas], "start delays:", [f"{a:.3f}" for a in starts])
 
 

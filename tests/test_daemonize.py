@@ -24,6 +24,7 @@ from scapy.layers.l2 import Ether
 
 from tests.support.netlab import Daemon, Netns, events, gone, ready, recorder, wait_for
 from tests.support.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev, private_dev_log
+from tests.support.timing import BEAT
 
 pytestmark = pytest.mark.root
 
@@ -51,7 +52,7 @@ def test_detaches_logs_to_syslog_and_exits_cleanly(
     log, prefix = syslog
     script, record = recorder(tmp_path)
     argv = [*prefix, *veth.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main",
-            "-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", "0.2", "-d",
+            "-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", str(BEAT), "-d",
             "--control", str(tmp_path / "control.sock"))]
     parent = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     # The parent returns once every worker has said hello.
@@ -88,7 +89,7 @@ def test_a_failed_start_is_reported_by_the_parent(
     makes `tuninetd -d` exit 1 with the reason, not 0 and a silent death."""
     log, prefix = syslog
     script, _ = recorder(tmp_path)
-    holder = start_daemon(netns, "-n", "31", "-c", str(script), "--beat", "0.2")
+    holder = start_daemon(netns, "-n", "31", "-c", str(script), "--beat", str(BEAT))
     # Its sensor has said hello, so it holds the group (a log line before the
     # spawn would race the sensor's bind).
     ready(holder)

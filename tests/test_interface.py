@@ -11,6 +11,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.support.netlab import Daemon, Netns, events, ready, recorder, wait_for
+from tests.support.timing import BEAT
 
 pytestmark = pytest.mark.root
 
@@ -45,7 +46,7 @@ def test_capture_resumes_after_the_interface_is_recreated(
 ) -> None:
     script, record = recorder(tmp_path)
     d = start_daemon(veth, "-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1",
-                     "--beat", "0.2")
+                     "--beat", str(BEAT))
     ready(d)
     if while_up:
         veth.sender().send(FRAME)
@@ -75,7 +76,7 @@ def test_interface_flapping_does_not_flood_the_log(
     veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]
 ) -> None:
     script, record = recorder(tmp_path)
-    d = start_daemon(veth, "-i", "tap0", "-f", "udp", "-c", str(script), "--beat", "0.2")
+    d = start_daemon(veth, "-i", "tap0", "-f", "udp", "-c", str(script), "--beat", str(BEAT))
     ready(d)
     for _ in range(5):
         veth.ip("link", "del", "tap0")

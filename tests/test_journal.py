@@ -26,6 +26,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.support.netlab import Daemon, Netns, events, ready, recorder, wait_for
+from tests.support.timing import BEAT
 
 pytestmark = pytest.mark.root
 
@@ -38,8 +39,8 @@ def run_once(veth: Netns, tmp_path: Path, start: Callable[..., Daemon], *args: s
              ) -> list[str]:
     """Start, one trigger, a stop command that fails (a warning), stop: the log."""
     script, record = recorder(tmp_path, body='[ "$1" = stop ] && exit 1; exit 0')
-    d = start(veth, "-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", "0.2",
-              *args)
+    d = start(veth, "-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat",
+              str(BEAT), *args)
     ready(d)
     veth.sender().send(FRAME)
     wait_for("start and stop", lambda: [e[0] for e in events(record)] == ["start", "stop"])
@@ -150,7 +151,7 @@ def test_journalctl_priority_filter_shows_the_warnings(veth: Netns, tmp_path: Pa
     script, record = recorder(tmp_path, body='[ "$1" = stop ] && exit 1; exit 0')
     daemon = subprocess.Popen(
         veth.exec_argv(sys.executable, "-m", "tuninetd.supervisor.main", "-i", "tap0", "-f",
-                       "udp", "-c", str(script), "-t", "1", "--beat", "0.2",
+                       "udp", "-c", str(script), "-t", "1", "--beat", str(BEAT),
                        "--control", str(tmp_path / "ctl.sock")),
         stdin=subprocess.DEVNULL, stdout=stream.fileno(), stderr=stream.fileno(),
         env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})

@@ -21,7 +21,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 
 from tests.support.netlab import Netns, proc_status, send_udp, sh
 from tests.support.nft_rules import log_rules
-from tests.support.timing import SILENT_BEATS
+from tests.support.timing import BEAT, SILENT_BEATS
 from tuninetd.common import wire
 from tuninetd.supervisor import facts, wording
 from tuninetd.supervisor.sandbox import allowlist
@@ -62,7 +62,7 @@ def send_ip(ns: Netns, packet: bytes, count: int = 1) -> None:
 class Sensor:
     """One sensor process and the supervisor's end of its socketpair."""
 
-    def __init__(self, ns: Netns, group: int, beat: float = 0.2, **options: bool) -> None:
+    def __init__(self, ns: Netns, group: int, beat: float = BEAT, **options: bool) -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # ip netns exec execs in place: the sensor is our child, as under the
         # supervisor, and its parent pid is ours.
@@ -254,7 +254,7 @@ def test_want_packet_sends_the_whole_packet(lab: Netns) -> None:
 
 
 def test_burst_while_counting_keeps_beating(lab: Netns) -> None:
-    group, beat, burst = _group(), 0.2, 150_000
+    group, beat, burst = _group(), BEAT, 150_000
     log_rules(lab, f"udp dport {PORT} log group {group}")
     sensor = Sensor(lab, group, beat=beat)
     sensor.hello()

@@ -36,6 +36,7 @@ from scapy.layers.l2 import Ether
 from tests.support.compromised_sensor import SPOOFED
 from tests.support.configs import settings
 from tests.support.netlab import Netns, events, proc_status, recorder, title, wait_for
+from tests.support.timing import BEAT
 from tuninetd.common import wire, worker
 from tuninetd.supervisor import arbiter, children
 from tuninetd.supervisor.config import bpf
@@ -129,7 +130,7 @@ class Scene:
         nobody = pwd.getpwnam("nobody")
         spec = (SensorSpec("pcap", "tap0", link="ether", bpf=udp_filter()) if kind == "pcap"
                 else SensorSpec("nflog", "7", group=7))
-        cfg = settings(command="/bin/true", sensors=(spec,), beat=0.2,
+        cfg = settings(command="/bin/true", sensors=(spec,), beat=BEAT,
                      sensor_user=Account("nobody", nobody.pw_uid, nobody.pw_gid))
         config: dict[str, Any] = arbiter.sensor_config(spec, cfg, empty_dir(), allow_list())
         stray = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
@@ -283,7 +284,7 @@ def test_workers_inherit_no_stray_descriptor_and_no_environment(
     secret = f"SECRET_TOKEN={uuid.uuid4().hex}"
     log = tmp_path / "daemon.log"
     daemon = [sys.executable, "-m", "tuninetd.supervisor.main", "-i", "tap0", "-f", "udp",
-              "-a", "-c", str(script), "--beat", "0.2", "--control", str(tmp_path / "ctl")]
+              "-a", "-c", str(script), "--beat", str(BEAT), "--control", str(tmp_path / "ctl")]
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
             ["bash", "-c", f'exec 7</ 8>>"{stray}"; exec "$@"', "bash",
@@ -333,7 +334,7 @@ def test_a_sensor_killed_by_seccomp_is_logged_and_replaced(veth: Netns, tmp_path
     first packet (tests/support/compromised_sensor.py), its replacement is sound."""
     script, record = recorder(tmp_path)
     log = tmp_path / "daemon.log"
-    argv = ["-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", "0.2",
+    argv = ["-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", str(BEAT),
             "--control", str(tmp_path / "ctl")]
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -372,7 +373,7 @@ def test_a_sensor_seccomp_kills_at_its_hello_is_not_called_privileged(
     That is reported as the seccomp kill it is (at start, the start fails
     with it), never as a sensor "still privileged"."""
     script, _ = recorder(tmp_path)
-    argv = ["-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", "0.2",
+    argv = ["-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", str(BEAT),
             "--control", str(tmp_path / "ctl")]
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}

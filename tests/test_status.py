@@ -37,6 +37,7 @@ from tests.support.netlab import (
     wait_for,
 )
 from tests.support.stand_in_daemon import answer
+from tests.support.timing import BEAT
 from tuninetd.supervisor.ops import client
 
 pytestmark = pytest.mark.root
@@ -68,7 +69,7 @@ def query(path: Path) -> dict[str, Any]:
 def start(start_daemon: Callable[..., Daemon], ns: Netns, control: Path, script: Path,
           *extra: str) -> Daemon:
     d: Daemon = start_daemon(ns, "-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1",
-                             "--beat", "0.2", "--control", str(control), *extra)
+                             "--beat", str(BEAT), "--control", str(control), *extra)
     ready(d)
     return d
 

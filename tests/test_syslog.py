@@ -35,6 +35,7 @@ from tests.support.netlab import (
     sh,
     wait_for,
 )
+from tests.support.timing import BEAT
 
 pytestmark = pytest.mark.root
 
@@ -126,7 +127,7 @@ def test_daemon_logs_to_rsyslog_and_keeps_a_pidfile(veth: Netns, tmp_path: Path,
     control = tmp_path / "ctl.sock"
     argv = [*rsyslog.prefix, *veth.exec_argv(
         sys.executable, "-m", "tuninetd.supervisor.main", "-i", "tap0", "-f", "udp",
-        "-c", str(script), "-t", "1", "--beat", "0.2", "-d", "--pidfile", str(pidfile),
+        "-c", str(script), "-t", "1", "--beat", str(BEAT), "-d", "--pidfile", str(pidfile),
         "--control", str(control))]
     parent = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert parent.returncode == 0, parent.stderr

@@ -25,6 +25,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.support.netlab import Daemon, Lab, Netns, need
+from tests.support.timing import BEAT
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 SHIPPED = "/usr/bin/tuninetd"
@@ -192,7 +193,7 @@ def test_the_daemon_works_under_the_units_restrictions(
     def restricted(ns: Netns, *args: str, cgroup2: bool) -> Daemon:
         return start_daemon(ns, *args, cgroup2=False, can_mount=True, wrap=unit_wrapper(tmp_path))
 
-    lab = Lab(veth, tmp_path, restricted, 0.2)
+    lab = Lab(veth, tmp_path, restricted, BEAT)
     probes = PROBES.format(out=out)
     run = lab.run("-i", "tap0", "-f", "udp", body=f'[ "$1" = start ] && {{ {probes} }}; exit 0')
     try:

@@ -32,6 +32,7 @@ from tests.support.netlab import (
     wait_for,
 )
 from tests.support.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev, private_dev_log
+from tests.support.timing import BEAT
 from tests.support.tuntapd import TUNTAPD, Tuntapd, console_script, run_tuntapd
 
 ROUTED = "10.99.0.0/24"
@@ -78,7 +79,7 @@ def test_route_into_held_tun_reaches_a_pcap_sensor(
     netns.ip("addr", "add", f"{OWN}/32", "dev", "tun0")
     netns.ip("route", "add", ROUTED, "dev", "tun0")
     script, record = recorder(tmp_path)
-    daemon = start_daemon(netns, "-i", "tun0", "-f", "udp", "-c", str(script), "--beat", "0.2")
+    daemon = start_daemon(netns, "-i", "tun0", "-f", "udp", "-c", str(script), "--beat", str(BEAT))
     ready(daemon)
 
     send_udp(netns, TARGET, 5353)

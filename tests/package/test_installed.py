@@ -23,6 +23,7 @@ from scapy.layers.l2 import Ether
 
 from tests.package.conftest import TUNINETD
 from tests.support.netlab import Netns, events, gone, recorder, wait_for
+from tests.support.timing import BEAT
 
 pytestmark = pytest.mark.root
 
@@ -45,7 +46,7 @@ def test_start_stop_sensor_account_and_status(veth: Netns, tmp_path: Path) -> No
     with open(log, "wb") as out:
         daemon = subprocess.Popen(
             veth.exec_argv(TUNINETD, "-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1",
-                           "--beat", "0.2", "--control", str(control)),
+                           "--beat", str(BEAT), "--control", str(control)),
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     try:
         def armed_sensor() -> psutil.Process | None:
