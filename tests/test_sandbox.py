@@ -394,7 +394,7 @@ def test_a_sensor_claiming_its_interface_is_gone_gets_no_stream_of_sockets(
     one each beat). Once tap0 is deleted and made again (a new index), it
     gets one socket for the new interface, and no more after that."""
     script, _ = recorder(tmp_path)
-    argv = ["-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", "0.2",
+    argv = ["-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", str(BEAT),
             "--control", str(tmp_path / "ctl")]
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
