@@ -14,8 +14,8 @@ import json
 import mmap
 import socket
 
-# typing is for the type checker alone: at run time it would cost every
-# worker half a MiB.
+# typing is for the type checker alone: at run time every worker would carry
+# it (bench's memory section counts what workers carry).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -226,7 +226,7 @@ def send(sock: socket.socket, kind: str, /, **fields: Any) -> None:
 
 # Records are received into one buffer per process. A fresh bytes object of
 # MAX_MESSAGE + 1 is above malloc's mmap threshold: each receive mapped,
-# remapped and unmapped it (25 us warm, 70 cold, on every hop of a start).
+# remapped and unmapped it, on every hop of a start.
 # An anonymous mapping's pages count only once a record has reached them.
 _INBOX = mmap.mmap(-1, MAX_MESSAGE + 1)
 

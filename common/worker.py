@@ -42,7 +42,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 def _title_setter() -> Callable[[str], None]:
     """setproctitle's C function, loaded without its package: the package's
-    ``__init__`` imports logging for one debug line, 0.7 MiB of every worker."""
+    ``__init__`` imports logging for one debug line, in every worker."""
     import importlib.machinery
     import importlib.util
 

@@ -1,6 +1,6 @@
-"""tuninetd executor: runs the start and stop commands for the supervisor.
-
-Started by the supervisor as ``python -m tuninetd.executor FD PPID``.
+"""tuninetd executor: runs the start and stop commands for the supervisor,
+which starts it (supervisor/children.py) with its channel on descriptor
+CHANNEL_FD and its own pid, and runs ``main``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def start(sock: socket.socket, ppid: int) -> Executor:
         groups, no_cgroup = None, str(exc)
         # The fallback's psutil, while the interpreter's files are surely
         # readable: an --exec-user may not be able to load it later.
-        from tuninetd.executor import tree  # noqa: F401
+        from tuninetd.executor import marker_fallback  # noqa: F401
     if config.uid is not None:
         switch_user(config)
         worker.die_with_parent(ppid, signal.SIGTERM)  # a uid change cleared it

@@ -246,7 +246,7 @@ def remove_stale(parent: str) -> None:
 
 class RunGroup:
     """One run's cgroup: the processes in it, which none of them can leave
-    (``treekill.Processes``)."""
+    (``stepwise_kill.Processes``)."""
 
     whole = True
 

@@ -8,7 +8,7 @@ from tuninetd.common import wire
 
 
 class Config:
-    # A plain class: a NamedTuple would bring typing (half a MiB) into the executor.
+    # A plain class: a NamedTuple would bring typing into the executor.
     __slots__ = ("beat", "first_run", "gid", "name", "timeout", "uid", "user")
 
     def __init__(self, timeout: float, beat: float, uid: int | None = None,

@@ -24,7 +24,7 @@ from tuninetd.executor.output import Output
 from tuninetd.executor.reap import reap_orphans
 from tuninetd.executor.runner import Inheritance, Run, SpawnError, parse_request
 
-# typing is for the type checker alone: the executor would carry half a MiB of it.
+# typing is for the type checker alone: the executor would carry it.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -158,7 +158,7 @@ class Executor:
             )
         else:
             # The command first: woken at its exec, we would take the CPU from
-            # it for the bookkeeping below (a 2-CPU VM: up to 0.5 ms).
+            # it for the bookkeeping below.
             os.sched_yield()
             self.run = run
             self.selector.register(run.pidfd, selectors.EVENT_READ, self._on_exit)

@@ -9,14 +9,14 @@ import signal
 from tuninetd.common import wire
 from tuninetd.executor import RUN_ID_VAR, cgroup
 from tuninetd.executor.output import Output
-from tuninetd.executor.treekill import TreeKill, kill_now
+from tuninetd.executor.stepwise_kill import StepwiseKill, kill_now
 
-# typing is for the type checker alone: the executor would carry half a MiB of it.
+# typing is for the type checker alone: the executor would carry it.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from tuninetd.executor.treekill import Processes
+    from tuninetd.executor.stepwise_kill import Processes
 
 EVENTS = ("start", "stop")
 
@@ -53,10 +53,10 @@ class SpawnError(Exception):
 class Inheritance:
     """What every command starts from, worked out once the executor's own
     setup is done: the daemon's environment (inherited from the supervisor;
-    os.environ decodes every entry at each read, 50 us a run) and the signals
-    the executor ignores (Python's SIGPIPE and SIGXFSZ, any the daemon was
-    started with), which the command gets back at their default. Only those:
-    resetting every signal in the spawned child costs 0.4 ms of its start.
+    os.environ decodes every entry at each read) and the signals the executor
+    ignores (Python's SIGPIPE and SIGXFSZ, any the daemon was started with),
+    which the command gets back at their default. Only those: resetting every
+    signal in the spawned child would lengthen its start.
     Those the executor handles are reset by exec itself."""
 
     __slots__ = ("environment", "ignored")
@@ -142,7 +142,7 @@ class Run:
         self.deadline = now + timeout if timeout > 0 else None
         self.duration: float | None = None
         self.status = 0  # the wait status, once exited
-        self.killer: TreeKill | None = None
+        self.killer: StepwiseKill | None = None
         self.timed_out = False
 
     def _join(self, groups: cgroup.RunGroups | None) -> cgroup.RunGroup | None:
@@ -192,14 +192,14 @@ class Run:
         if self.group is not None:
             return self.group
         # psutil only for the fallback, and only when a run has to be killed.
-        from tuninetd.executor import tree
+        from tuninetd.executor import marker_fallback
 
-        return tree.Marked(self.id, self.unreaped_pid)
+        return marker_fallback.Marked(self.id, self.unreaped_pid)
 
     def kill(self, now: float, timed_out: bool) -> None:
         if self.killer is None:
             self.timed_out = timed_out
-            self.killer = TreeKill(self._processes(), now)
+            self.killer = StepwiseKill(self._processes(), now)
 
     def kill_now(self) -> None:
         kill_now(self._processes())

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from tuninetd.common import wire, worker
 from tuninetd.sensors import decode, sandbox
 
-# typing is for the type checker alone: a sensor would carry half a MiB of it.
+# typing is for the type checker alone: a sensor would carry it.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
@@ -54,7 +54,10 @@ FIRST_COUNT = 0.1
 MAX_HANDLES = 2
 
 
-class Trigger:
+class FirstPacket:
+    """The first matching packet while armed, decoded: what a ``trigger``
+    record carries."""
+
     __slots__ = ("facts", "link", "packet")
 
     def __init__(self, link: str, facts: decode.Facts, packet: bytes | None = None) -> None:
@@ -72,11 +75,11 @@ class StartWindow:
     def __init__(self, need: int, span: float) -> None:
         self.need = need
         self.span = span
-        self.first: Trigger | None = None  # open while not None
+        self.first: FirstPacket | None = None  # open while not None
         self.seen = 0
         self.ends = 0.0
 
-    def offer(self, trig: Trigger | None, now: float) -> Trigger | None:
+    def offer(self, trig: FirstPacket | None, now: float) -> FirstPacket | None:
         """A first packet while armed: the trigger to send now (no threshold),
         or None (nothing came, or it opened the window)."""
         if trig is None or self.need <= 1:
@@ -84,7 +87,7 @@ class StartWindow:
         self.first, self.seen, self.ends = trig, 1, now + self.span
         return None
 
-    def add(self, n: int, now: float) -> Trigger | None:
+    def add(self, n: int, now: float) -> FirstPacket | None:
         """``n`` more packets came: the first one's trigger once there are
         enough. When there are not and the window is over, it closes."""
         self.seen += n
@@ -106,12 +109,12 @@ class Capture(Protocol):
         one that counts (they differ with a keep-alive filter or group)."""
         ...
 
-    def arm(self) -> Trigger | None:
+    def arm(self) -> FirstPacket | None:
         """Switch to armed. Packets that matched since the last ``take_count``
         (they raced the supervisor's stop decision) fire at once: return one."""
         ...
 
-    def read_trigger(self) -> Trigger | None:
+    def read_trigger(self) -> FirstPacket | None:
         """Armed and readable: the trigger, or None when what came in did not count."""
         ...
 
@@ -141,7 +144,7 @@ class Capture(Protocol):
         ...
 
 
-def _send_trigger(sock: socket.socket, trig: Trigger) -> None:
+def _send_trigger(sock: socket.socket, trig: FirstPacket) -> None:
     fields: dict[str, object] = {"link": trig.link, **trig.facts}
     if trig.packet is not None:
         fields["pkt"] = base64.b64encode(trig.packet[: wire.SNAPLEN]).decode()
@@ -192,7 +195,7 @@ def _serve(sock: socket.socket, cap: Capture, title: worker.Title, beat: float,
     armed = True
     listening = False  # counting, quiet: woken by the next packet
 
-    def first_packet(trig: Trigger | None) -> Trigger | None:
+    def first_packet(trig: FirstPacket | None) -> FirstPacket | None:
         """Armed, a packet came (or raced the arm): the trigger to send now,
         or None, with a start window opened when it takes more packets."""
         now = time.monotonic()

@@ -322,7 +322,8 @@ class NflogCapture:
     def fileno(self) -> int:
         return self.woken_by.sock.fileno()
 
-    def _trigger(self, buf: netlink.ReadableBuffer, pos: int, length: int) -> loop.Trigger | None:
+    def _trigger(self, buf: netlink.ReadableBuffer, pos: int,
+                 length: int) -> loop.FirstPacket | None:
         pkt = netlink.parse_packet(buf, pos, length)
         if pkt is None:
             return None
@@ -331,16 +332,16 @@ class NflogCapture:
         prefix = pkt.attrs.get_str("prefix")
         if prefix:
             facts["prefix"] = prefix[: wire.MAX_PREFIX]
-        return loop.Trigger(link, facts, data if self.want_packet and data else None)
+        return loop.FirstPacket(link, facts, data if self.want_packet and data else None)
 
-    def arm(self) -> loop.Trigger | None:
+    def arm(self) -> loop.FirstPacket | None:
         # Every message carries the packet (the copy mode never changes), so
         # the newest one queued since the last count can be the trigger.
         self.woken_by = self.trigger
         newest = self.trigger.arm()
         return None if newest is None else self._trigger(newest, 0, len(newest))
 
-    def read_trigger(self) -> loop.Trigger | None:
+    def read_trigger(self) -> loop.FirstPacket | None:
         buf = self.trigger.buf
         for size in self.trigger.receive():
             for pos, length in netlink.iter_packets(buf, size):

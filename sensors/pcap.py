@@ -127,7 +127,7 @@ class PcapCapture:
     def fileno(self) -> int:
         return self.woken_by.fileno()
 
-    def arm(self) -> loop.Trigger | None:
+    def arm(self) -> loop.FirstPacket | None:
         sock = self.woken_by = self.trigger_sock
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ARMED_RCVBUF)
         latest = _drain(sock)
@@ -136,7 +136,7 @@ class PcapCapture:
             return self._trigger(latest, None)
         return None
 
-    def read_trigger(self) -> loop.Trigger | None:
+    def read_trigger(self) -> loop.FirstPacket | None:
         try:
             data, anc, _flags, _addr = self.trigger_sock.recvmsg(
                 wire.SNAPLEN, socket.CMSG_SPACE(AUXDATA.size)
@@ -150,7 +150,7 @@ class PcapCapture:
                 aux = AUXDATA.unpack_from(payload)
         return self._trigger(data, aux)
 
-    def _trigger(self, data: bytes, aux: tuple[int, ...] | None) -> loop.Trigger:
+    def _trigger(self, data: bytes, aux: tuple[int, ...] | None) -> loop.FirstPacket:
         if aux is not None and self.link == "ether" and len(data) >= 14:
             status, _len, _snap, _mac, _net, tci, tpid = aux
             # The kernel strips VLAN tags into metadata; put the tag back so the
@@ -159,7 +159,7 @@ class PcapCapture:
                 if not status & TP_STATUS_VLAN_TPID_VALID:
                     tpid = 0x8100
                 data = data[:12] + struct.pack("!HH", tpid, tci) + data[12:]
-        return loop.Trigger(self.link, decode.describe(data, self.link),
+        return loop.FirstPacket(self.link, decode.describe(data, self.link),
                             data if self.want_packet else None)
 
     def count(self) -> None:
@@ -208,10 +208,10 @@ class AwaitingInterface:
     def fileno(self) -> int:
         return self.idle
 
-    def arm(self) -> loop.Trigger | None:
+    def arm(self) -> loop.FirstPacket | None:
         return None
 
-    def read_trigger(self) -> loop.Trigger | None:
+    def read_trigger(self) -> loop.FirstPacket | None:
         return None
 
     def count(self) -> None:

@@ -126,7 +126,7 @@ def build(cfg: Settings, me: Instance, ready_fd: int | None = None) -> Arbiter:
         },
         schema=wire.EXECUTOR_MESSAGES,
         log_name="executor",
-        trusted=True,
+        inherits_environment=True,
     )
     observers = Observers()
     return Arbiter(cfg, me, observers, SensorLink(cfg, sensors),

@@ -31,17 +31,16 @@ if TYPE_CHECKING:
     from tuninetd.supervisor.events import CommandEnded
     from tuninetd.supervisor.sensor_link import SensorEvent
 
-# Workers with nothing to say beat every HEARTBEAT_BEATS (6) beats; one not
-# heard from for SILENT_BEATS is frozen: found 4 to 10 beats after it stopped
-# (10 s at the default beat). A heartbeat may come 4 beats late, as a beat
-# could when every worker beat every beat and 5 silent beats were the limit.
+# Workers with nothing to say beat every HEARTBEAT_BEATS beats; one not heard
+# from for SILENT_BEATS is frozen. A heartbeat may come SILENT_BEATS -
+# HEARTBEAT_BEATS beats late (a loaded machine) before that.
 SILENT_BEATS = 10
 HELLO_GRACE = 10.0
 
 
-# Workers start without site (-S): this machine's site-packages .pth hooks
-# alone cost each process ~5 MB, and a root process should not import from
-# the current directory either (-P). The bootstrap gives the worker the
+# Workers start without site (-S): site-packages' .pth hooks would load in
+# every process (bench's memory section counts it), and a root process should
+# not import from the current directory either (-P). The bootstrap gives the worker the
 # supervisor's own import path and says where the ``tuninetd`` package's
 # role folders are (its ``__path__``), then runs the module's main().
 BOOT = (
@@ -87,9 +86,9 @@ class Backoff:
     healthy_after: float = 60.0
 
 
-def spawn_fds(channel: int, trusted: bool) -> list[tuple[Any, ...]]:
+def spawn_fds(channel: int, keep_output: bool) -> list[tuple[Any, ...]]:
     """posix_spawn file actions: ``channel`` moved to CHANNEL_FD, 0 (and 1, 2
-    unless ``trusted``) from /dev/null, and every other inheritable
+    unless ``keep_output``) from /dev/null, and every other inheritable
     descriptor closed.
 
     Ours are close-on-exec (PEP 446); what is inheritable came from outside.
@@ -99,7 +98,7 @@ def spawn_fds(channel: int, trusted: bool) -> list[tuple[Any, ...]]:
     if channel != CHANNEL_FD:
         actions.append((os.POSIX_SPAWN_DUP2, channel, CHANNEL_FD))
     actions.append((os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
-    if not trusted:
+    if not keep_output:
         actions += [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0) for fd in (1, 2)]
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
@@ -153,8 +152,9 @@ class Worker:
     last_exit: str = ""  # how the previous process ended, for status
     hung_up_at: float | None = None  # closed its channel; killed if it lingers
     # The executor: root's own, it keeps the daemon's environment (its
-    # commands run in it) and stderr (a crash's traceback reaches the log).
-    trusted: bool = False
+    # commands run in it) and stdout and stderr (a crash's traceback reaches
+    # the log). Other workers get SENSOR_ENV and /dev/null.
+    inherits_environment: bool = False
 
     @property
     def alive(self) -> bool:
@@ -190,9 +190,9 @@ class Worker:
         return os.posix_spawn(
             sys.executable,
             argv,
-            os.environ if self.trusted else SENSOR_ENV,
+            os.environ if self.inherits_environment else SENSOR_ENV,
             setsid=True,
-            file_actions=spawn_fds(channel.fileno(), self.trusted),
+            file_actions=spawn_fds(channel.fileno(), keep_output=self.inherits_environment),
         )
 
     def send(self, kind: str, /, **fields: Any) -> bool:

@@ -114,12 +114,12 @@ class ExecutorLink:
         if job is None:
             return None
         # psutil comes with it: loaded only the day an executor dies mid-run.
-        from tuninetd.executor import tree
+        from tuninetd.executor import marker_fallback
 
         self.queue.finish(job.id)
         ended = CommandEnded(job.event, Outcome(lost=True))
         self.observers.publish(ended)
-        wording.executor_lost(job.event, tree.kill_run(job.id).describe())
+        wording.executor_lost(job.event, marker_fallback.kill_run(job.id).describe())
         self.command_pid = 0
         return ended
 
@@ -139,6 +139,6 @@ class ExecutorLink:
 
     def kill_running(self) -> None:
         if self.queue.running is not None:
-            from tuninetd.executor import tree
+            from tuninetd.executor import marker_fallback
 
-            tree.kill_run(self.queue.running.id)
+            marker_fallback.kill_run(self.queue.running.id)

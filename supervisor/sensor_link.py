@@ -44,14 +44,16 @@ class Beat:
 
 
 @dataclass(frozen=True, slots=True)
-class Trigger:
+class CheckedTrigger:
+    """A sensor's ``trigger`` record, its facts checked and worded."""
+
     worker: Worker
     facts: Facts  # checked
     lines: tuple[str, ...]  # the summary, as logged, worded from the facts
     packet: bytes | None
 
 
-SensorEvent = Hello | Beat | Trigger
+SensorEvent = Hello | Beat | CheckedTrigger
 
 
 @dataclass(slots=True)
@@ -140,7 +142,7 @@ class SensorLink:
             log.info("CORE: %s: capturing again", w.log_name)
         w.mode = mode
 
-    def _trigger(self, w: Worker, msg: wire.Message) -> Trigger:
+    def _trigger(self, w: Worker, msg: wire.Message) -> CheckedTrigger:
         try:
             packet = base64.b64decode(msg["pkt"], validate=True) if "pkt" in msg else None
         except (binascii.Error, ValueError):
@@ -152,7 +154,7 @@ class SensorLink:
         except facts.Bad as exc:
             raise Misbehaved(f"trigger with a bad {exc}") from None
         w.mode = Mode.COUNTING
-        return Trigger(w, checked, wording.summary(checked), packet)
+        return CheckedTrigger(w, checked, wording.summary(checked), packet)
 
     # -- orders ------------------------------------------------------------------
 

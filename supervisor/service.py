@@ -21,7 +21,7 @@ from tuninetd.supervisor.dump import PacketDump
 from tuninetd.supervisor.events import CommandEnded, Counted, Observers, Resumed, Triggered
 from tuninetd.supervisor.executor_link import ExecutorLink
 from tuninetd.supervisor.hold import Hold
-from tuninetd.supervisor.sensor_link import Beat, Hello, SensorEvent, SensorLink, Trigger
+from tuninetd.supervisor.sensor_link import Beat, CheckedTrigger, Hello, SensorEvent, SensorLink
 from tuninetd.supervisor.state import Machine
 from tuninetd.supervisor.statefile import StateFile
 
@@ -89,7 +89,7 @@ class Service:
         else:
             self._trigger(event, now)
 
-    def _trigger(self, t: Trigger, now: float) -> None:
+    def _trigger(self, t: CheckedTrigger, now: float) -> None:
         role = t.worker.role
         if self.retry_at is not None:  # standby after a failed start: activity only
             self.machine.activity(now, 1)

@@ -64,7 +64,7 @@ class Record:
 def fingerprint(cfg: Settings) -> str:
     """sha256 of the argv lists of start and stop: another command, another
     service. Worked out in a forked child: hashlib maps OpenSSL's libcrypto,
-    3 MiB that the supervisor would keep for this one digest."""
+    which the supervisor would keep for this one digest."""
     argvs = json.dumps([cfg.argv("start"), cfg.argv("stop")], separators=(",", ":"))
     return str(forked.answer(lambda: _sha256(argvs), "fingerprint"))
 

@@ -127,10 +127,10 @@ def attacks(cap: Any, cfg: wire.Message) -> dict[str, Callable[[], object]]:
 class Rogue(pcap.PcapCapture):
     """Taken over by its first packet: it opens a socket instead of decoding."""
 
-    def read_trigger(self) -> loop.Trigger | None:
+    def read_trigger(self) -> loop.FirstPacket | None:
         with contextlib.suppress(OSError):
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        return loop.Trigger(link="raw", facts={})  # not reached: the socket call kills it
+        return loop.FirstPacket(link="raw", facts={})  # not reached: the socket call kills it
 
 
 def _no_confine(program: object) -> None:

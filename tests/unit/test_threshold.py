@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from tuninetd.sensors.loop import StartWindow, Trigger
+from tuninetd.sensors.loop import FirstPacket, StartWindow
 from tuninetd.supervisor import wording
 from tuninetd.supervisor.config import configure
 from tuninetd.supervisor.config.settings import Settings
 from tuninetd.supervisor.errors import UsageError
 
-FIRST = Trigger("ether", {"ethertype": 0x86DD})
+FIRST = FirstPacket("ether", {"ethertype": 0x86DD})
 
 
 def test_without_a_threshold_the_first_packet_fires() -> None:
@@ -54,7 +54,7 @@ def test_a_new_window_starts_from_nothing() -> None:
     window = StartWindow(3, 1.0)
     window.offer(FIRST, 10.0)
     window.add(1, 11.0)
-    second = Trigger("ether", {"ethertype": 0x0806})
+    second = FirstPacket("ether", {"ethertype": 0x0806})
     assert window.offer(second, 12.0) is None
     assert window.seen == 1 and window.ends == 13.0
     assert window.add(1, 12.5) is None

@@ -1,7 +1,8 @@
-"""The processes of one run: finding them and killing them.
+"""The marker fallback: a run's processes found where it has no cgroup.
 
 Where the host allows it, a run is its cgroup (``cgroup``): killing that
-leaves nothing behind. Elsewhere the executor falls back to what it can see:
+leaves nothing behind (``kill_run``, for the supervisor, tries it first).
+Elsewhere the executor falls back to what it can see:
 it is a child subreaper, so whatever a command leaves behind after setsid and
 fork is re-parented to the executor instead of init, and each command gets
 ``TUNINETD_RUN_ID`` in its environment; among the executor's adopted
@@ -78,7 +79,7 @@ def signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
 
 class Marked:
     """The fallback where no cgroup is to be had: the run's processes are
-    those ``collect`` finds (``treekill.Processes``). One that is no
+    those ``collect`` finds (``stepwise_kill.Processes``). One that is no
     descendant of the command any more and dropped the marker (a double
     fork under ``setsid env -i``) is not found."""
 

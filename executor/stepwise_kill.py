@@ -1,6 +1,6 @@
 """Killing a run's processes in steps, whichever way they are found: the
 run's cgroup (``cgroup.RunGroup``) or, where there is none, the marker
-fallback (``tree.Marked``, which needs psutil).
+fallback (``marker_fallback.Marked``, which needs psutil).
 
 Stdlib only: where the cgroup serves, an executor running as ``--exec-user``
 never has to import anything more after it dropped root.
@@ -8,7 +8,7 @@ never has to import anything more after it dropped root.
 
 from __future__ import annotations
 
-# typing is for the type checker alone: the executor would carry half a MiB of it.
+# typing is for the type checker alone: the executor would carry it.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
@@ -53,7 +53,7 @@ def kill_now(procs: Processes) -> None:
     procs.kill()
 
 
-class TreeKill:
+class StepwiseKill:
     """Kills a run's processes in steps, so the event loop (and the beat) never
     waits on it: SIGTERM to all, up to TERM_GRACE for them to go, then
     SIGKILL to whatever is left, looking again every step so that nothing
