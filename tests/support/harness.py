@@ -30,6 +30,7 @@ from tuninetd.supervisor.events import Event, Observer, Observers
 from tuninetd.supervisor.executor_link import ExecutorLink
 from tuninetd.supervisor.instance import Instance
 from tuninetd.supervisor.sensor_link import SensorLink
+from tuninetd.supervisor.service import Service
 from tuninetd.supervisor.statefile import StateFile
 
 # Past the kernel's highest pid_max (PID_MAX_LIMIT, 2**22): no process has these.
@@ -142,7 +143,7 @@ class Core:
             w.orders()  # the config record
 
     @property
-    def service(self) -> Any:
+    def service(self) -> Service:
         return self.arbiter.service
 
     def at(self, now: float) -> Core:
