@@ -88,7 +88,7 @@ class ExecutorLink:
                     duration=float(msg.get("dur") or 0.0), cgroup=msg.get("killed") == "cgroup")
                 wording.command_warning(outcome, self.cfg.argv(finished.event),
                                         self.cfg.command_timeout)
-                if finished.event == "start":
+                if finished.event == "start" and not outcome.error:  # it never ran
                     wording.start_done(finished.sensor, finished.lines)
                 ended = CommandEnded(finished.event, outcome)
                 self.observers.publish(ended)

@@ -7,7 +7,7 @@ again. SIGHUP and ``tuninetd down`` force the way down, ``tuninetd up`` the
 way up. Each change is written to the state file, and a restarted daemon
 resumes an up state from it: up is written once start has ended, "starting"
 until then. With ``retry_start`` a failed start is standby again, the
-sensors re-armed later.
+sensors re-armed later; so is a start that could not be run at all.
 """
 
 from __future__ import annotations
@@ -157,16 +157,21 @@ class Service:
     def command_ended(self, ended: CommandEnded, now: float, exiting: bool = False) -> None:
         """A failed start with retry_start: standby again, without stop; the
         sensors are re-armed after retry_start seconds. Without retry_start
-        the state stays up, as in the original (its warning is logged).
-        While the daemon exits, a failed start is saved as down, so that its
-        next run runs start again. Either way the hold lets go of what
-        waited for this start."""
+        the state stays up, as in the original (its warning is logged), but
+        for a start that could not be run at all (no such file, Exec format
+        error, permission denied): standby again too, re-armed after the ttl,
+        when the original would have run start again. While the daemon
+        exits, a failed start is saved as down, so that its next run runs
+        start again. Either way the hold lets go of what waited for this
+        start."""
         if ended.event != "start":
             return
         if self.hold is not None:
             self.hold.start_ended(ended.outcome.ok, now)
         self.start_open = False
         retry = self.cfg.retry_start
+        if retry is None and ended.outcome.error:
+            retry = float(self.cfg.ttl)
         if ended.outcome.ok or retry is None:
             self._save()
             return

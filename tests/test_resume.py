@@ -30,6 +30,7 @@ from tests.support.netlab import (
     Netns,
     events,
     kinds,
+    public_folder,
     recorder,
     send_udp,
     title,
@@ -286,6 +287,67 @@ def test_retry_start_after_a_failed_start(lab: Lab) -> None:
     assert report["state"] == "up"
     assert report["commands"]["last_failure"]["result"] == "exit status 3"
     assert "last failure: start: exit status 3" in client.render(report)
+
+
+COULD_NOT_RUN = "Warning! Executable command could not be run ("
+
+
+def start_again(lab: Lab, d: Daemon, done: str) -> None:
+    """Packets until the start runs (after the standby's wait)."""
+    def started() -> bool:
+        lab.send()
+        return done in d.text()
+
+    wait_for(done, started, timeout=TTL + 10, every=0.1)
+
+
+@pytest.mark.parametrize("retry", [("--retry-start", "1"), ()], ids=["retry-start", "ttl"])
+def test_a_start_that_cannot_be_run_is_a_failed_start(lab: Lab, retry: tuple[str, ...]) -> None:
+    """The script loses its #! line after the daemon started (Exec format
+    error): no "start command done", not up, standby until --retry-start
+    (without it, the ttl); once it is fixed, the next packet starts."""
+    lab.add_interface()
+    script, record = lab.script()
+    good = script.read_text()
+    d = lab.run(script, *retry)
+    sensor(d, lab.ifname, "armed")
+    script.write_text(good.removeprefix("#!/bin/sh\n"))
+    lab.send()
+    line = d.wait_log(COULD_NOT_RUN)[0]
+    assert line.endswith(f"({script} start): {script}: Exec format error"), line
+    wait_after = retry[1] if retry else str(TTL)
+    d.wait_log(f"CORE: start failed; standby again, next start allowed in {wait_after} s")
+    assert client.query(d.control)["state"] == "down"
+    assert "start command done" not in d.text()
+    script.write_text(good)
+    start_again(lab, d, "PCAP: start command done")
+    assert kinds(record) == ["start"]
+    assert client.query(d.control)["state"] == "up"
+
+
+def test_a_start_the_exec_user_cannot_reach_is_a_failed_start(lab: Lab) -> None:
+    """--exec-user nobody, the command's folder made 0700 after the start:
+    Permission denied is a failed start; made 0755 again, the next one runs."""
+    lab.add_interface()
+    with public_folder("tnd-reach-") as base:
+        folder = base / "d"
+        folder.mkdir(mode=0o755)
+        script = folder / "cmd"
+        script.write_text("#!/bin/sh\nexit 0\n")
+        script.chmod(0o755)
+        d = lab.run(script, "--exec-user", "nobody", "--retry-start", "1")
+        sensor(d, lab.ifname, "armed")
+        folder.chmod(0o700)
+        lab.send()
+        line = d.wait_log(COULD_NOT_RUN)[0]
+        assert line.endswith(f"({script} start): {script}: Permission denied"), line
+        d.wait_log("CORE: start failed; standby again, next start allowed in 1 s")
+        assert client.query(d.control)["state"] == "down"
+        assert "start command done" not in d.text()
+        folder.chmod(0o755)
+        start_again(lab, d, "PCAP: start command done")
+        assert client.query(d.control)["state"] == "up"
+        d.stop()
 
 
 def test_a_failed_start_without_retry_stays_up_as_the_original(lab: Lab) -> None:

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from tuninetd.common import ifname
 from tuninetd.supervisor import pcapfile
-from tuninetd.supervisor.config import bpf, ownership
+from tuninetd.supervisor.config import bpf, ownership, runnable
 from tuninetd.supervisor.config.settings import Account, Program, SensorSpec
 from tuninetd.supervisor.errors import UsageError
 
@@ -59,6 +59,8 @@ def command(text: str | None, option: str = "-c", exec_user: Account | None = No
         who = "root" if exec_user is None else f"root or {exec_user.name}"
         raise UsageError(f"{option} {text!r}: {problem}; only {who} may be able to change "
                          "a command or a directory on its path")
+    if problem := runnable.problem(path, exec_user):
+        raise UsageError(f"{option} {text!r}: {problem}")
     return path
 
 
