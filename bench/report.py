@@ -238,7 +238,8 @@ def table(results: dict[str, Any], checked: list[Target]) -> str:
         lines.append("6. Hold: the first connection to a service start launches, first byte "
                      "minus the start command's own duration (ms)")
         rows = []
-        for key, name in (("with_hold", "with --hold"), ("without_hold", "without")):
+        for key, name in (("with_hold", "with --hold"), ("without_hold", "without"),
+                          ("without_hold_dropped", "without, SYN dropped while down")):
             run = hold[key]
             after = run.get("after_start_ms")
             rows.append([name, str(run["cycles"]), str(run["lost"]),

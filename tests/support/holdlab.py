@@ -74,9 +74,10 @@ def serve(folder: Path, address: str = SERVER_IP) -> str:
     until ss -Htln "sport = :{TCP_PORT}" | grep -q .; do sleep 0.01; done"""
 
 
-def service_script(folder: Path, start: str | None = None) -> Path:
+def service_script(folder: Path, start: str | None = None, stop: str = "") -> Path:
     """start/stop of the test service: by default start runs ``serve``, or
-    the shell lines given (fail, hang, add a route)."""
+    the shell lines given (fail, hang, add a route); stop kills the service,
+    then runs ``stop``."""
     script = folder / "service.sh"
     script.write_text(f"""#!/bin/sh
 case "$1" in
@@ -85,6 +86,7 @@ start)
     ;;
 stop)
     kill "$(cat "{folder}/service.pid")"
+    {stop}
     ;;
 esac
 """)
