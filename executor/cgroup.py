@@ -13,11 +13,21 @@ there without a migration on the way: moving a process between cgroups
 takes the kernel's cgroup thread-group lock for writing, which waits for an
 RCU grace period, milliseconds on a small VM. The executor moves on to the
 next run's cgroup once the command runs. The daemon's directory holds no
-process itself (cgroup v2's no-internal-processes rule), and an executor
-running as ``--exec-user`` can move itself between the runs' cgroups (that
-needs write access to the common ancestor, the daemon's directory, which is
-handed to that user). The supervisor finds a run from its own pid and the
-run id alone, so it can kill the run of an executor that died.
+process itself (cgroup v2's no-internal-processes rule). The supervisor
+finds a run from its own pid and the run id alone, so it can kill the run of
+an executor that died.
+
+An executor running as ``--exec-user`` is given nothing of the tree: every
+cgroup stays root's, so a command (the same user) cannot write itself into
+another cgroup and out of its run's ``cgroup.kill``. Moving a process needs
+write access to the common ancestor of the two cgroups, the daemon's
+directory, which that user does not have. The supervisor makes each next
+run's cgroup and hands the executor descriptors of its ``cgroup.procs`` and
+``cgroup.kill``, opened as root (``prepare``); the kernel checks a write to
+``cgroup.procs`` against the credentials it was opened with (Linux 5.16, and
+the stable kernels it went back to). The executor, kept from ptrace and
+/proc by its not being dumpable, moves itself in with the one and kills the
+run with the other.
 
 Where no cgroup2 is mounted but the daemon has a mount namespace of its own
 (``ip netns exec`` gives it one, with a fresh /sys that has no cgroup file
@@ -32,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import signal
 
@@ -152,15 +163,20 @@ class RunGroups:
     """The run cgroups of one daemon, in ``directory``; the executor is in
     the one of run ``standby``."""
 
-    def __init__(self, directory: str, standby: int = 0) -> None:
+    def __init__(self, directory: str, standby: int = 0, privileged: bool = True) -> None:
         self.directory = directory
         self.standby = standby
+        # False for an --exec-user executor: it moves only with what
+        # ``adopt`` is given, and kills with the descriptors in ``kills``.
+        self.privileged = privileged
+        self.kills: dict[int, int] = {}
 
     @classmethod
     def setup(cls, supervisor_pid: int, uid: int | None, first_run: int) -> RunGroups:
-        """Create the daemon's directory, move this process into the cgroup
-        of ``first_run`` and, for an executor that will run as ``uid``, hand
-        them over. Raises Unavailable with the reason."""
+        """Create the daemon's directory and move this process into the
+        cgroup of ``first_run``; for an executor that will run as ``uid``,
+        open that run's ``cgroup.kill`` while still root. Raises Unavailable
+        with the reason."""
         try:
             if not cgroup2_mounts():
                 mount_own()
@@ -173,10 +189,8 @@ class RunGroups:
             groups = cls(directory)
             groups.enter(first_run)
             if uid is not None:
-                # The cgroups it makes later are its own already.
-                for path in (directory, os.path.join(directory, "cgroup.procs"),
-                             groups.procs(first_run)):
-                    os.chown(path, uid, -1)
+                groups.privileged = False
+                groups.kills[first_run] = _open(groups.path(first_run), "cgroup.kill")
         except OSError as exc:
             raise Unavailable(f"{exc.filename or 'cgroup'}: {exc.strerror or exc}") from None
         return groups
@@ -189,16 +203,38 @@ class RunGroups:
 
     def join(self, run_id: int) -> RunGroup:
         """The run's cgroup, with this process in it: at once when it waits
-        there already, as it does for every run numbered as expected."""
+        there already, as it does for every run numbered as expected.
+        OSError when an unprivileged executor was not moved there."""
         if run_id != self.standby:
+            if not self.privileged:
+                raise OSError(errno.ENOENT, f"no cgroup handed over for run {run_id}")
             self.enter(run_id)
-        return RunGroup(self.path(run_id))
+        return RunGroup(self.path(run_id), self.kills.get(run_id))
 
     def move_on(self, run_id: int) -> None:
         """Out of the cgroup of ``run_id``, which has its command, into the
         next run's. An OSError here ends the executor: staying would put it
-        under the run's ``cgroup.kill``."""
-        self.enter(run_id + 1)
+        under the run's ``cgroup.kill``. An unprivileged executor waits for
+        the next run's cgroup from the supervisor instead (``adopt``)."""
+        if self.privileged:
+            self.enter(run_id + 1)
+
+    def adopt(self, run_id: int, procs: int, kill: int) -> None:
+        """The cgroup of ``run_id`` made by the supervisor, as ``prepare``'s
+        two descriptors: this process moves in. The ``cgroup.kill`` of runs
+        before the one that may still run are closed."""
+        try:
+            try:
+                os.write(procs, b"0")
+            finally:
+                os.close(procs)
+        except OSError:
+            os.close(kill)
+            raise
+        self.standby = run_id
+        for old in [k for k in self.kills if k < run_id - 1]:
+            os.close(self.kills.pop(old))
+        self.kills[run_id] = kill
 
     def enter(self, run_id: int) -> None:
         """Make the run's cgroup, remove the empty ones of earlier runs, and
@@ -227,6 +263,28 @@ class RunGroups:
             os.rmdir(self.directory)
 
 
+def _open(directory: str, name: str) -> int:
+    return os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CLOEXEC)
+
+
+def prepare(supervisor_pid: int, run_id: int) -> tuple[int, int]:
+    """As root, for an executor that runs as --exec-user: the cgroup of run
+    ``run_id`` made, the empty ones of earlier runs removed, and descriptors
+    of its ``cgroup.procs`` and ``cgroup.kill`` opened (RunGroups.adopt).
+    OSError or Unavailable when there is no cgroup tree to make it in."""
+    groups = RunGroups(daemon_group(supervisor_pid))
+    groups.sweep()
+    path = groups.path(run_id)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o755)
+    procs = _open(path, "cgroup.procs")
+    try:
+        return procs, _open(path, "cgroup.kill")
+    except OSError:
+        os.close(procs)
+        raise
+
+
 def remove_daemon_group(supervisor_pid: int) -> None:
     """What the supervisor calls at exit."""
     with contextlib.suppress(Unavailable, OSError):
@@ -250,8 +308,9 @@ class RunGroup:
 
     whole = True
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, kill_fd: int | None = None) -> None:
         self.path = path
+        self.kill_fd = kill_fd  # cgroup.kill opened by root, for an --exec-user executor
 
     def pids(self) -> list[int]:
         """Every process in it and in any cgroup it made below."""
@@ -281,8 +340,18 @@ class RunGroup:
                 os.kill(pid, signal.SIGTERM)
 
     def kill(self) -> None:
-        """SIGKILL to every process in it and below, new forks included."""
-        _write(os.path.join(self.path, "cgroup.kill"), "1")
+        """SIGKILL to every process in it and below, new forks included;
+        process by process, sparing this one, if this one is still in it (an
+        --exec-user executor that was handed no next cgroup)."""
+        if self.kill_fd is not None and os.getpid() in self.pids():
+            for pid in self.pids():
+                if pid != os.getpid():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+        elif self.kill_fd is not None:
+            os.write(self.kill_fd, b"1")
+        else:
+            _write(os.path.join(self.path, "cgroup.kill"), "1")
 
     def done(self) -> None:
         with contextlib.suppress(OSError):

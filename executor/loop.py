@@ -106,23 +106,43 @@ class Executor:
 
     def _on_socket(self) -> None:
         try:
-            data = wire.recv(self.sock)
+            data, fds = wire.recv_with_fds(self.sock, 2)
         except OSError:
-            data = b""
+            data, fds = b"", []
         if not data:
             self._supervisor_gone()
             return
         try:
             msg = wire.decode(data)
         except wire.ProtocolError as exc:
-            self._complain(f"bad message: {exc}")
+            msg = {"t": "", "bad": str(exc)}
+        if msg["t"] == "cgroup" and len(fds) == 2:
+            self._on_cgroup(msg, fds[0], fds[1])
             return
+        for fd in fds:
+            os.close(fd)
         if msg["t"] == "run":
             self._on_run(msg)
+        elif "bad" in msg:
+            self._complain(f"bad message: {msg['bad']}")
         elif msg["t"] == "quit":
             self.quitting = True
         else:
             self._complain(f"unexpected message {msg['t']}")
+
+    def _on_cgroup(self, msg: wire.Message, procs: int, kill: int) -> None:
+        """The next run's cgroup, made by the supervisor for an --exec-user
+        executor, which cannot make it: moved into, off the start path."""
+        run_id = msg.get("id")
+        if self.groups is None or self.groups.privileged or not isinstance(run_id, int):
+            os.close(procs)
+            os.close(kill)
+            return
+        try:
+            self.groups.adopt(run_id, procs, kill)
+        except OSError as exc:
+            self._complain(f"cannot move into the cgroup of run {run_id} "
+                           f"({exc.strerror or exc}): it runs on the marker fallback")
 
     def _on_signal(self) -> None:
         try:

@@ -3,8 +3,12 @@ next command over, and what comes back (output, the outcome)."""
 
 from __future__ import annotations
 
+import os
+import socket
+
 from tuninetd.common import wire
 from tuninetd.common.logs import log
+from tuninetd.executor import cgroup
 from tuninetd.supervisor import wording
 from tuninetd.supervisor.children import Worker
 from tuninetd.supervisor.config.settings import Settings
@@ -58,6 +62,27 @@ class ExecutorLink:
                                 argv=self.cfg.argv(job.event), env=job.env)
         if not sent:
             self.worker.kill("could not take a command")
+        elif self.cfg.exec_user is not None:
+            self.hand_cgroup(job.id + 1)
+
+    def hand_cgroup(self, run_id: int) -> None:
+        """An --exec-user executor owns no cgroup (a command of the same user
+        could otherwise move out of its run's): the next run's is made here,
+        once this run is on its way, and handed over as two descriptors
+        opened as root (cgroup.RunGroups.adopt). Without a cgroup tree (the
+        executor runs on the fallback) there is nothing to hand."""
+        try:
+            fds = cgroup.prepare(os.getpid(), run_id)
+        except (OSError, cgroup.Unavailable):
+            return
+        try:
+            assert self.worker.sock is not None
+            socket.send_fds(self.worker.sock, [wire.encode("cgroup", id=run_id)], list(fds))
+        except OSError:
+            pass  # gone: its replacement makes its first run's cgroup itself
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def receive(self, w: Worker, msg: wire.Message, now: float,
                 starting: bool) -> CommandEnded | None:

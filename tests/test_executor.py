@@ -505,6 +505,13 @@ def test_supervisor_gone_kills_the_command_and_exits(
     wait_gone(list(pids.values()), 3.0)
 
 
+def hand_cgroup(ex: Executor, run_id: int) -> None:
+    fds = cgroup.prepare(os.getpid(), run_id)
+    socket.send_fds(ex.sock, [wire.encode("cgroup", id=run_id)], list(fds))
+    for fd in fds:
+        os.close(fd)
+
+
 def test_exec_user(executor: StartExecutor) -> None:
     if os.geteuid() != 0:
         if os.environ.get("CI") == "true":
@@ -517,8 +524,21 @@ def test_exec_user(executor: StartExecutor) -> None:
     assert lines(messages)[0] == str(nobody.pw_uid) and done["rc"] == 0
     # Though unprivileged, the executor put it into its run's cgroup.
     assert lines(messages)[1].endswith(f"/tuninetd-{os.getpid()}/run-1"), lines(messages)
-    _, done = ex.run(2, ["sleep", "1000"])
+    # The supervisor's part (we are the executor's supervisor here): the next
+    # run's cgroup, made as root, handed over as two descriptors once a run
+    # is on its way.
+    hand_cgroup(ex, 2)
+    ex.send("run", id=2, event="start", argv=["sh", "-c", "grep ^0:: /proc/self/cgroup; "
+                                                        "exec sleep 1000"], env=PATH_ENV)
+    hand_cgroup(ex, 3)
+    messages, done = ex.until_done(2)
+    assert lines(messages)[0].endswith(f"/tuninetd-{os.getpid()}/run-2"), lines(messages)
     assert done["timeout"] is True and done["killed"] == "cgroup"
+    # Nothing of the tree is nobody's: no command of it can move itself.
+    tree = cgroup.daemon_group(os.getpid())
+    owners = {os.stat(os.path.join(top, name)).st_uid
+              for top, dirs, files in os.walk(tree) for name in (*dirs, *files)}
+    assert owners == {0}, owners
 
 
 def test_command_starts_with_default_signal_dispositions(executor: StartExecutor) -> None:

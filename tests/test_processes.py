@@ -36,6 +36,8 @@ from tests.support.netlab import (
     gone,
     kinds,
     proc_status,
+    public_folder,
+    ready,
     sh,
     title,
     wait_for,
@@ -250,6 +252,54 @@ KILLED_RUN = {
     False: "process(es) of it that kept its TUNINETD_RUN_ID killed; any that dropped it "
            "may survive",
 }
+
+
+# Run as the --exec-user: writes itself into the daemon's cgroup (the parent
+# of its run's), as the review did, then hangs.
+ESCAPE = """#!/bin/sh
+[ "$1" = start ] || exit 0
+daemon=$(dirname "$(sed -n 's/^0:://p' /proc/self/cgroup)")
+if echo 0 > "/sys/fs/cgroup$daemon/cgroup.procs" 2>/dev/null; then
+    echo "$daemon" > {out}/escaped.$TUNINETD_RUN_ID
+fi
+echo $$ > {out}/pid.$TUNINETD_RUN_ID
+exec sleep 1000
+"""
+
+
+def test_an_exec_user_command_cannot_leave_its_runs_cgroup(
+        veth: Netns, start_daemon: Callable[..., Daemon]) -> None:
+    """With --exec-user nobody, a start command writes itself into the
+    daemon's cgroup.procs, then hangs. Refused: it stays in its run's cgroup
+    and is killed with it at the timeout, the first run (whose cgroup the
+    executor made as root) and a later one (made by the supervisor and
+    handed over). Before, the daemon's cgroup was nobody's: the command left
+    its run and outlived the timeout's "killed ... through its cgroup", and
+    the daemon."""
+    nobody = pwd.getpwnam("nobody")
+    with public_folder("tnd-exec-user-") as folder:
+        out = folder / "out"
+        out.mkdir()
+        os.chown(out, nobody.pw_uid, nobody.pw_gid)
+        script = folder / "escape.sh"
+        script.write_text(ESCAPE.format(out=out))
+        script.chmod(0o755)
+        d = start_daemon(veth, "-i", "tap0", "-f", f"udp port {PORT}", "-c", str(script),
+                         "--exec-user", "nobody", "--command-timeout", "1", "-t", "1",
+                         "--beat", str(BEAT))
+        ready(d)
+        pids = []
+        for n, run_id in enumerate((1, 3), start=1):  # run 2 is the stop between
+            veth.sender().send(FRAME)
+            pids += wait_pids(out / f"pid.{run_id}")
+            d.wait_log("Warning! Executable command timed out after 1 s and was "
+                       f"{KILLED_TREE[True]}", count=n)
+            wait_gone(pids, 3)
+            d.wait_log("CORE: executing STOP command...", count=n)
+        assert sorted(p.name for p in out.iterdir()) == ["pid.1", "pid.3"], [
+            (p.name, p.read_text()) for p in out.iterdir()]
+        assert d.stop() == 0, d.text()
+        assert "cannot move into the cgroup" not in d.text(), d.text()
 
 
 def cgroup2_mounts_of(pid: int | str) -> list[str]:
