@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import stat
 
-JAIL = "/run/tuninetd/empty"
+from tuninetd.supervisor.instance import RUN_DIR
+
+JAIL = os.path.join(RUN_DIR, "empty")
 
 
 def _fit(path: str) -> bool:
