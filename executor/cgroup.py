@@ -245,13 +245,16 @@ class RunGroups:
         self.standby = run_id
         self.sweep()
 
-    def sweep(self, prefix: str = RUN_PREFIX) -> None:
+    def sweep(self, prefix: str = RUN_PREFIX, before: int | None = None) -> None:
         """Remove the cgroups of earlier runs that nothing lives in any more
         (one that a started daemon still lives in stays, and so does the
-        executor's)."""
+        executor's); with ``before``, only those of runs numbered lower."""
         with contextlib.suppress(OSError), os.scandir(self.directory) as entries:
             for entry in entries:
-                if entry.is_dir() and entry.name.startswith(prefix):
+                if not entry.is_dir() or not entry.name.startswith(prefix):
+                    continue
+                number = entry.name.removeprefix(RUN_PREFIX)
+                if before is None or (number.isdigit() and int(number) < before):
                     with contextlib.suppress(OSError):
                         os.rmdir(entry.path)
 
@@ -273,7 +276,8 @@ def prepare(supervisor_pid: int, run_id: int) -> tuple[int, int]:
     of its ``cgroup.procs`` and ``cgroup.kill`` opened (RunGroups.adopt).
     OSError or Unavailable when there is no cgroup tree to make it in."""
     groups = RunGroups(daemon_group(supervisor_pid))
-    groups.sweep()
+    # Not the run before: made for the executor, it may not have moved in yet.
+    groups.sweep(before=run_id - 1)
     path = groups.path(run_id)
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o755)

@@ -532,7 +532,7 @@ def test_exec_user(executor: StartExecutor) -> None:
                                                         "exec sleep 1000"], env=PATH_ENV)
     hand_cgroup(ex, 3)
     messages, done = ex.until_done(2)
-    assert lines(messages)[0].endswith(f"/tuninetd-{os.getpid()}/run-2"), lines(messages)
+    assert lines(messages)[0].endswith(f"/tuninetd-{os.getpid()}/run-2"), ex.log
     assert done["timeout"] is True and done["killed"] == "cgroup"
     # Nothing of the tree is nobody's: no command of it can move itself.
     tree = cgroup.daemon_group(os.getpid())
