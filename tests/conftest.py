@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from tests.support.netlab import Daemon, Lab, Netns, need_root
+from tests.support.netlab import Daemon, Lab, LabSetup, Netns, need_root
+from tests.support.nft_rules import log_rules
 from tests.support.timing import BEAT
 
 # Speed is measured in bench/, not asserted here: hypothesis' per-example
@@ -33,10 +34,22 @@ def veth(netns: Netns) -> Netns:
 
 
 @pytest.fixture
-def lab(veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Iterator[Lab]:
+def lab_setup() -> LabSetup:
+    """The veth pair and nothing more; a test module overrides this fixture
+    for its daemons' options, tap0's addresses or NFLOG rules."""
+    return LabSetup()
+
+
+@pytest.fixture
+def lab(veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon],
+        lab_setup: LabSetup) -> Iterator[Lab]:
     """The veth namespace, a folder, and daemons started there on the tests'
-    beat; a module whose lab needs more (addresses, rules) has its own."""
-    lab = Lab(veth, tmp_path, start_daemon, BEAT)
+    beat, set up as ``lab_setup`` says."""
+    if lab_setup.tap is not None:
+        veth.address_tap(lab_setup.tap)
+    lab = Lab(veth, tmp_path, start_daemon, BEAT, args=lab_setup.args)
+    if lab_setup.log_rules:
+        log_rules(veth, *lab_setup.log_rules)
     yield lab
     lab.close()
 

@@ -61,7 +61,7 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -85,7 +85,8 @@ from tests.support.garbage import (
 from tests.support.netlab import (
     Daemon,
     Lab,
-    Netns,
+    LabSetup,
+    TapAddresses,
     as_nobody,
     events,
     gone,
@@ -111,6 +112,7 @@ MAC_LOCAL, MAC_PEER = "02:00:00:00:78:01", "02:00:00:00:78:02"
 PCAP_PORT = 9101  # the pcap sensor's filter
 NFLOG_PORT = 9102  # logged to GROUP by the nft rule
 GROUP = 31
+NFLOG_RULE = f"udp dport {NFLOG_PORT} log group {GROUP}"
 PCAP_ARGS = ("-i", "tap0", "-f", f"udp dst port {PCAP_PORT}")
 NFLOG_ARGS = ("-n", str(GROUP))
 
@@ -158,19 +160,10 @@ def send_nflog(lab: Lab, seq: int = 1) -> None:
                       / b"n"), V4_PEER)
 
 
-def add_rule(lab: Lab) -> None:
-    log_rules(lab.ns, f"udp dport {NFLOG_PORT} log group {GROUP}")
-
-
 @pytest.fixture
-def lab(veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Iterator[Lab]:
-    veth.ip("link", "set", "tap0", "address", MAC_LOCAL)
-    veth.ip("addr", "add", f"{V4_LOCAL}/24", "dev", "tap0")
-    veth.ip("neigh", "add", V4_PEER, "lladdr", MAC_PEER, "dev", "tap0", "nud", "permanent")
-    lab = Lab(veth, tmp_path, start_daemon, BEAT)
-    add_rule(lab)
-    yield lab
-    lab.close()
+def lab_setup() -> LabSetup:
+    return LabSetup(tap=TapAddresses(MAC_LOCAL, (V4_LOCAL,), MAC_PEER, (V4_PEER,)),
+                    log_rules=(NFLOG_RULE,))
 
 
 def wait_kinds(d: Daemon, record: Path, want: list[str], timeout: float = 10.0) -> None:
@@ -434,7 +427,7 @@ def test_nflog_rule_removed_and_added_again(lab: Lab, tool: str) -> None:
             nft(lab.ns, "delete", "table", "inet", TABLE)
 
         def add() -> None:
-            add_rule(lab)
+            log_rules(lab.ns, NFLOG_RULE)
     else:
         nft(lab.ns, "delete", "table", "inet", TABLE)
         rule = ["OUTPUT", "-p", "udp", "--dport", str(NFLOG_PORT), "-j", "NFLOG",

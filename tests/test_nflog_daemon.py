@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -28,10 +28,11 @@ from scapy.utils import rdpcap
 
 from tests.support import netlab
 from tests.support.netlab import (
-    Daemon,
     Lab,
+    LabSetup,
     Netns,
     Sent,
+    TapAddresses,
     epoch,
     gone,
     recorder,
@@ -96,14 +97,11 @@ def stream(send: Callable[[], Sent], every: float, duration: float) -> Sent:
 
 
 @pytest.fixture
-def lab(veth: Netns, tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Iterator[Lab]:
+def lab_setup() -> LabSetup:
     """tap0 carries our addresses; the peer addresses resolve to a MAC that is
     nobody's, so what we send is logged on output, crosses to peer0 and is
     dropped there, never leaving the namespace."""
-    veth.address_tap(MAC_LOCAL, (V4_LOCAL, V6_LOCAL), MAC_PEER, (V4_PEER, V6_PEER))
-    lab = Lab(veth, tmp_path, start_daemon, BEAT)
-    yield lab
-    lab.close()
+    return LabSetup(tap=TapAddresses(MAC_LOCAL, (V4_LOCAL, V6_LOCAL), MAC_PEER, (V4_PEER, V6_PEER)))
 
 
 # (run, stop_index, last, ttl): the stop came [ttl, ttl + BEAT + SLACK] after the

@@ -19,7 +19,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 
-from tests.support.netlab import Netns, proc_status, send_udp, sh
+from tests.support.netlab import Netns, TapAddresses, proc_status, send_udp, sh
 from tests.support.nft_rules import log_rules
 from tests.support.timing import BEAT, SILENT_BEATS
 from tuninetd.common import wire
@@ -35,11 +35,11 @@ PORT = 9999
 
 
 @pytest.fixture
-def lab(veth: Netns) -> Netns:
+def addressed_ns(veth: Netns) -> Netns:
     """tap0 carries our addresses; the peer addresses resolve to a MAC that is
     nobody's, so what we send is logged on output, crosses to peer0 and is
     dropped there, never leaving the namespace."""
-    veth.address_tap(MAC_LOCAL, (V4_LOCAL, V6_LOCAL), MAC_PEER, (V4_PEER, V6_PEER))
+    veth.address_tap(TapAddresses(MAC_LOCAL, (V4_LOCAL, V6_LOCAL), MAC_PEER, (V4_PEER, V6_PEER)))
     return veth
 
 
@@ -142,12 +142,12 @@ def _group() -> int:
     return secrets.randbelow(65535) + 1
 
 
-def test_ipv4_trigger_from_nft_rule_with_prefix(lab: Netns) -> None:
+def test_ipv4_trigger_from_nft_rule_with_prefix(addressed_ns: Netns) -> None:
     group = _group()
-    log_rules(lab, f"udp dport {PORT} log group {group} prefix tnd")
-    sensor = Sensor(lab, group)
+    log_rules(addressed_ns, f"udp dport {PORT} log group {group} prefix tnd")
+    sensor = Sensor(addressed_ns, group)
     sensor.hello()
-    send_udp(lab, V4_PEER, PORT)
+    send_udp(addressed_ns, V4_PEER, PORT)
     trig = sensor.expect("trigger")
     assert lines(trig) == [f"|- IPv4 {V4_LOCAL} > {V4_PEER}, NXT_HDR: 0x11 (UDP)",
                            '|- NFLOG prefix: "tnd"']
@@ -158,42 +158,42 @@ def test_ipv4_trigger_from_nft_rule_with_prefix(lab: Netns) -> None:
     assert sensor.beat("counting")
 
 
-def test_ipv6_trigger(lab: Netns) -> None:
+def test_ipv6_trigger(addressed_ns: Netns) -> None:
     group = _group()
-    log_rules(lab, f"udp dport {PORT} log group {group}")
-    sensor = Sensor(lab, group)
+    log_rules(addressed_ns, f"udp dport {PORT} log group {group}")
+    sensor = Sensor(addressed_ns, group)
     sensor.hello()
-    send_udp(lab, V6_PEER, PORT)
+    send_udp(addressed_ns, V6_PEER, PORT)
     trig = sensor.expect("trigger")
     assert lines(trig) == [f"|- IPv6 {V6_LOCAL} > {V6_PEER}, NXT_HDR: 0x11 (UDP)"]
     assert (trig["ip"], trig["src"], trig["dst"], trig["proto"]) == (6, V6_LOCAL, V6_PEER, 17)
     assert "prefix" not in trig
 
 
-def test_trigger_from_iptables_nflog_target(lab: Netns) -> None:
+def test_trigger_from_iptables_nflog_target(addressed_ns: Netns) -> None:
     group = _group()
     sh(
-        *lab.exec_argv("iptables", "-A", "OUTPUT", "-p", "udp", "--dport", str(PORT)),
+        *addressed_ns.exec_argv("iptables", "-A", "OUTPUT", "-p", "udp", "--dport", str(PORT)),
         *("-j", "NFLOG", "--nflog-group", str(group), "--nflog-prefix", "ipt"),
     )
-    sensor = Sensor(lab, group)
+    sensor = Sensor(addressed_ns, group)
     sensor.hello()
-    send_udp(lab, V4_PEER, PORT)
+    send_udp(addressed_ns, V4_PEER, PORT)
     trig = sensor.expect("trigger")
     assert lines(trig) == [f"|- IPv4 {V4_LOCAL} > {V4_PEER}, NXT_HDR: 0x11 (UDP)",
                            '|- NFLOG prefix: "ipt"']
     assert trig["prefix"] == "ipt"
 
 
-def test_incoming_frame_gives_mac_line(lab: Netns) -> None:
+def test_incoming_frame_gives_mac_line(addressed_ns: Netns) -> None:
     """A packet that came in on an Ethernet device carries its link header."""
     group = _group()
-    log_rules(lab, f'iifname "tap0" udp dport {PORT} log group {group}', hook="prerouting")
-    sensor = Sensor(lab, group)
+    log_rules(addressed_ns, f'iifname "tap0" udp dport {PORT} log group {group}', hook="prerouting")
+    sensor = Sensor(addressed_ns, group)
     sensor.hello()
     frame = Ether(src=MAC_PEER, dst=MAC_LOCAL)
     frame /= IP(src=V4_PEER, dst=V4_LOCAL) / UDP(sport=1234, dport=PORT)
-    with lab.sender("peer0") as out:
+    with addressed_ns.sender("peer0") as out:
         out.send(bytes(frame))
     trig = sensor.expect("trigger")
     assert trig["link"] == "ether"
@@ -203,14 +203,14 @@ def test_incoming_frame_gives_mac_line(lab: Netns) -> None:
     ]
 
 
-def test_bridge_family_trigger(lab: Netns) -> None:
+def test_bridge_family_trigger(addressed_ns: Netns) -> None:
     group = _group()
-    bridge_peer(lab)
+    bridge_peer(addressed_ns)
     rule = f"udp dport {PORT} log group {group} prefix br"
-    log_rules(lab, rule, hook="prerouting", family="bridge")
-    sensor = Sensor(lab, group)
+    log_rules(addressed_ns, rule, hook="prerouting", family="bridge")
+    sensor = Sensor(addressed_ns, group)
     sensor.hello()
-    send_udp(lab, V4_PEER, PORT)
+    send_udp(addressed_ns, V4_PEER, PORT)
     trig = sensor.expect("trigger")
     assert trig["link"] == "ether"
     assert trig["prefix"] == "br"
@@ -221,16 +221,16 @@ def test_bridge_family_trigger(lab: Netns) -> None:
     ]
 
 
-def test_bridge_vlan_tag_is_put_back(lab: Netns) -> None:
+def test_bridge_vlan_tag_is_put_back(addressed_ns: Netns) -> None:
     """The kernel moves the 802.1Q tag into metadata; the trigger shows it."""
     group = _group()
-    bridge_peer(lab)
-    log_rules(lab, f"vlan id 5 log group {group}", hook="prerouting", family="bridge")
-    sensor = Sensor(lab, group, want_packet=True)
+    bridge_peer(addressed_ns)
+    log_rules(addressed_ns, f"vlan id 5 log group {group}", hook="prerouting", family="bridge")
+    sensor = Sensor(addressed_ns, group, want_packet=True)
     sensor.hello()
     frame = Ether(src=MAC_LOCAL, dst=MAC_PEER) / Dot1Q(vlan=5)
     frame /= IP(src=V4_LOCAL, dst=V4_PEER) / UDP(sport=1234, dport=PORT)
-    with lab.sender("tap0") as out:
+    with addressed_ns.sender("tap0") as out:
         out.send(bytes(frame))
     trig = sensor.expect("trigger")
     assert lines(trig) == [
@@ -240,27 +240,27 @@ def test_bridge_vlan_tag_is_put_back(lab: Netns) -> None:
     assert base64.b64decode(trig["pkt"]) == bytes(frame)
 
 
-def test_want_packet_sends_the_whole_packet(lab: Netns) -> None:
+def test_want_packet_sends_the_whole_packet(addressed_ns: Netns) -> None:
     group = _group()
-    log_rules(lab, f"udp dport {PORT} log group {group}")
-    sensor = Sensor(lab, group, want_packet=True)
+    log_rules(addressed_ns, f"udp dport {PORT} log group {group}")
+    sensor = Sensor(addressed_ns, group, want_packet=True)
     sensor.hello()
     payload = secrets.token_bytes(1400)
-    send_udp(lab, V4_PEER, PORT, data=payload)
+    send_udp(addressed_ns, V4_PEER, PORT, data=payload)
     trig = sensor.expect("trigger")
     packet = IP(base64.b64decode(trig["pkt"]))
     assert (packet.src, packet.dst) == (V4_LOCAL, V4_PEER)
     assert bytes(packet[UDP].payload) == payload
 
 
-def test_burst_while_counting_keeps_beating(lab: Netns) -> None:
+def test_burst_while_counting_keeps_beating(addressed_ns: Netns) -> None:
     group, beat, burst = _group(), BEAT, 150_000
-    log_rules(lab, f"udp dport {PORT} log group {group}")
-    sensor = Sensor(lab, group, beat=beat)
+    log_rules(addressed_ns, f"udp dport {PORT} log group {group}")
+    sensor = Sensor(addressed_ns, group, beat=beat)
     sensor.hello()
     sensor.order("count")
     sensor.beat("counting")
-    send_udp(lab, V4_PEER, PORT, count=burst)
+    send_udp(addressed_ns, V4_PEER, PORT, count=burst)
     beats = [sensor.beat("counting")]
     arrivals = [time.monotonic()]
     # The burst is over; a couple more beats take in what was still queued.
@@ -279,16 +279,16 @@ def test_burst_while_counting_keeps_beating(lab: Netns) -> None:
     assert sensor.stop() == b""
 
 
-def test_ack_only_counts_tcp_ack_packets(lab: Netns) -> None:
+def test_ack_only_counts_tcp_ack_packets(addressed_ns: Netns) -> None:
     group = _group()
-    log_rules(lab, f"tcp dport {PORT} log group {group}")
-    sensor = Sensor(lab, group, ack_only=True)
+    log_rules(addressed_ns, f"tcp dport {PORT} log group {group}")
+    sensor = Sensor(addressed_ns, group, ack_only=True)
     sensor.hello()
     sensor.order("count")
     sensor.beat("counting")
     for flags, count in (("S", 5), ("A", 7), ("SA", 3), ("R", 4), ("FA", 2)):
         segment = IP(src=V4_LOCAL, dst=V4_PEER) / TCP(sport=4321, dport=PORT, flags=flags)
-        send_ip(lab, bytes(segment), count)
+        send_ip(addressed_ns, bytes(segment), count)
     total, deadline = 0, time.monotonic() + 5
     while total < 12 and time.monotonic() < deadline:
         total += sensor.beat("counting")["n"]
@@ -297,21 +297,21 @@ def test_ack_only_counts_tcp_ack_packets(lab: Netns) -> None:
     assert total == 12
 
 
-def counting(lab: Netns, beat: float) -> Sensor:
+def counting(addressed_ns: Netns, beat: float) -> Sensor:
     """A sensor on a fresh group that logs UDP to PORT, told to count, and counting."""
     group = _group()
-    log_rules(lab, f"udp dport {PORT} log group {group}")
-    sensor = Sensor(lab, group, beat=beat)
+    log_rules(addressed_ns, f"udp dport {PORT} log group {group}")
+    sensor = Sensor(addressed_ns, group, beat=beat)
     sensor.hello()
     sensor.order("count")
     sensor.beat("counting")
     return sensor
 
 
-def test_arm_fires_on_packets_since_the_last_beat(lab: Netns) -> None:
+def test_arm_fires_on_packets_since_the_last_beat(addressed_ns: Netns) -> None:
     # A long beat: the packet and the arm land between two beats.
-    sensor = counting(lab, beat=2.0)
-    send_udp(lab, V6_PEER, PORT)
+    sensor = counting(addressed_ns, beat=2.0)
+    send_udp(addressed_ns, V6_PEER, PORT)
     sensor.order("arm")
     msg = sensor.recv(timeout=1.0)
     assert msg["t"] == "trigger", msg
@@ -328,24 +328,24 @@ def activity(sensor: Sensor, within: float = 1.0) -> int:
         assert time.monotonic() < deadline, "no beat counted the packet"
 
 
-def counting_after_a_burst(lab: Netns) -> Sensor:
+def counting_after_a_burst(addressed_ns: Netns) -> Sensor:
     """A sensor counting, with a long beat (the asked-for reports, not the
     clock, take the counts), that has just reported a burst: the kernel holds
     a message or two of it, unread, and dropped the rest."""
-    sensor = counting(lab, beat=5.0)
-    send_udp(lab, V4_PEER, PORT, count=500)
+    sensor = counting(addressed_ns, beat=5.0)
+    send_udp(addressed_ns, V4_PEER, PORT, count=500)
     sensor.order("report")
     assert activity(sensor) >= 2  # the queue's growth, and the drops
     return sensor
 
 
-def test_single_packets_count_with_or_without_a_full_queue(lab: Netns) -> None:
+def test_single_packets_count_with_or_without_a_full_queue(addressed_ns: Netns) -> None:
     """Counting reads nothing while packets go by: the next packet after a
     burst (dropped too) must count, as must one into the queue emptied by a
     quiet beat."""
-    sensor = counting_after_a_burst(lab)
+    sensor = counting_after_a_burst(addressed_ns)
     for quiet_between in (False, False, True, True):
-        send_udp(lab, V4_PEER, PORT)
+        send_udp(addressed_ns, V4_PEER, PORT)
         sensor.order("report")
         assert activity(sensor) == 1
         if quiet_between:
@@ -354,24 +354,24 @@ def test_single_packets_count_with_or_without_a_full_queue(lab: Netns) -> None:
     assert sensor.stop() == b""
 
 
-def test_arm_after_a_busy_beat_fires_on_a_new_packet_only(lab: Netns) -> None:
+def test_arm_after_a_busy_beat_fires_on_a_new_packet_only(addressed_ns: Netns) -> None:
     """Armed right after a beat that counted a burst (a forced stop): the
     messages still queued from the burst were counted, and must not fire."""
-    sensor = counting_after_a_burst(lab)
+    sensor = counting_after_a_burst(addressed_ns)
     sensor.order("arm")
     sensor.order("report")
     assert sensor.beat("armed")["n"] == 0  # no trigger came first
-    send_udp(lab, V6_PEER, PORT)
+    send_udp(addressed_ns, V6_PEER, PORT)
     msg = sensor.expect("trigger", timeout=1.0)
     assert lines(msg) == [f"|- IPv6 {V6_LOCAL} > {V6_PEER}, NXT_HDR: 0x11 (UDP)"]
     assert sensor.stop() == b""
 
 
-def test_second_sensor_on_a_group_gets_a_clear_error(lab: Netns) -> None:
+def test_second_sensor_on_a_group_gets_a_clear_error(addressed_ns: Netns) -> None:
     group = _group()
-    first = Sensor(lab, group)
+    first = Sensor(addressed_ns, group)
     first.hello()
-    second = Sensor(lab, group)
+    second = Sensor(addressed_ns, group)
     msg = second.recv()
     assert msg["t"] == "error" and msg["fatal"] is True
     assert f"nflog group {group} is already bound by another process" in msg["reason"]
@@ -380,8 +380,8 @@ def test_second_sensor_on_a_group_gets_a_clear_error(lab: Netns) -> None:
     assert first.beat("armed")
 
 
-def test_sensor_runs_unprivileged_after_hello(lab: Netns) -> None:
-    sensor = Sensor(lab, _group())
+def test_sensor_runs_unprivileged_after_hello(addressed_ns: Netns) -> None:
+    sensor = Sensor(addressed_ns, _group())
     sensor.hello()
     status = proc_status(sensor.proc.pid)
     nobody = pwd.getpwnam("nobody")

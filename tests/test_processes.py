@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -31,6 +31,7 @@ from scapy.layers.l2 import Ether
 from tests.support.netlab import (
     Daemon,
     Lab,
+    LabSetup,
     Netns,
     default_sensor_account,
     gone,
@@ -65,11 +66,9 @@ SENSOR = "tuninetd: sensor pcap tap0"
 
 
 @pytest.fixture
-def lab(veth: Netns, start_daemon: Callable[..., Daemon], tmp_path: Path) -> Iterator[Lab]:
+def lab_setup() -> LabSetup:
     """The daemon on tap0, for udp to PORT."""
-    lab = Lab(veth, tmp_path, start_daemon, BEAT, args=("-i", "tap0", "-f", f"udp port {PORT}"))
-    yield lab
-    lab.close()
+    return LabSetup(args=("-i", "tap0", "-f", f"udp port {PORT}"))
 
 
 def read_pid(path: Path) -> int | None:

@@ -16,7 +16,7 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,8 +24,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
-from tests.support.netlab import Daemon, Lab, Netns, Run, as_nobody, public_folder
-from tests.support.timing import BEAT
+from tests.support.netlab import Lab, Run, as_nobody, public_folder
 
 pytestmark = pytest.mark.root
 
@@ -106,18 +105,15 @@ def test_symlink_in_a_root_folder_is_refused_too(base: Path, tmp_path: Path) -> 
 
 
 @pytest.fixture
-def running(veth: Netns, tmp_path: Path, base: Path,
-            start_daemon: Callable[..., Daemon]) -> Iterator[tuple[Lab, Run, Path]]:
+def running(lab: Lab, base: Path) -> tuple[Lab, Run, Path]:
     """A daemon writing -w into base/dumps (root's, 0755), one trigger done."""
     dumps = base / "dumps"
     dumps.mkdir(mode=0o755)
     dump = dumps / "starts.pcap"
-    lab = Lab(veth, tmp_path, start_daemon, BEAT)
     run = lab.run("-i", "tap0", "-f", "udp", "-w", str(dump))
     trigger(lab, run, 1)
     assert len(rdpcap(str(dump))) == 1
-    yield lab, run, dump
-    lab.close()
+    return lab, run, dump
 
 
 def trigger(lab: Lab, run: Run, n: int) -> None:

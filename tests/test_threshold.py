@@ -28,6 +28,7 @@ from tests.support.netlab import (
     Lab,
     Run,
     Sent,
+    TapAddresses,
     epoch,
     samples,
     scrape,
@@ -50,6 +51,7 @@ V4_A, V4_B = "10.22.0.1", "10.22.0.2"
 V4_LOCAL, V4_PEER = "10.23.0.1", "10.23.0.2"
 V6_LOCAL, V6_PEER = "fd00:23::1", "fd00:23::2"
 MAC_LOCAL, MAC_PEER = "02:00:00:00:23:01", "02:00:00:00:23:02"
+TAP = TapAddresses(MAC_LOCAL, (V4_LOCAL, V6_LOCAL), MAC_PEER, (V4_PEER, V6_PEER))
 PORT, KEEP_PORT = 9922, 9923
 
 # What a modern host sends on its own: an IPv6 router solicitation and an ARP.
@@ -161,7 +163,7 @@ def test_a_slow_trickle_never_starts_the_window_is_anew_each_time(lab: Lab) -> N
 
 
 def test_nflog_start_threshold(lab: Lab) -> None:
-    lab.ns.address_tap(MAC_LOCAL, (V4_LOCAL, V6_LOCAL), MAC_PEER, (V4_PEER, V6_PEER))
+    lab.ns.address_tap(TAP)
     log_rules(lab.ns, f"udp dport {PORT} log group 22")
     run = lab.run("-n", "22", "--start-packets", "3", "--start-window", str(WINDOW))
     for _ in range(3):
@@ -233,7 +235,7 @@ def test_ack_only_keeps_its_meaning_and_log_lines(lab: Lab) -> None:
 def test_keep_group_decides_what_keeps_it_up(lab: Lab) -> None:
     """Group 24 starts (all the service's traffic); while up only group 25
     keeps it up, which the rules give all but the keepalives (to KEEP_PORT)."""
-    lab.ns.address_tap(MAC_LOCAL, (V4_LOCAL, V6_LOCAL), MAC_PEER, (V4_PEER, V6_PEER))
+    lab.ns.address_tap(TAP)
     log_rules(lab.ns, f"udp dport {{ {PORT}, {KEEP_PORT} }} log group 24",
         f"udp dport {PORT} log group 25")
     run = lab.run("-n", "24", "--keep-group", "25", "--start-packets", "2",

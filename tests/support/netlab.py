@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NamedTuple, NoReturn, TypeVar
 
 import pytest
 
@@ -83,6 +83,16 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, check=check, capture_output=True, text=True)
 
 
+class TapAddresses(NamedTuple):
+    """tap0's MAC and own addresses, and the peer addresses with the MAC they
+    resolve to (``Netns.address_tap``)."""
+
+    mac: str
+    own: tuple[str, ...]
+    peer_mac: str
+    peers: tuple[str, ...]
+
+
 class Netns:
     """A throwaway network namespace with a veth pair ``tap0``/``peer0``
     (both ends inside, so frames sent on ``peer0`` arrive on ``tap0``)."""
@@ -103,16 +113,19 @@ class Netns:
         for dev in (name, peer):
             self.ip("link", "set", dev, "up")
 
-    def address_tap(self, mac: str, own: tuple[str, str], peer_mac: str,
-                    peers: tuple[str, str]) -> None:
-        """Give tap0 a MAC and one IPv4 /24 and one IPv6 /64 address; the peer
-        addresses resolve to ``peer_mac``, nobody's, so what the namespace
-        sends to them crosses to peer0 and is dropped there."""
-        self.ip("link", "set", "tap0", "address", mac)
-        self.ip("addr", "add", f"{own[0]}/24", "dev", "tap0")
-        self.ip("addr", "add", f"{own[1]}/64", "dev", "tap0", "nodad")
-        for peer in peers:
-            self.ip("neigh", "add", peer, "lladdr", peer_mac, "dev", "tap0", "nud", "permanent")
+    def address_tap(self, tap: TapAddresses) -> None:
+        """Give tap0 ``tap.mac`` and its addresses (IPv4 /24, IPv6 /64); the
+        peer addresses resolve to ``tap.peer_mac``, nobody's, so what the
+        namespace sends to them crosses to peer0 and is dropped there."""
+        self.ip("link", "set", "tap0", "address", tap.mac)
+        for own in tap.own:
+            if ":" in own:
+                self.ip("addr", "add", f"{own}/64", "dev", "tap0", "nodad")
+            else:
+                self.ip("addr", "add", f"{own}/24", "dev", "tap0")
+        for peer in tap.peers:
+            self.ip("neigh", "add", peer, "lladdr", tap.peer_mac, "dev", "tap0", "nud",
+                    "permanent")
 
     @contextlib.contextmanager
     def entered(self) -> Iterator[None]:
@@ -481,6 +494,16 @@ class Lab:
         for s in (self._frames, self._raw):
             if s is not None:
                 s.close()
+
+
+@dataclass(frozen=True)
+class LabSetup:
+    """What the ``lab`` fixture (tests/conftest.py) sets up on top of the veth
+    pair; a test module overrides the ``lab_setup`` fixture to ask for more."""
+
+    args: tuple[str, ...] = ()  # options every daemon of the lab gets
+    tap: TapAddresses | None = None  # tap0's addresses and its peers'
+    log_rules: tuple[str, ...] = ()  # nftables rules on output logging to NFLOG groups
 
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
