@@ -6,6 +6,9 @@ sensor on tap0, then to tcpdump on tap0; then, with tap0's traffic logged to
 the NFLOG group by an nftables prerouting rule, to the daemon with an nflog
 sensor and to tcpdump on nflog:GROUP. One consumer at a time. The daemon is
 brought up by a trigger first (long ttl), so every window is spent counting.
+Flat out, each sensor once more with a start threshold and a keep-alive
+source of its own (--keep-filter, --keep-group): what counting a second
+socket costs.
 
 A window: read the CPU time of the consumer's whole process tree, send for a
 fixed time, wait one beat and a bit (the sensor reports, tcpdump catches up),
@@ -23,11 +26,14 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.lab import FILTER, GROUP, Cpu, Lab, Tcpdump, gen_result, role, running
+from bench.lab import FILTER, GROUP, KEEP_GROUP, Cpu, Lab, Tcpdump, gen_result, role, running
 from bench.settings import Settings
 from tests.support.netlab import title
 
 RATES = (10_000, 100_000, 0)  # 0: as fast as the generator goes
+# The windows of a daemon with --start-packets and a keep-alive source of its own.
+KEEP_CONSUMER = "tuninetd, keep source"
+KEEP_START_PACKETS = 3
 
 
 @dataclass
@@ -53,10 +59,11 @@ def _idle(pid: int, seconds: float) -> float:
     return Cpu.of_tree(pid).since(before)[0] / seconds
 
 
-def _windows(lab: Lab, pid: int, consumer: str, sensor: str, cfg: Settings) -> list[Window]:
+def _windows(lab: Lab, pid: int, consumer: str, sensor: str, cfg: Settings,
+             rates: tuple[int, ...] = RATES) -> list[Window]:
     idle = _idle(pid, cfg.cost_idle_seconds)
     out = []
-    for rate in RATES:
+    for rate in rates:
         rx = lab.rx_packets()
         t = time.monotonic()
         before = Cpu.of_tree(pid)
@@ -87,6 +94,21 @@ def _daemon(lab: Lab, sensor: str, cfg: Settings) -> list[Window]:
         return _windows(lab, bench.pid, "tuninetd", sensor, cfg)
 
 
+def _keep_source(lab: Lab, sensor: str, cfg: Settings) -> list[Window]:
+    """Flat out, to a daemon with a start threshold and a keep-alive source
+    of its own: pcap counts a second socket (--keep-filter, here the filter
+    itself), nflog a second group bound beside its own (--keep-group, which
+    the rule logs the same traffic to), each with its trigger socket emptied
+    once a beat."""
+    args = (["-i", "tap0", "-f", FILTER, "--keep-filter", FILTER] if sensor == "pcap"
+            else ["-n", str(GROUP), "--keep-group", str(KEEP_GROUP)])
+    with running(lab, f"cost-keep-{sensor}",
+                 [*args, "--start-packets", str(KEEP_START_PACKETS), "-t", "600",
+                  "--beat", str(cfg.beat)], sensors=1) as bench:
+        bench.up(0, packets=KEEP_START_PACKETS)
+        return _windows(lab, bench.pid, KEEP_CONSUMER, sensor, cfg, rates=(0,))
+
+
 def _tcpdump(lab: Lab, sensor: str, cfg: Settings) -> tuple[list[Window], dict[str, int]]:
     args = ["-i", "tap0", FILTER] if sensor == "pcap" else ["-i", f"nflog:{GROUP}"]
     dump = Tcpdump(lab, args)
@@ -103,6 +125,9 @@ def measure(lab: Lab, cfg: Settings) -> dict[str, Any]:
     for sensor in ("pcap", "nflog"):
         lab.rules(log_tap0=sensor == "nflog")
         windows += _daemon(lab, sensor, cfg)
+        lab.rules(log_tap0=sensor == "nflog", keep_group=True)
+        windows += _keep_source(lab, sensor, cfg)
+        lab.rules(log_tap0=sensor == "nflog")
         more, tcpdump_counts[sensor] = _tcpdump(lab, sensor, cfg)
         windows += more
     lab.rules(log_tap0=False)

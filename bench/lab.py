@@ -31,6 +31,7 @@ from tests.support.netlab import Daemon, Netns, title, wait_for
 REPO = Path(__file__).resolve().parent.parent
 PORT = 9999
 GROUP = 7  # the NFLOG group the nflog sensor and tcpdump listen on
+KEEP_GROUP = 8  # a second group tap0's traffic goes to, for --keep-group
 FILTER = f"udp dst port {PORT}"
 VETHS = 8  # tap0..tap7 (peer0..peer7): enough pcap sensors for the 16-sensor tree
 
@@ -90,11 +91,12 @@ class Lab:
         info = json.loads(self.ns.ip("-j", "link", "show", dev).stdout)[0]
         return bytes.fromhex(info["address"].replace(":", ""))
 
-    def rules(self, log_tap0: bool) -> None:
+    def rules(self, log_tap0: bool, keep_group: bool = False) -> None:
         """tap0's matching traffic dropped at prerouting, logged to GROUP first
-        when ``log_tap0``; tap1's always logged. Same kernel path either way,
-        save the log statement."""
-        tap0 = f"log group {GROUP} drop" if log_tap0 else "drop"
+        when ``log_tap0`` (and to KEEP_GROUP too with ``keep_group``); tap1's
+        always logged. Same kernel path either way, save the log statements."""
+        logs = f"log group {GROUP} " + (f"log group {KEEP_GROUP} " if keep_group else "")
+        tap0 = f"{logs}drop" if log_tap0 else "drop"
         script = (
             "table inet tnbench\n"
             "delete table inet tnbench\n"
@@ -267,10 +269,12 @@ class Bench:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- log ---\n{self.daemon.text()}") from None
 
-    def up(self, path: int = 0) -> None:
-        """Trigger, wait for the start command and for every sensor counting."""
+    def up(self, path: int = 0, packets: int = 1) -> None:
+        """Trigger (``packets`` frames: a start threshold), wait for the start
+        command and for every sensor counting."""
         count = len(self.rec.events())
-        self.lab.send(path)
+        for _ in range(packets):
+            self.lab.send(path)
         self.rec.wait(count + 1)
         self.ready("counting")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.cost import RATES
+from bench.cost import KEEP_CONSUMER, RATES
 
 
 @dataclass
@@ -50,6 +50,10 @@ def targets(results: dict[str, Any]) -> list[Target]:
                                 ours["per_million"], limit, "CPU-s/M"))
             out.append(_at_most(f"cost {sensor} at max rate relative to tcpdump, net of idle",
                                 cost["ratio_net_to_tcpdump"][sensor]["max"] * 100, 3.0, "%"))
+            keep = _window(results, KEEP_CONSUMER, sensor, 0)
+            out.append(_at_most(f"cost {sensor} at max rate, keep-alive source of its own "
+                                "and a start threshold (CPU-s per million packets)",
+                                keep["per_million"], limit, "CPU-s/M"))
     start = results.get("start_latency")
     if start:
         alone = start["command_alone"]
@@ -172,6 +176,18 @@ def table(results: dict[str, Any], checked: list[Target]) -> str:
                     f"{ratio * 100:.2f}%", f"{net * 100:.2f}%",
                     f"{ours['idle_cpu_per_s'] * 1000:.2f}",
                 ])
+        for sensor, option in (("pcap", "--keep-filter"), ("nflog", "--keep-group")):
+            keep = _window(results, KEEP_CONSUMER, sensor, 0)
+            ref = _window(results, "tcpdump", sensor, 0)
+            rows.append([
+                f"{sensor} {option}", "max", f"{keep['pps']:,.0f} / {ref['pps']:,.0f}",
+                f"{keep['packets']:,}", _num(keep["per_million"], 4),
+                _num(keep["per_million_net"], 4), _num(ref["per_million"], 3),
+                f"{keep['per_million'] / ref['per_million'] * 100:.2f}%",
+                f"{keep['per_million_net'] / ref['per_million_net'] * 100:.2f}%"
+                if ref["per_million_net"] > 0 else "n/a",
+                f"{keep['idle_cpu_per_s'] * 1000:.2f}",
+            ])
         lines += _grid(["sensor", "rate", "reached pps (ours / tcpdump)", "packets",
                         "tuninetd", "net of idle", "tcpdump", "ratio", "ratio net",
                         "idle CPU-ms/s"], rows)

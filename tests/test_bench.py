@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from bench.cost import KEEP_CONSUMER
 from tests.support.netlab import need_root
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,7 +79,7 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
 
     windows = results["cost"]["windows"]
     assert {(w["consumer"], w["sensor"]) for w in windows} == {
-        (c, s) for c in ("tuninetd", "tcpdump") for s in ("pcap", "nflog")
+        (c, s) for c in ("tuninetd", "tcpdump", KEEP_CONSUMER) for s in ("pcap", "nflog")
     }
     for w in windows:
         for key in ("pps", "packets", "cpu_s", "per_million", "idle_cpu_per_s"):
