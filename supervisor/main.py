@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import NoReturn
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     except StartupError as exc:
         wording.startup_failed(str(exc))
         if ready_fd is not None:
-            os.write(ready_fd, str(exc).encode())
+            with contextlib.suppress(OSError):  # the waiting parent may be gone
+                os.write(ready_fd, str(exc).encode())
         sys.exit(1)
     finally:
         if arbiter is not None:
