@@ -22,7 +22,16 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.support.netlab import Daemon, Netns, events, gone, ready, recorder, wait_for
+from tests.support.netlab import (
+    Daemon,
+    Netns,
+    events,
+    forget_name,
+    gone,
+    ready,
+    recorder,
+    wait_for,
+)
 from tests.support.syslogd import LOG_DAEMON, LOG_INFO, Syslog, private_dev, private_dev_log
 from tests.support.timing import BEAT
 
@@ -160,8 +169,7 @@ def test_the_daemon_runs_on_when_the_waiting_parent_is_gone(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGTERM)
         wait_for("daemon gone", lambda: not daemon_pids(veth))
-        for suffix in (".state", ".lock"):
-            Path(f"/run/tuninetd/{name}{suffix}").unlink(missing_ok=True)
+        forget_name(name)
 
 
 def stopped_before_it_answers(argv: list[str],

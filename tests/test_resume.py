@@ -29,6 +29,7 @@ from tests.support.netlab import (
     Daemon,
     Netns,
     events,
+    forget_name,
     kinds,
     public_folder,
     recorder,
@@ -121,8 +122,7 @@ def service(netns: Netns, tmp_path: Path,
     # What a daemon that exited up or was killed keeps for its next run: none here.
     for d in service.daemons:
         d.stop()
-    for suffix in (".state", ".lock"):
-        service.state_file.with_suffix(suffix).unlink(missing_ok=True)
+    forget_name(service.ifname)
 
 
 def sensor(d: Daemon, ifname: str, state: str) -> int:

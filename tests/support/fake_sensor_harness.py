@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.fake_sensor import CONTROL_VAR
-from tests.support.netlab import recorder
+from tests.support.netlab import forget_name, recorder
 from tests.support.timing import BEAT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,3 +92,4 @@ class FakeSensors:
                 self.proc.wait()
         self.logf.close()
         self.control.close()
+        forget_name(self.name)

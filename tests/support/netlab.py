@@ -281,10 +281,17 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
         self.logf.close()
-        if self.generated:  # what a daemon keeps for its next run: no next run here
-            for suffix in (".state", ".lock"):
-                Path(f"/run/tuninetd/{self.name}{suffix}").unlink(missing_ok=True)
+        if self.generated:
+            forget_name(str(self.name))
         return self.proc.returncode
+
+
+def forget_name(name: str) -> None:
+    """What a daemon called ``name`` keeps in /run/tuninetd for its next run
+    (its state when it exited up, its lock when it was killed): a test's
+    daemon has no next run. Only for names the test made its own."""
+    for suffix in (".state", ".lock"):
+        Path(f"/run/tuninetd/{name}{suffix}").unlink(missing_ok=True)
 
 
 def ready(daemon: Daemon, sensors: int = 1, timeout: float = 15.0) -> None:
