@@ -38,8 +38,8 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 MAX_SIZE = 8192
 MAX_LINES = 8
 # The longest line the daemon words is the NFLOG prefix's: 64 characters
-# shown, each at most 7 once quoted (\u1f600), and 18 around them.
-MAX_TEXT = 512
+# shown, each at most 8 once quoted (\u10ffff), and 19 around them: 531.
+MAX_TEXT = 640
 VERSION = 1
 STATES = ("down", "starting", "up")
 _KEYS = {"version", "state", "since", "boot_id", "command", "sensor", "summary"}

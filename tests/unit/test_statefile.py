@@ -113,7 +113,10 @@ def test_the_reader_takes_everything_the_writer_would_write(record: Record) -> N
     assert statefile.parse(statefile.dump(read)) == read
 
 
-prefixes = st.text(min_size=1, max_size=wire.MAX_PREFIX)
+# Any text, and text from the last plane, each character of which is quoted longest.
+prefixes = (st.text(min_size=1, max_size=wire.MAX_PREFIX)
+            | st.text(st.characters(min_codepoint=0x100000), min_size=64,
+                      max_size=wire.MAX_PREFIX))
 
 
 @given(prefixes, st.sampled_from(["pcap:eth0", "nflog:65535", f"pcap:{'x' * 15}"]))
@@ -127,8 +130,10 @@ def test_every_summary_the_daemon_words_is_saved_and_read_back(prefix: str,
     assert statefile.parse(statefile.dump(record)) == record
 
 
-def test_sixty_cyrillic_letters() -> None:
-    facts = Facts("raw", None, None, "ж" * 60)
+@pytest.mark.parametrize(("prefix", "longest"), [("ж" * 60, 379), (chr(0x10FFFF) * 64, 531)],
+                         ids=["cyrillic", "last-plane"])
+def test_the_longest_summary_lines(prefix: str, longest: int) -> None:
+    facts = Facts("raw", None, None, prefix)
     record = Record("up", 1764500000.25, BOOT, "a" * 64, "nflog:1", wording.summary(facts))
-    assert max(len(line) for line in record.summary) == 379
+    assert max(len(line) for line in record.summary) == longest
     assert statefile.parse(statefile.dump(record)) == record
