@@ -207,6 +207,32 @@ def test_after_a_failed_start_with_retry_start_it_passes_then_holds_again(
     wait_for("holding again", lambda: status(d)["hold"]["state"] == "holding")
 
 
+def holding(d: Daemon, packets: int) -> Callable[[], bool]:
+    return lambda: bool(status(d)["hold"]["held"] == packets)
+
+
+def test_with_a_start_threshold_what_came_before_waits_too(
+        start_daemon: StartDaemon, pair: Pair, tmp_path: Path) -> None:
+    """--start-packets 3: the first two datagrams start nothing, and wait;
+    the third fires start, and all three are answered."""
+    d = daemon(start_daemon, pair, holdlab.service_script(tmp_path), "--start-packets", "3",
+               "--start-window", "10")
+    with pair.client.entered():
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        for i, sock in enumerate(socks):
+            sock.settimeout(10)
+            sock.connect((SERVER_IP, UDP_PORT))
+            sock.send(b"ping %d" % i)
+            if i < 2:
+                wait_for(f"{i + 1} held", holding(d, i + 1))
+        assert [sock.recv(16) for sock in socks] == [b"ping 0", b"ping 1", b"ping 2"]
+    finally:
+        for sock in socks:
+            sock.close()
+    d.wait_log("start done: released 3 held packets")
+
+
 def test_a_second_daemon_on_the_queue_exits_1_naming_it(
         start_daemon: StartDaemon, pair: Pair, tmp_path: Path) -> None:
     first = daemon(start_daemon, pair, holdlab.service_script(tmp_path))
