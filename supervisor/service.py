@@ -114,7 +114,7 @@ class Service:
 
     def force_down(self, announce: Callable[[], None]) -> bool:
         """Stop now; ``announce`` logs why first. False: already down."""
-        if not self.machine.force_down():
+        if not self.machine.up:
             wording.already_down()
             return False
         announce()
@@ -140,8 +140,10 @@ class Service:
         return True
 
     def _go_down(self, arm: bool = True) -> None:
-        self._save()
+        # The queue first: if it refuses the stop, nothing has changed yet.
         self.executor.stop(wording.command_env("stop", self.trigger_sensor, self.cfg.ttl))
+        self.machine.force_down()
+        self._save()
         if arm:
             self.sensors.order_all("arm")
         self.executor.dispatch()
@@ -150,7 +152,7 @@ class Service:
 
     def exiting(self) -> None:
         """SIGTERM with stop_on_exit: stop, if up, before the executor quits."""
-        if self.cfg.stop_on_exit and self.machine.force_down():
+        if self.cfg.stop_on_exit and self.machine.up:
             wording.stop_on_exit()
             self._go_down(arm=False)
 

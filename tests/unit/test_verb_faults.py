@@ -1,8 +1,8 @@
 """A verb of the control socket that fails: the daemon's log says so (not
-only the client's screen), and ``tuninetd up`` changes nothing when the
-command queue refuses its start. The control server is the real one, on a
-real unix socket, asked by the real client; the queue's refusal is the
-queue's own check (two starts in a row)."""
+only the client's screen), and ``tuninetd up`` or ``down`` changes nothing
+when the command queue refuses its command. The control server is the real
+one, on a real unix socket, asked by the real client; the queue's refusal is
+the queue's own check (two starts, or two stops, in a row)."""
 
 from __future__ import annotations
 
@@ -57,14 +57,28 @@ def test_a_verb_that_raises_is_logged_and_answered(tmp_path: Path,
         "CORE: up failed: RuntimeError: the queue is on fire over the control socket"]
 
 
-def test_up_refused_by_the_queue_changes_nothing(tmp_path: Path) -> None:
+def service_of(folder: Path) -> Service:
     cfg = settings(command="/bin/true", sensors=(), sensor_user=Account("nobody", 65534, 65534))
     executor = Worker("executor", "m", {}, wire.EXECUTOR_MESSAGES, "executor")
-    service = Service(cfg, SensorLink(cfg, []), ExecutorLink(cfg, executor, Observers()),
-                      Observers(), StateFile(str(tmp_path / "t.state"), cfg))
+    return Service(cfg, SensorLink(cfg, []), ExecutorLink(cfg, executor, Observers()),
+                   Observers(), StateFile(str(folder / "t.state"), cfg))
+
+
+def test_up_refused_by_the_queue_changes_nothing(tmp_path: Path) -> None:
+    service = service_of(tmp_path)
     service.executor.queue.last_event = "start"  # a start the queue still counts as last
     with pytest.raises(ValueError, match="two start commands in a row"):
         service.force_up(100.0)
     assert not service.machine.up
     assert service.trigger_sensor == ""
+    assert not os.path.exists(tmp_path / "t.state")
+
+
+def test_down_refused_by_the_queue_changes_nothing(tmp_path: Path) -> None:
+    service = service_of(tmp_path)
+    service.machine.trigger(100.0)
+    service.executor.queue.last_event = "stop"  # a stop the queue still counts as last
+    with pytest.raises(ValueError, match="two stop commands in a row"):
+        service.force_down(lambda: None)
+    assert service.machine.up
     assert not os.path.exists(tmp_path / "t.state")
