@@ -91,7 +91,6 @@ from tests.support.netlab import (
     events,
     gone,
     kinds,
-    live_workers,
     need_root,
     proc_status,
     ready,
@@ -101,6 +100,7 @@ from tests.support.netlab import (
     wait_gone,
     wait_title,
     worker,
+    workers,
 )
 from tests.support.nft_rules import TABLE, log_rules, nft
 from tests.support.timing import BACKOFF_FIRST, BEAT, SLACK
@@ -121,7 +121,6 @@ EXECUTOR = "tuninetd: executor"
 PCAP = "tuninetd: sensor pcap tap0"
 NFLOG = f"tuninetd: sensor nflog {GROUP}"
 LABEL = {PCAP: "pcap:tap0", NFLOG: f"nflog:{GROUP}"}
-WORKERS = (EXECUTOR, PCAP, NFLOG)
 
 
 # -- the lab -----------------------------------------------------------------------
@@ -326,7 +325,7 @@ def test_sensor_killed_while_its_interface_is_gone(lab: Lab) -> None:
     quiet_from = len(d.lines())
     time.sleep(20 * BEAT)  # twenty beats without the interface: nothing to log
     assert d.lines()[quiet_from:] == [], d.text()
-    assert live_workers(d, WORKERS)[PCAP] == new
+    assert worker(d, PCAP) == new
 
     lab.ns.add_veth()
     lab.ns.ip("link", "set", "tap0", "address", MAC_LOCAL)
@@ -465,7 +464,7 @@ def test_nflog_rule_removed_and_added_again(lab: Lab, tool: str) -> None:
     send_nflog(lab, 4)
     wait_kinds(d, record, ["start", "stop", "start"])
     assert events(record)[2][2:4] == [f"nflog:{GROUP}", seq_ip(4)]
-    assert live_workers(d, WORKERS)[NFLOG] == sensor
+    assert worker(d, NFLOG) == sensor
     trouble = [line for line in d.lines()
                if "rror" in line or "arning" in line
                or line.startswith(f"CORE: sensor nflog {GROUP}")]
@@ -478,8 +477,8 @@ def test_nflog_rule_removed_and_added_again(lab: Lab, tool: str) -> None:
 def test_supervisor_killed_then_a_new_daemon_at_once(lab: Lab) -> None:
     old_run = lab.run(*PCAP_ARGS, *NFLOG_ARGS, sensors=2)
     old, old_record = old_run.daemon, old_run.record
-    pids = list(live_workers(old, WORKERS).values())
-    assert len(pids) == 3, live_workers(old, WORKERS)
+    pids = list(workers(old.pid))
+    assert len(pids) == 3, workers(old.pid)
     os.kill(old.pid, signal.SIGKILL)
     killed = time.monotonic()
     new_run = lab.run(*PCAP_ARGS, *NFLOG_ARGS, name="second.sh", wait=False)

@@ -10,7 +10,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.support.netlab import Daemon, Netns, events, ready, recorder, wait_for
+from tests.support.netlab import Daemon, Netns, events, ready, recorder, wait_for, worker, workers
 from tests.support.timing import BEAT
 
 pytestmark = pytest.mark.root
@@ -24,11 +24,7 @@ FRAME = bytes(
 
 
 def sensor_title(d: Daemon) -> str:
-    for child in psutil.Process(d.pid).children():
-        title = " ".join(child.cmdline())
-        if title.startswith("tuninetd: sensor pcap"):
-            return title
-    return ""
+    return next((t for t in workers(d.pid).values() if t.startswith("tuninetd: sensor pcap")), "")
 
 
 def starts(record: Path) -> int:
@@ -51,8 +47,7 @@ def test_capture_resumes_after_the_interface_is_recreated(
     if while_up:
         veth.sender().send(FRAME)
         wait_for("start", lambda: starts(record) == 1)
-    sensor_pid = next(c.pid for c in psutil.Process(d.pid).children()
-                      if c.name() == "tuninetd-pcap")
+    sensor_pid = worker(d, "tuninetd: sensor pcap tap0")
 
     veth.ip("link", "del", "tap0")
     d.wait_log("waiting for interface")

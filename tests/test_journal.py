@@ -20,12 +20,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.support.netlab import Daemon, Netns, events, ready, recorder, wait_for
+from tests.support.netlab import Daemon, Netns, events, ready, recorder, wait_for, workers
 from tests.support.timing import BEAT
 
 pytestmark = pytest.mark.root
@@ -166,8 +165,8 @@ def test_journalctl_priority_filter_shows_the_warnings(veth: Netns, tmp_path: Pa
     try:
         wait_for("the daemon binding", lambda: "Binding to interface tap0" in journalctl("info"),
                  20)
-        wait_for("the sensor armed", lambda: any(
-            "armed" in " ".join(c.cmdline()) for c in psutil.Process(daemon.pid).children()), 20)
+        wait_for("the sensor armed",
+                 lambda: any("armed" in t for t in workers(daemon.pid).values()), 20)
         veth.sender().send(FRAME)
         wait_for("start and stop", lambda: [e[0] for e in events(record)] == ["start", "stop"])
         wait_for("the warning in journalctl -p warning",

@@ -32,6 +32,7 @@ from tests.support.netlab import (
     samples,
     scrape,
     wait_for,
+    worker,
 )
 from tests.support.timing import BEAT
 
@@ -66,7 +67,7 @@ def test_scrape_after_start_stop_and_restart(
     for _ in range(3):
         tx.send(FRAME)  # counted by the beats while up
     wait_for("stop", lambda: [e[0] for e in events(record)] == ["start", "stop"])
-    sensor = d.children()["tuninetd-pcap"]
+    sensor = worker(d, "tuninetd: sensor pcap tap0")
     os.kill(sensor, signal.SIGKILL)
     d.wait_log("is back")
 

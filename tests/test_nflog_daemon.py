@@ -37,6 +37,7 @@ from tests.support.netlab import (
     gone,
     recorder,
     send_udp,
+    sensors,
     sh,
     title,
     wait_for,
@@ -307,7 +308,7 @@ def test_burst_while_up_keeps_beating_and_quiet(lab: Lab) -> None:
     run.wait_events(1)
     run.daemon.wait_log("NFLOG: start command done")
     wait_for("the start summary", lambda: len(run.after("NFLOG: start command done", lines=1)))
-    sensor = run.sensors()["tuninetd: sensor nflog 12"]
+    sensor = sensors(run.daemon)["tuninetd: sensor nflog 12"]
     wait_for("the sensor counting", lambda: title(sensor).endswith(" counting"))
     before = run.daemon.lines()
 
@@ -339,7 +340,7 @@ def test_burst_while_up_keeps_beating_and_quiet(lab: Lab) -> None:
     assert not new, f"log lines during the burst: {new[:20]}"
     run.wait_events(2, timeout=15)
     early, late = stop_delta(run, 1, last, 2.0)
-    assert run.sensors()["tuninetd: sensor nflog 12"] == sensor, "the sensor was replaced"
+    assert sensors(run.daemon)["tuninetd: sensor nflog 12"] == sensor, "the sensor was replaced"
     print(f"\n{burst} packets in {lasted:.2f} s; stop {early:.3f}/{late:.3f} s after the burst")
 
 
@@ -353,14 +354,14 @@ def test_a_packet_a_beat_keeps_it_up_after_a_burst_and_silence_stops_it(lab: Lab
     run = lab.run("-n", "14", ttl=ttl)
     send_udp(lab.ns, V4_PEER, PORT)
     run.wait_events(1)
-    sensor = run.sensors()["tuninetd: sensor nflog 14"]
+    sensor = sensors(run.daemon)["tuninetd: sensor nflog 14"]
     wait_for("the sensor counting", lambda: title(sensor).endswith(" counting"))
     send_udp(lab.ns, V4_PEER, PORT, count=2_000)
     last = stream(partial(send_udp, lab.ns, V4_PEER, PORT), every=BEAT, duration=4 * ttl)
     assert run.kinds() == ["start"], f"stopped while a packet came every beat: {run.events()}"
     run.wait_events(2)
     stop_delta(run, 1, last, float(ttl))
-    assert run.sensors()["tuninetd: sensor nflog 14"] == sensor, "the sensor was replaced"
+    assert sensors(run.daemon)["tuninetd: sensor nflog 14"] == sensor, "the sensor was replaced"
 
 
 # -- 8. the sensor killed -------------------------------------------------------------
@@ -371,13 +372,13 @@ def test_killed_nflog_sensor_is_replaced(lab: Lab) -> None:
     run = lab.run("-n", "13")
     send_udp(lab.ns, V4_PEER, PORT)
     run.wait_events(1)
-    old = run.sensors()["tuninetd: sensor nflog 13"]
+    old = sensors(run.daemon)["tuninetd: sensor nflog 13"]
     os.kill(old, signal.SIGKILL)
     run.daemon.wait_log("CORE: sensor nflog 13 is back")
     assert any(f"sensor nflog 13 (pid {old}) killed by signal 9" in line
                for line in run.daemon.lines()), run.daemon.text()
     assert gone(old)
-    new = run.sensors()["tuninetd: sensor nflog 13"]
+    new = sensors(run.daemon)["tuninetd: sensor nflog 13"]
     assert new != old
     # Up when it came back: it counts; the state goes down after ttl.
     run.wait_events(2)
@@ -406,9 +407,9 @@ def test_group_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
 def test_two_groups_two_sensor_processes(lab: Lab) -> None:
     log_rules(lab.ns, f"udp dport {PORT} log group 21", f"udp dport {BOTH} log group 22")
     run = lab.run("-n", "21", "-n", "22", sensors=2)
-    sensors = run.sensors()
-    assert set(sensors) == {"tuninetd: sensor nflog 21", "tuninetd: sensor nflog 22"}, sensors
-    assert {psutil.Process(pid).name() for pid in sensors.values()} == {"tuninetd-nflog"}
+    by_name = sensors(run.daemon)
+    assert set(by_name) == {"tuninetd: sensor nflog 21", "tuninetd: sensor nflog 22"}, by_name
+    assert {psutil.Process(pid).name() for pid in by_name.values()} == {"tuninetd-nflog"}
     send_udp(lab.ns, V4_PEER, BOTH)
     got = run.wait_events(1)
     assert got[0][2] == "nflog:22", got

@@ -21,7 +21,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.support.netlab import Daemon, Netns, events, gone, recorder, wait_for
+from tests.support.netlab import Daemon, Netns, events, gone, recorder, sensors, wait_for, workers
 from tests.support.timing import BEAT
 
 pytestmark = pytest.mark.root
@@ -70,7 +70,7 @@ def environ(pid: int) -> dict[str, str]:
 
 
 def sensor_pid(d: Daemon) -> int:
-    return d.children().get("tuninetd-pcap", 0)
+    return sensors(d).get("tuninetd: sensor pcap tap0", 0)
 
 
 def test_ready_status_watchdog_stopping(
@@ -95,7 +95,7 @@ def test_ready_status_watchdog_stopping(
     ready_at = notify.times("READY=1")
     assert len(ready_at) == 1
     assert not [t for t in notify.times("WATCHDOG=1") if t < ready_at[0]]
-    for pid in (d.pid, *d.children().values()):
+    for pid in (d.pid, *workers(d.pid)):
         env = environ(pid)
         if pid != d.pid:
             assert not set(NOTIFY_VARS) & env.keys(), f"worker {pid} inherited {env.keys()}"
@@ -131,11 +131,11 @@ def test_ready_status_watchdog_stopping(
     assert len(during) <= 1, during
     assert any("not well" in s for s in notify.statuses())
 
-    workers = list(d.children().values())
+    children = list(workers(d.pid))
     os.kill(d.pid, signal.SIGTERM)
     _, fields = notify.wait("STOPPING=1")
     d.proc.wait(15)
-    assert all(gone(p) for p in workers)
+    assert all(gone(p) for p in children)
 
 
 def test_abstract_address_and_watchdog_for_another_pid(

@@ -12,7 +12,6 @@ attack code does work where nothing stops it.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import pwd
@@ -28,14 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.support.compromised_sensor import SPOOFED
 from tests.support.configs import settings
-from tests.support.netlab import Netns, events, proc_status, recorder, title, wait_for
+from tests.support.netlab import Netns, events, proc_status, recorder, title, wait_for, workers
 from tests.support.timing import BEAT
 from tuninetd.common import wire, worker
 from tuninetd.supervisor import arbiter, children
@@ -322,11 +320,7 @@ def _daemon_of(proc: subprocess.Popen[bytes]) -> int:
 
 
 def _child(pid: int, prefix: str, state: str) -> int | None:
-    for kid in psutil.Process(pid).children():
-        with contextlib.suppress(psutil.Error):
-            if " ".join(kid.cmdline()).startswith(f"{prefix}") and state in " ".join(kid.cmdline()):
-                return kid.pid
-    return None
+    return next((p for p, t in workers(pid).items() if t.startswith(prefix) and state in t), None)
 
 
 def test_a_sensor_killed_by_seccomp_is_logged_and_replaced(veth: Netns, tmp_path: Path) -> None:

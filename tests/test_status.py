@@ -35,6 +35,7 @@ from tests.support.netlab import (
     ready,
     recorder,
     wait_for,
+    worker,
 )
 from tests.support.stand_in_daemon import answer
 from tests.support.timing import BEAT
@@ -90,10 +91,10 @@ def test_status_of_a_real_daemon(veth: Netns, tmp_path: Path, sockdir: Path,
     assert before["commands"]["starts"] == before["commands"]["stops"] == 0
     procs = {p["role"]: p for p in before["processes"]}
     assert set(procs) == {"supervisor", "executor", "pcap:tap0"}
-    kids = d.children()
+    sensor = worker(d, "tuninetd: sensor pcap tap0")
     assert procs["supervisor"]["pid"] == d.pid
-    assert procs["executor"]["pid"] == kids["tuninetd-exec"]
-    assert procs["pcap:tap0"]["pid"] == kids["tuninetd-pcap"]
+    assert procs["executor"]["pid"] == worker(d, "tuninetd: executor")
+    assert procs["pcap:tap0"]["pid"] == sensor
     for p in procs.values():
         assert p.keys() >= PROCESS_KEYS
         assert p["rss_bytes"] == pytest.approx(psutil.Process(p["pid"]).memory_info().rss,
@@ -131,7 +132,7 @@ def test_status_of_a_real_daemon(veth: Netns, tmp_path: Path, sockdir: Path,
                               "RSS"]
     rows = {line.split()[0]: line.split() for line in text.splitlines()
             if line.split() and line.split()[0] in procs}
-    assert rows["pcap:tap0"][1:4] == [str(kids["tuninetd-pcap"]),
+    assert rows["pcap:tap0"][1:4] == [str(sensor),
                                       default_sensor_account().pw_name, "armed"]
 
     # Unprivileged: the 0600 socket refuses the connection.

@@ -33,6 +33,7 @@ from tests.support.netlab import (
     samples,
     scrape,
     send_udp,
+    sensors,
     sh,
 )
 from tests.support.nft_rules import log_rules
@@ -249,7 +250,7 @@ def test_keep_group_decides_what_keeps_it_up(lab: Lab) -> None:
            longest=1.0 + BEAT + SLACK + 2.0, until=lambda: len(run.events()) >= 2)
     run.wait_events(2)
     stop_delta(run, 1, last, 1.0)
-    assert run.sensors().keys() == {"tuninetd: sensor nflog 24"}, "one sensor binds both"
+    assert sensors(run.daemon).keys() == {"tuninetd: sensor nflog 24"}, "one sensor binds both"
     block = usr1_lines(run)
     assert "- using packets of nflog group 25 to reset TTL timer" in block, block
     assert "- start threshold: 2 packets within 1 sec." in block, block

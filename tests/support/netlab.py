@@ -262,16 +262,6 @@ class Daemon:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- log ---\n{self.text()}") from None
 
-    def children(self) -> dict[str, int]:
-        """Worker comm name -> pid (first of each)."""
-        import psutil
-
-        out: dict[str, int] = {}
-        for child in psutil.Process(self.pid).children():
-            with contextlib.suppress(psutil.Error):
-                out.setdefault(child.name(), child.pid)
-        return out
-
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -296,18 +286,13 @@ def forget_name(name: str) -> None:
 
 def ready(daemon: Daemon, sensors: int = 1, timeout: float = 15.0) -> None:
     """Every sensor and the executor have said hello (their titles show it)."""
-    import psutil
 
     def probe() -> bool:
         if daemon.proc.poll() is not None:
             raise AssertionError(f"daemon exited:\n{daemon.text()}")
-        try:
-            kids = psutil.Process(daemon.pid).children()
-            titles = [" ".join(k.cmdline()) for k in kids]
-        except psutil.Error:
-            return False
+        titles = workers(daemon.pid).values()
         armed = [t for t in titles if t.startswith("tuninetd: sensor") and "armed" in t]
-        execs = [t for t in titles if re.fullmatch(r"tuninetd: executor (\S+ )?idle", t.strip())]
+        execs = [t for t in titles if re.fullmatch(r"tuninetd: executor (\S+ )?idle", t)]
         return len(armed) >= sensors and len(execs) == 1
 
     try:
@@ -359,43 +344,41 @@ def wait_title(pid: int, pattern: str, timeout: float = 10.0,
                     lambda: re.fullmatch(pattern, title(pid)), timeout, every)
 
 
-def live_workers(d: Daemon, prefixes: tuple[str, ...]) -> dict[str, int]:
-    """Title prefix -> pid of the daemon's live workers whose titles start with
-    one of ``prefixes`` (``"tuninetd: executor"``, ``"tuninetd: sensor pcap
-    tap0"``...) followed by a state."""
+def workers(parent: int) -> dict[int, str]:
+    """The live children of ``parent`` (a supervisor: its workers), pid ->
+    title; a zombie is not one."""
     import psutil
 
-    out: dict[str, int] = {}
     try:
-        kids = psutil.Process(d.pid).children()
+        kids = psutil.Process(parent).children()
     except psutil.Error:
-        return out
-    for kid in kids:
-        if gone(kid.pid):
-            continue
-        t = title(kid.pid)
-        for prefix in prefixes:
-            if t.startswith(prefix + " "):
-                out[prefix] = kid.pid
-    return out
+        return {}
+    return {k.pid: t for k in kids if not gone(k.pid) and (t := title(k.pid))}
 
 
 def worker(d: Daemon, prefix: str, state: str = "", not_pid: int = 0,
            timeout: float = 10.0) -> int:
-    """The pid of the worker whose title is ``prefix state...`` (and not ``not_pid``)."""
+    """The pid of the live worker whose title is ``prefix state...`` (and not
+    ``not_pid``), once there is one. ``prefix``: ``"tuninetd: executor"``,
+    ``"tuninetd: sensor pcap tap0"``..., a state follows it."""
 
     def probe() -> int | None:
         if d.proc.poll() is not None:
             raise AssertionError(f"daemon exited:\n{d.text()}")
-        pid = live_workers(d, (prefix,)).get(prefix)
-        if pid and pid != not_pid and title(pid).startswith(f"{prefix} {state}".strip()):
-            return pid
-        return None
+        return next((pid for pid, t in workers(d.pid).items() if pid != not_pid
+                     and t.startswith(prefix + " ") and t.startswith(f"{prefix} {state}")),
+                    None)
 
     try:
         return wait_for(f"{prefix} {state}", probe, timeout)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- log ---\n{d.text()}") from None
+
+
+def sensors(d: Daemon) -> dict[str, int]:
+    """The live sensors by name, without their state ("tuninetd: sensor nflog 5") -> pid."""
+    return {" ".join(t.split()[:4]): pid for pid, t in workers(d.pid).items()
+            if t.startswith("tuninetd: sensor ")}
 
 
 @dataclass
@@ -425,17 +408,6 @@ class Run:
             raise AssertionError(
                 f"{exc}\nrecorded: {self.events()}\n--- log ---\n{self.daemon.text()}"
             ) from None
-
-    def sensors(self) -> dict[str, int]:
-        """Sensor title without its state ("tuninetd: sensor nflog 5") -> pid."""
-        import psutil
-
-        out = {}
-        for kid in psutil.Process(self.daemon.pid).children():
-            with_state = title(kid.pid)
-            if with_state.startswith("tuninetd: sensor"):
-                out[with_state.rsplit(" ", 1)[0]] = kid.pid
-        return out
 
     def after(self, needle: str, nth: int = 1, lines: int = 2) -> list[str]:
         """The ``lines`` log lines that follow the nth line containing ``needle``."""
