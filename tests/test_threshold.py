@@ -177,6 +177,33 @@ def test_nflog_start_threshold(lab: Lab) -> None:
     assert summary(run, "NFLOG", 1) == [f"|- IPv4 {V4_LOCAL} > {V4_PEER}, NXT_HDR: 0x11 (UDP)"]
 
 
+def test_a_burst_past_the_counting_buffer_counts_whole_pcap(lab: Lab) -> None:
+    """A threshold far above what the counting buffer holds: the packets the
+    kernel drops count as those read do. 30 (led by an ARP) stay short of
+    40; 60 (led by UDP) start."""
+    run = lab.run("-i", "tap0", "-f", STRAYS_FILTER, "--start-packets", "40",
+                  "--start-window", "1")
+    tx = lab.ns.sender()
+    send(tx, ARP_REQUEST, *[udp4()] * 29)
+    time.sleep(2 * 1.0 + STRAY_GAP)
+    burst = send(tx, *[udp4(dport=5354)] * 60)
+    got = run.wait_events(1)
+    assert epoch(got[0]) >= burst.before
+    assert got[0][2:] == ["pcap:tap0", V4_A, V4_B, "UDP"], got
+
+
+def test_a_burst_past_the_counting_buffer_counts_whole_nflog(lab: Lab) -> None:
+    lab.ns.address_tap(TAP)
+    log_rules(lab.ns, f"udp dport {PORT} log group 23")
+    run = lab.run("-n", "23", "--start-packets", "40", "--start-window", "1")
+    send_udp(lab.ns, V6_PEER, PORT, count=30)
+    time.sleep(2 * 1.0 + STRAY_GAP)
+    burst = send_udp(lab.ns, V4_PEER, PORT, count=60)
+    got = run.wait_events(1)
+    assert epoch(got[0]) >= burst.before
+    assert got[0][2:] == ["nflog:23", V4_LOCAL, V4_PEER, "UDP"], got
+
+
 # -- what keeps it up ---------------------------------------------------------------
 
 
