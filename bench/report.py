@@ -132,6 +132,20 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
+def _cost_row(label: str, rate: int, ours: dict[str, Any], ref: dict[str, Any]) -> list[str]:
+    """One row of the cost table: our window against tcpdump's at that rate."""
+
+    def share(part: float, whole: float) -> str:
+        return f"{part / whole * 100:.2f}%" if whole > 0 else "n/a"
+
+    return [label, f"{rate:,}" if rate else "max", f"{ours['pps']:,.0f} / {ref['pps']:,.0f}",
+            f"{ours['packets']:,}", _num(ours["per_million"], 4),
+            _num(ours["per_million_net"], 4), _num(ref["per_million"], 3),
+            share(ours["per_million"], ref["per_million"]),
+            share(ours["per_million_net"], ref["per_million_net"]),
+            f"{ours['idle_cpu_per_s'] * 1000:.2f}"]
+
+
 def table(results: dict[str, Any], checked: list[Target]) -> str:
     lines: list[str] = []
     meta = results["meta"]
@@ -160,34 +174,12 @@ def table(results: dict[str, Any], checked: list[Target]) -> str:
         lines.append("")
         lines.append("1. Cost per packet while up: CPU seconds of the whole process tree "
                      "per million matching packets")
-        rows = []
-        for sensor in ("pcap", "nflog"):
-            for rate in RATES:
-                ours = _window(results, "tuninetd", sensor, rate)
-                ref = _window(results, "tcpdump", sensor, rate)
-                ratio = cost["ratio_to_tcpdump"][sensor][str(rate or "max")]
-                net = cost["ratio_net_to_tcpdump"][sensor][str(rate or "max")]
-                rows.append([
-                    sensor, f"{rate:,}" if rate else "max",
-                    f"{ours['pps']:,.0f} / {ref['pps']:,.0f}",
-                    f"{ours['packets']:,}",
-                    _num(ours["per_million"], 4), _num(ours["per_million_net"], 4),
-                    _num(ref["per_million"], 3),
-                    f"{ratio * 100:.2f}%", f"{net * 100:.2f}%",
-                    f"{ours['idle_cpu_per_s'] * 1000:.2f}",
-                ])
-        for sensor, option in (("pcap", "--keep-filter"), ("nflog", "--keep-group")):
-            keep = _window(results, KEEP_CONSUMER, sensor, 0)
-            ref = _window(results, "tcpdump", sensor, 0)
-            rows.append([
-                f"{sensor} {option}", "max", f"{keep['pps']:,.0f} / {ref['pps']:,.0f}",
-                f"{keep['packets']:,}", _num(keep["per_million"], 4),
-                _num(keep["per_million_net"], 4), _num(ref["per_million"], 3),
-                f"{keep['per_million'] / ref['per_million'] * 100:.2f}%",
-                f"{keep['per_million_net'] / ref['per_million_net'] * 100:.2f}%"
-                if ref["per_million_net"] > 0 else "n/a",
-                f"{keep['idle_cpu_per_s'] * 1000:.2f}",
-            ])
+        rows = [_cost_row(sensor, rate, _window(results, "tuninetd", sensor, rate),
+                          _window(results, "tcpdump", sensor, rate))
+                for sensor in ("pcap", "nflog") for rate in RATES]
+        rows += [_cost_row(f"{sensor} {option}", 0, _window(results, KEEP_CONSUMER, sensor, 0),
+                           _window(results, "tcpdump", sensor, 0))
+                 for sensor, option in (("pcap", "--keep-filter"), ("nflog", "--keep-group"))]
         lines += _grid(["sensor", "rate", "reached pps (ours / tcpdump)", "packets",
                         "tuninetd", "net of idle", "tcpdump", "ratio", "ratio net",
                         "idle CPU-ms/s"], rows)
