@@ -52,7 +52,13 @@ def syslog(tmp_path: Path) -> Iterator[tuple[Syslog, list[str]]]:
 
 
 def daemon_pids(ns: Netns) -> list[int]:
-    return [p for p in ns.pids() if psutil.Process(p).name() == "tuninetd"]
+    def name(pid: int) -> str:
+        try:
+            return psutil.Process(pid).name()
+        except psutil.NoSuchProcess:  # it exited since the namespace was listed
+            return ""
+
+    return [p for p in ns.pids() if name(p) == "tuninetd"]
 
 
 def test_detaches_logs_to_syslog_and_exits_cleanly(

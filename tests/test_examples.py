@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -22,6 +23,7 @@ import pytest
 
 from tests.support.links import has_carrier, holders
 from tests.support.netlab import Netns, need, wait_for
+from tests.support.syslogd import Syslog, private_dev_log
 from tests.support.tuntapd import console_script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,11 +43,13 @@ def fake(bin_dir: Path, name: str, body: str) -> Path:
 
 
 def run(script: str, action: str, env: dict[str, str], bin_dir: Path | None = None,
-        ns: Netns | None = None) -> subprocess.CompletedProcess[str]:
+        ns: Netns | None = None, prefix: list[str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    """``prefix``: an argv the script runs under (inside ``ns``)."""
     full = dict(os.environ, **env)
     if bin_dir is not None:
         full["PATH"] = f"{bin_dir}:{full['PATH']}"
-    argv = [str(EXAMPLES / script), action]
+    argv = [*(prefix or []), str(EXAMPLES / script), action]
     if ns is not None:
         argv = ns.exec_argv(*argv)
     return subprocess.run(argv, env=full, capture_output=True, text=True, timeout=30)
@@ -309,9 +313,18 @@ def names(pids: list[int]) -> list[str]:
     return [psutil.Process(p).name() for p in pids]
 
 
+@pytest.fixture
+def dev_log(tmp_path: Path) -> Iterator[tuple[Syslog, list[str]]]:
+    """tuntapd -d logs to syslog, and refuses to start without one: a
+    /dev/log of the test's own, for the script run under the prefix and
+    for what it starts."""
+    with private_dev_log(tmp_path, "tuntapd") as receiver_and_prefix:
+        yield receiver_and_prefix
+
+
 @pytest.mark.root
 def test_ssh_tunnel_hands_the_device_between_tuntapd_and_ssh(
-    netns: Netns, tmp_path: Path
+    netns: Netns, tmp_path: Path, dev_log: tuple[Syslog, list[str]]
 ) -> None:
     dev = "tun5"
     log, bin_dir = tmp_path / "calls", tmp_path / "bin"
@@ -322,8 +335,10 @@ def test_ssh_tunnel_hands_the_device_between_tuntapd_and_ssh(
     netns.ip("tuntap", "add", dev, "mode", "tun")
     netns.ip("addr", "add", "10.10.10.1", "peer", "10.10.10.2", "dev", dev)
 
+    syslog, prefix = dev_log
+
     def step(action: str, says: str) -> None:
-        out = run("ssh-tunnel.sh", action, env, bin_dir, ns=netns)
+        out = run("ssh-tunnel.sh", action, env, bin_dir, ns=netns, prefix=prefix)
         assert out.returncode == 0, out
         assert out.stdout.endswith(f"ssh-tunnel: {says}\n"), out
 
@@ -332,6 +347,7 @@ def test_ssh_tunnel_hands_the_device_between_tuntapd_and_ssh(
     held = holders(netns, dev)
     assert names(held) == ["tuntapd"]
     assert has_carrier(netns, dev)
+    assert syslog.wait(f"holding {dev} (mode tun)")[1] == held[0]
     step("stop", "tunnel to tunnel.invalid already down")
     assert holders(netns, dev) == held
 
