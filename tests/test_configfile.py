@@ -22,6 +22,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.support.netlab import Daemon, Netns, as_nobody, public_folder, ready, wait_for
+from tests.support.timing import BEAT
 from tuninetd.supervisor.config import configfile
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "conf" / "tuninetd.toml"
@@ -216,7 +217,7 @@ def test_start_and_stop_argv_lists_run(veth: Netns, tmp_path: Path,
         'filter = "udp"\n'
         f'start_command = ["{prog}", "bring up", "--fast"]\n'
         f'stop_command = ["{prog}", "take down"]\n'
-        "ttl = 1\nbeat = 0.2\n"
+        f"ttl = 1\nbeat = {BEAT}\n"
         f'control = "{control}"\n'
         # A name of its own: /run/tuninetd is the host's, other tests run there too.
         f'name = "test-{uuid.uuid4().hex[:12]}"\n'
@@ -253,7 +254,7 @@ def test_a_config_others_can_change_is_refused(veth: Netns, tmp_path: Path,
         if loose == "file-0666":
             conf.write_text("# the admin's\n")
             conf.chmod(0o666)
-        evil = ('interfaces = ["tap0"]\nttl = 1\nbeat = 0.2\n'
+        evil = (f'interfaces = ["tap0"]\nttl = 1\nbeat = {BEAT}\n'
                 f'start_command = ["/bin/sh", "-c", "id > {out}"]\n'
                 'stop_command = ["/bin/true"]\n'
                 f'control = "{control}"\n')

@@ -83,6 +83,8 @@ from tests.support.garbage import (
     obj,
 )
 from tests.support.netlab import (
+    EXECUTOR,
+    SUPERVISOR,
     Daemon,
     Lab,
     LabSetup,
@@ -116,8 +118,6 @@ NFLOG_RULE = f"udp dport {NFLOG_PORT} log group {GROUP}"
 PCAP_ARGS = ("-i", "tap0", "-f", f"udp dst port {PCAP_PORT}")
 NFLOG_ARGS = ("-n", str(GROUP))
 
-SUPERVISOR = "tuninetd: supervisor"
-EXECUTOR = "tuninetd: executor"
 PCAP = "tuninetd: sensor pcap tap0"
 NFLOG = f"tuninetd: sensor nflog {GROUP}"
 LABEL = {PCAP: "pcap:tap0", NFLOG: f"nflog:{GROUP}"}

@@ -29,6 +29,8 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.support.netlab import (
+    EXECUTOR,
+    SUPERVISOR,
     Daemon,
     Lab,
     LabSetup,
@@ -60,8 +62,6 @@ FRAME = bytes(
     / (b"p" * 16)
 )
 
-SUPERVISOR = "tuninetd: supervisor"
-EXECUTOR = "tuninetd: executor"
 SENSOR = "tuninetd: sensor pcap tap0"
 
 

@@ -367,7 +367,7 @@ def test_a_sensor_seccomp_kills_at_its_hello_is_not_called_privileged(
     That is reported as the seccomp kill it is, and the sensor replaced,
     never as a sensor "still privileged"."""
     script, _ = recorder(tmp_path)
-    argv = ["-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", "0.2",
+    argv = ["-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", str(BEAT),
             "--control", str(tmp_path / "ctl")]
     env = {**os.environ,
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -421,7 +421,7 @@ def test_a_sensor_claiming_its_interface_is_gone_gets_no_stream_of_sockets(
         def holds(count: str, beats: int) -> None:
             """``got count`` for that many beats of the sensor's (it claims
             its loss at each)."""
-            end = time.monotonic() + beats * 0.2
+            end = time.monotonic() + beats * BEAT
             while time.monotonic() < end:
                 assert got() == count, f"{title(rogue)}\n{log.read_text(errors='replace')}"
                 time.sleep(0.05)

@@ -27,6 +27,9 @@ from typing import Any, NamedTuple, NoReturn, TypeVar
 import pytest
 
 T = TypeVar("T")
+# Title prefixes of a daemon's processes (its name and a state follow).
+SUPERVISOR = "tuninetd: supervisor"
+EXECUTOR = "tuninetd: executor"
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
 TUNSETIFF = 0x400454CA
@@ -292,7 +295,7 @@ def ready(daemon: Daemon, sensors: int = 1, timeout: float = 15.0) -> None:
             raise AssertionError(f"daemon exited:\n{daemon.text()}")
         titles = workers(daemon.pid).values()
         armed = [t for t in titles if t.startswith("tuninetd: sensor") and "armed" in t]
-        execs = [t for t in titles if re.fullmatch(r"tuninetd: executor (\S+ )?idle", t)]
+        execs = [t for t in titles if re.fullmatch(rf"{EXECUTOR} (\S+ )?idle", t)]
         return len(armed) >= sensors and len(execs) == 1
 
     try:
