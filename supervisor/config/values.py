@@ -12,26 +12,25 @@ MAX_TIMEOUT = 7 * 86400
 MAX_START_PACKETS = 1_000_000
 
 
-def whole_seconds(option: str, given: str | int, maximum: int) -> int:
+def _integer(given: str | int) -> int | None:
+    if isinstance(given, int):
+        return given
     try:
-        value = given if isinstance(given, int) else int(given, 10)
+        return int(given, 10)
     except ValueError:
-        value = 0
-    if not 0 < value <= maximum:
-        raise UsageError(f"{option} {str(given)!r}: expected a whole number of seconds "
-                         f"from 1 to {maximum}")
-    return value
+        return None
 
 
 def whole(option: str, given: str | int, minimum: int, maximum: int, unit: str) -> int:
-    try:
-        value = given if isinstance(given, int) else int(given, 10)
-    except ValueError:
-        value = minimum - 1
-    if not minimum <= value <= maximum:
+    value = _integer(given)
+    if value is None or not minimum <= value <= maximum:
         raise UsageError(f"{option} {str(given)!r}: expected a whole number of {unit} "
                          f"from {minimum} to {maximum}")
     return value
+
+
+def whole_seconds(option: str, given: str | int, maximum: int) -> int:
+    return whole(option, given, 1, maximum, "seconds")
 
 
 def seconds(option: str, given: str | float, minimum: float, maximum: float,
@@ -47,14 +46,16 @@ def seconds(option: str, given: str | float, minimum: float, maximum: float,
     return value
 
 
+def _number16(option: str, given: str | int, what: str) -> int:
+    """An NFQUEUE or NFLOG group number: 16 bits."""
+    value = _integer(given)
+    if value is None or not 0 <= value <= 65535:
+        raise UsageError(f"{option} {str(given)!r}: expected {what} from 0 to 65535")
+    return value
+
+
 def queue(option: str, given: str | int) -> int:
-    try:
-        number = given if isinstance(given, int) else int(given, 10)
-    except ValueError:
-        number = -1
-    if not 0 <= number <= 65535:
-        raise UsageError(f"{option} {str(given)!r}: expected an NFQUEUE number from 0 to 65535")
-    return number
+    return _number16(option, given, "an NFQUEUE number")
 
 
 def choice(option: str, given: str, allowed: tuple[str, ...]) -> str:
@@ -64,14 +65,7 @@ def choice(option: str, given: str, allowed: tuple[str, ...]) -> str:
 
 
 def group_number(option: str, given: str | int) -> int:
-    try:
-        group = given if isinstance(given, int) else int(given, 10)
-    except ValueError:
-        group = -1
-    if not 0 <= group <= 65535:
-        raise UsageError(f"{option} {str(given)!r}: expected an NFLOG group number "
-                         "from 0 to 65535")
-    return group
+    return _number16(option, given, "an NFLOG group number")
 
 
 def group(given: str | int, option: str = "-n") -> SensorSpec:
