@@ -17,8 +17,8 @@ import pytest
 
 from bench.cost import KEEP_CONSUMER
 from tests.support.netlab import need_root
+from tests.support.repo import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("idle", "cost", "start_latency", "stop", "memory", "restart", "hold")
 FULL = os.environ.get("TUNINETD_TEST_BENCH") == "1"
 

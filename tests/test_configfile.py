@@ -22,10 +22,11 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.support.netlab import Daemon, Netns, as_nobody, public_folder, ready, wait_for
+from tests.support.repo import REPO
 from tests.support.timing import BEAT
 from tuninetd.supervisor.config import configfile
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "conf" / "tuninetd.toml"
+EXAMPLE = REPO / "conf" / "tuninetd.toml"
 
 
 def tuninetd(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -23,11 +23,11 @@ import pytest
 
 from tests.support.links import has_carrier, holders
 from tests.support.netlab import Netns, need, wait_for
+from tests.support.repo import REPO
 from tests.support.syslogd import Syslog, private_dev_log
 from tests.support.tuntapd import console_script
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
+EXAMPLES = REPO / "examples"
 SCRIPTS = sorted(EXAMPLES.glob("*.sh"))
 START_STOP = ["ssh-tunnel.sh", "wireguard.sh", "systemd-service.sh", "wake-on-lan.sh",
               "on-demand-web.sh", "openvpn-dispatcher.sh"]
@@ -382,7 +382,7 @@ def test_ssh_tunnel_hands_the_device_between_tuntapd_and_ssh(
 
 def test_rsyslog_snippet_routes_both_programs(tmp_path: Path) -> None:
     rsyslogd = need("rsyslogd", "rsyslog")
-    snippet = (ROOT / "conf" / "rsyslog.d" / "tuninetd.conf").read_text()
+    snippet = (REPO / "conf" / "rsyslog.d" / "tuninetd.conf").read_text()
     assert "/var/log/tuninetd.log" in snippet
     ours, other = tmp_path / "tuninetd.log", tmp_path / "other.log"
     (tmp_path / "snippet.conf").write_text(snippet.replace("/var/log/tuninetd.log", str(ours)))

@@ -9,13 +9,13 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.support.repo import REPO
 from tuninetd.supervisor.config.configfile import KEYS
 
-MAN = Path(__file__).resolve().parent.parent / "man"
+MAN = REPO / "man"
 PAGES = ["tuninetd.8", "tuntapd.8", "tuninetd.toml.5"]
 
 

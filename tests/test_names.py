@@ -41,6 +41,7 @@ from tests.support.netlab import (
     wait_for,
 )
 from tests.support.nft_rules import log_rules
+from tests.support.repo import REPO
 from tuninetd.supervisor.ops import client
 
 PEER = "10.77.0.2"
@@ -249,7 +250,7 @@ def test_template_unit_instance_is_its_name(tap_ns: Netns, private_run: Enter,
                                             start_daemon: StartDaemon) -> None:
     """tuninetd@office.service's command line, run as systemd would (its
     config file here), answers to tuninetd status office."""
-    unit = Path(__file__).parent.parent / "conf" / "tuninetd@.service"
+    unit = REPO / "conf" / "tuninetd@.service"
     exec_start = next(line.partition("=")[2] for line in unit.read_text().splitlines()
                       if line.startswith("ExecStart="))
     program, *args = exec_start.split()

@@ -24,12 +24,12 @@ import pytest
 
 from tests.support.holdlab import SERVER_IP, Pair
 from tests.support.netlab import Netns, send_udp, sh, title, wait_for
+from tests.support.repo import REPO
 from tests.support.tuntapd import console_script
 
 pytestmark = pytest.mark.root
 
-ROOT = Path(__file__).resolve().parent.parent
-PAGE = ROOT / "docs" / "on-demand.md"
+PAGE = REPO / "docs" / "on-demand.md"
 INSTALLED = "/usr/local/sbin/"
 DOC_SERVER = "192.0.2.10"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -61,7 +61,7 @@ class Recipe:
         self.log = folder / "daemon.log"
 
     def run(self, line: str) -> subprocess.CompletedProcess[str] | None:
-        line = line.replace(INSTALLED, f"{ROOT}/examples/")
+        line = line.replace(INSTALLED, f"{REPO}/examples/")
         argv = self.ns.exec_argv("sh", "-c", line)
         if not re.match(r"(\w+=\S+ )*tuninetd ", line):
             return subprocess.run(argv, env=self.env, capture_output=True, text=True,

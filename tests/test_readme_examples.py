@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.netlab import Netns
+from tests.support.repo import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 INTRO = "The original's command lines work unchanged:"
 
 

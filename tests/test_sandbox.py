@@ -34,6 +34,7 @@ from scapy.layers.l2 import Ether
 from tests.support.compromised_sensor import SPOOFED
 from tests.support.configs import settings
 from tests.support.netlab import Netns, events, proc_status, recorder, title, wait_for, workers
+from tests.support.repo import REPO
 from tests.support.timing import BEAT
 from tuninetd.common import wire, worker
 from tuninetd.supervisor import arbiter, children
@@ -44,7 +45,6 @@ from tuninetd.supervisor.sandbox.jail import empty_dir
 
 pytestmark = pytest.mark.root
 
-REPO = Path(__file__).resolve().parent.parent
 ETH_P_ALL = 0x0003
 FRAME = bytes(
     Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")

@@ -35,6 +35,7 @@ from tests.support.netlab import (
     sh,
     wait_for,
 )
+from tests.support.repo import REPO
 from tests.support.timing import BEAT
 
 pytestmark = pytest.mark.root
@@ -180,7 +181,7 @@ def test_pidfile_that_cannot_be_written_fails_the_start(veth: Netns, tmp_path: P
     assert not (tmp_path / "c.sock").exists()
 
 
-SHIPPED_RULE = Path(__file__).resolve().parent.parent / "conf" / "rsyslog.d" / "tuninetd.conf"
+SHIPPED_RULE = REPO / "conf" / "rsyslog.d" / "tuninetd.conf"
 
 
 @pytest.mark.parametrize("annotate", [True, False], ids=["annotated", "plain"])

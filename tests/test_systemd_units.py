@@ -25,9 +25,10 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.support.netlab import Daemon, Lab, Netns, need
+from tests.support.repo import REPO
 from tests.support.timing import BEAT
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = REPO / "conf"
 SHIPPED = "/usr/bin/tuninetd"
 CAPS = {"CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP",
         "CAP_SYS_CHROOT", "CAP_KILL"}

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.netlab import need_root
+from tests.support.repo import REPO
 from tests.support.syslogd import private_dev
 from tuninetd.supervisor.ops import client
 
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md"
+PAGE = REPO / "docs" / "troubleshooting.md"
 TRUE = "/bin/true"
 DAEMON = [sys.executable, "-m", "tuninetd.supervisor.main"]
 

@@ -17,9 +17,8 @@ from pathlib import Path
 
 from tests.support.fake_sensor import CONTROL_VAR
 from tests.support.netlab import forget_name, recorder
+from tests.support.repo import REPO
 from tests.support.timing import BEAT
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass

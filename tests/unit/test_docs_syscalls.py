@@ -4,12 +4,12 @@ allow-list (supervisor/sandbox/allowlist.py) lets through."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
+from tests.support.repo import REPO
 from tuninetd.common.worker import CHANNEL_FD
 from tuninetd.supervisor.sandbox import allowlist
 
-SECURITY = Path(__file__).resolve().parents[2] / "docs" / "security.md"
+SECURITY = REPO / "docs" / "security.md"
 
 
 def documented() -> set[str]:

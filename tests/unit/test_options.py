@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.repo import REPO
 from tuninetd.supervisor.config import configfile, configure, options
 from tuninetd.supervisor.errors import UsageError
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def readme_usage() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (REPO / "README.md").read_text()
     return text.split("## Usage\n\n```\n", 1)[1].split("```", 1)[0]
 
 
@@ -80,7 +79,7 @@ def test_every_bad_ttl_gets_one_wording(ttl: str) -> None:
 def test_bash_completion_offers_every_flag() -> None:
     """The installed package's test completes for real; this one catches a
     new option in the ordinary run."""
-    text = (ROOT / "conf" / "bash-completion" / "tuninetd").read_text()
+    text = (REPO / "conf" / "bash-completion" / "tuninetd").read_text()
     offered = set(re.findall(r"(?<![\w-])(-[\w-]+)", text.split('if [[ $cur == -* ]]', 2)[2]
                              .split("elif", 1)[0]))
     flags = {f for o in options.OPTIONS for f in o.flags}
