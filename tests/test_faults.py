@@ -661,8 +661,7 @@ def test_garbage_from_a_sensor_is_refused_and_changes_nothing(tmp_path: Path) ->
         wait_for("the start", lambda: kinds(fake.record) == ["start"])
         wait_for("NFLOG: start command done",
                  lambda: "NFLOG: start command done" in fake.lines())
-        executor = [k.pid for k in psutil.Process(fake.proc.pid).children()
-                    if title(k.pid).startswith(EXECUTOR)]
+        executor = [p for p, t in workers(fake.proc.pid).items() if t.startswith(EXECUTOR)]
         os.kill(first, signal.SIGKILL)
         wait_for("the kill logged",
                  lambda: any(f"(pid {first}) killed by signal 9" in line for line in fake.lines()))
