@@ -2,8 +2,10 @@
 
 A sensor that works sends at most a beat a beat (while packets flow or it is
 in trouble; a heartbeat every few beats when idle), a few more when asked to
-report or when it fires, and changes its mode (into trouble, e.g. its
-interface is gone, and back) rarely. A sensor that sends more is flooding
+report, and changes its mode (into trouble, e.g. its interface is gone, and
+back) rarely. Its triggers are not counted here: the contract lets one
+through per arm the supervisor ordered, and a daemon brought up and down as
+fast as it goes orders hundreds a window. A sensor that sends more is flooding
 the supervisor's CPU and log: it is misbehaving, and the sensor link has it
 killed and replaced. So the log takes at most MODES lines a window from one
 sensor process, and one error line in its life (the contract in

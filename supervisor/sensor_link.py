@@ -78,7 +78,10 @@ class SensorLink:
                 starting: bool) -> SensorEvent | None:
         kind = msg["t"]
         standing = self._standing(w, now)
-        self._charge(standing, "messages", now)
+        # A trigger is not charged: the contract allows one per arm ordered,
+        # so the supervisor's own pace bounds them, however fast it flaps.
+        if kind != "trigger":
+            self._charge(standing, "messages", now)
         standing.contract.received(kind)
         if kind == "hello":
             return self._hello(w, starting)
