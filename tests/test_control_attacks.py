@@ -18,8 +18,6 @@ import pytest
 
 from tests.support.netlab import need_root
 from tests.support.stand_in_daemon import answer
-from tuninetd.supervisor.errors import StartupError
-from tuninetd.supervisor.ops import control
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # nobody may not reach the venv's interpreter
 ESC = "\x1b"
@@ -39,7 +37,8 @@ def status_client(*args: str) -> subprocess.CompletedProcess[bytes]:
                           capture_output=True, timeout=20)
 
 
-# Waits for the socket file to appear, then renames a symlink over it.
+# Waits for the socket file to appear, says the mode it found it with, then
+# renames a symlink over it.
 SWAPPER = """
 import os, stat, sys
 path, victim = sys.argv[1], sys.argv[2]
@@ -47,19 +46,65 @@ tmp = path + ".swap"
 print("ready", flush=True)
 while True:
     try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
+        st = os.lstat(path)
+        if stat.S_ISSOCK(st.st_mode):
+            print(oct(stat.S_IMODE(st.st_mode)), flush=True)
             os.symlink(victim, tmp)
             os.rename(tmp, path)
     except OSError:
         pass
 """
 
+# The daemon's side, as root, in a process of its own (an audit hook stays
+# for the life of its process). The attacker wins every round at the worst
+# moment: whatever the binding code does by name at the path once the
+# socket is there (a chmod, a chown, an unlink, an open), the symlink has
+# been swapped in first; once bind returns, it is swapped in before the
+# round goes on. Then a bind with the symlink there is refused.
+BINDER = """
+import json, os, sys, time
+from tuninetd.supervisor.errors import StartupError
+from tuninetd.supervisor.ops import control
+path, rounds = sys.argv[1], int(sys.argv[2])
+BY_NAME = {"os.chmod", "os.chown", "os.remove", "os.rename", "open"}
+
+def swapped_in():
+    deadline = time.monotonic() + 60  # a hang guard: the attacker swaps at once
+    while not os.path.islink(path):
+        if time.monotonic() > deadline:
+            sys.exit("the attacker never swapped")
+        time.sleep(0.0005)
+
+def hook(event, args):
+    if event in BY_NAME and args and args[0] == path and os.path.lexists(path):
+        swapped_in()
+
+sys.addaudithook(hook)
+bound = refused = 0
+for _ in range(rounds):
+    if os.path.lexists(path):
+        os.unlink(path)
+    sock, ident = control.bind(path)
+    bound += 1
+    swapped_in()
+    control.unlink(path, ident)  # leaves the attacker's symlink alone
+    try:
+        control.bind(path)
+    except StartupError:
+        refused += 1
+    sock.close()
+print(json.dumps({"bound": bound, "refused": refused,
+                  "left": os.path.islink(path)}), flush=True)
+"""
+
 
 def test_bind_never_chmods_what_was_swapped_in(sockdir: Path) -> None:
-    """nobody swaps a symlink to its own file in at the socket's path, as fast
-    as it can, while the daemon binds there again and again: whatever wins
-    the race, the file the symlink points at keeps its mode, and every socket
-    the daemon made was 0600 from birth."""
+    """nobody swaps a symlink to its own file in at the socket's path while
+    the daemon binds there again and again, and wins every round: before
+    anything the binding code does by name at the path, and at the latest
+    once bind returns. The file the symlink points at keeps its mode, every
+    socket the daemon made was 0600 from birth, and a bind with the symlink
+    in place is refused."""
     need_root()
     open_dir = sockdir
     open_dir.chmod(0o777)  # nobody works here (sticky bit off)
@@ -69,33 +114,27 @@ def test_bind_never_chmods_what_was_swapped_in(sockdir: Path) -> None:
     os.chown(victim, nobody.pw_uid, nobody.pw_gid)
     victim.chmod(0o644)
     path = open_dir / "control.sock"
+    rounds = 50
     attacker = as_nobody(SWAPPER, str(path), str(victim))
-    bound = refused = swapped = 0
     try:
         assert attacker.stdout is not None and attacker.stdout.readline() == b"ready\n"
-        for _ in range(400):
-            path.unlink(missing_ok=True)  # what the attacker left: the next round
-            try:
-                sock, ident = control.bind(str(path))
-            except StartupError:  # the symlink was there first: refused, no harm
-                refused += 1
-                continue
-            bound += 1
-            st = os.lstat(path)
-            if stat.S_ISSOCK(st.st_mode):  # not swapped yet
-                assert stat.S_IMODE(st.st_mode) == 0o600
-            sock.close()
-            swapped += path.is_symlink()
-            control.unlink(str(path), ident)
+        binder = subprocess.run([sys.executable, "-c", BINDER, str(path), str(rounds)],
+                                capture_output=True, timeout=300)
     finally:
         attacker.kill()
-        attacker.wait()
+        seen, _ = attacker.communicate()
+    assert binder.returncode == 0, binder.stderr.decode(errors="replace")
     assert stat.S_IMODE(victim.stat().st_mode) == 0o644
     assert victim.stat().st_uid == nobody.pw_uid
-    print(f"\n[figure] 400 binds against a swapping attacker: {bound} bound, {swapped} of "
-          f"them swapped for a symlink right after, {refused} refused (a symlink at the "
-          "path); the victim's mode unchanged")
-    assert swapped > 0
+    assert victim.read_text() == "nobody's\n"
+    got = json.loads(binder.stdout)
+    assert got == {"bound": rounds, "refused": rounds, "left": True}, got
+    # The mode of each socket as the attacker found it, before it swapped.
+    modes = seen.split()
+    assert len(modes) >= rounds and set(modes) == {b"0o600"}, seen
+    print(f"\n[figure] {rounds} binds against an attacker that swapped a symlink in at the "
+          f"path each time, before any by-name step after the socket was there: each socket "
+          f"0600 from birth, each bind over the symlink refused, the victim's mode unchanged")
 
 
 FAKE_DAEMON = """
