@@ -678,7 +678,9 @@ def test_garbage_from_a_sensor_is_refused_and_changes_nothing(tmp_path: Path) ->
         def check(plan: Plan) -> None:
             before = len(fake.lines())
             pid = fake.next_sensor(plan.json())
-            wait_for(f"fake sensor {pid} killed", lambda: gone(pid), 5, every=0.01)
+            # Events that come: the bounds are the suite's hang guards, not
+            # how fast a loaded machine kills and reaps.
+            wait_for(f"fake sensor {pid} killed", lambda: gone(pid), every=0.01)
             # After a hang-up (an empty record) the fake may see its channel
             # closed and exit before the kill a beat later: either reason.
             restart = (re.compile(rf"CORE: sensor nflog 1 \(pid {pid}\) (closed its channel|"
@@ -687,7 +689,7 @@ def test_garbage_from_a_sensor_is_refused_and_changes_nothing(tmp_path: Path) ->
                        re.compile(rf"CORE: sensor nflog 1 \(pid {pid}\) sent a bad message; "
                                   r"restarting it in 0\.\d s"))
             wait_for(restart.pattern,
-                     lambda: any(restart.fullmatch(line) for line in fake.lines()), 5)
+                     lambda: any(restart.fullmatch(line) for line in fake.lines()))
             fake.alive()
             new = [line for line in fake.lines()[before:] if " is back (pid " not in line]
             if plan.hangup:
