@@ -360,23 +360,30 @@ def test_a_sensor_killed_by_seccomp_is_logged_and_replaced(veth: Netns, tmp_path
 
 
 
+def supervise_with_rogue(veth: Netns, tmp_path: Path, flavour: str,
+                         log: Path) -> subprocess.Popen[bytes]:
+    """The real supervisor on tap0 whose first pcap sensor is the
+    compromised one playing ``flavour`` (tests/support/compromised_sensor.py)."""
+    script, _ = recorder(tmp_path)
+    argv = ["-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", str(BEAT),
+            "--control", str(tmp_path / "ctl")]
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    with open(log, "wb") as logf:
+        return subprocess.Popen(
+            veth.exec_argv(sys.executable, "-m", "tests.support.compromised_sensor",
+                           f"supervise-{flavour}", str(tmp_path / "marker"), *argv),
+            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
+
+
 def test_a_sensor_seccomp_kills_at_its_hello_is_not_called_privileged(
         veth: Netns, tmp_path: Path) -> None:
     """The sensor makes a call the allow-list refuses right after its hello:
     the supervisor, checking it in /proc, finds "Seccomp: 3" (being killed).
     That is reported as the seccomp kill it is, and the sensor replaced,
     never as a sensor "still privileged"."""
-    script, _ = recorder(tmp_path)
-    argv = ["-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", str(BEAT),
-            "--control", str(tmp_path / "ctl")]
-    env = {**os.environ,
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     log = tmp_path / "daemon.log"
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(
-            veth.exec_argv(sys.executable, "-m", "tests.support.compromised_sensor",
-                           "supervise-at-hello", str(tmp_path / "marker"), *argv),
-            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
+    proc = supervise_with_rogue(veth, tmp_path, "at-hello", log)
     try:
         def text() -> str:
             return log.read_text(errors="replace")
@@ -400,17 +407,8 @@ def test_a_sensor_claiming_its_interface_is_gone_gets_no_stream_of_sockets(
     while tap0 is there: it is handed no socket (before, a fresh root-opened
     one each beat). Once tap0 is deleted and made again (a new index), it
     gets one socket for the new interface, and no more after that."""
-    script, _ = recorder(tmp_path)
-    argv = ["-i", "tap0", "-f", "udp", "-c", str(script), "-t", "1", "--beat", str(BEAT),
-            "--control", str(tmp_path / "ctl")]
-    env = {**os.environ,
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     log = tmp_path / "daemon.log"
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(
-            veth.exec_argv(sys.executable, "-m", "tests.support.compromised_sensor",
-                           "supervise-lost", str(tmp_path / "marker"), *argv),
-            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
+    proc = supervise_with_rogue(veth, tmp_path, "lost", log)
     try:
         rogue = wait_for("the sensor claiming a lost interface",
                          lambda: _child(proc.pid, "tuninetd: sensor attacked", "got "), 20)
