@@ -10,8 +10,8 @@ import signal
 import socket
 import sys
 
-from tuninetd.common import signals, wire, worker
-from tuninetd.executor import RUN_ID_VAR, cgroup
+from tuninetd.common import cgroup, signals, wire, worker
+from tuninetd.common.marker_fallback import RUN_ID_VAR
 from tuninetd.executor.config import Config, parse_config, switch_user
 from tuninetd.executor.loop import Executor
 from tuninetd.executor.runner import close_on_exec
@@ -46,7 +46,7 @@ def start(sock: socket.socket, ppid: int) -> Executor:
         groups, no_cgroup = None, str(exc)
         # The fallback's psutil, while the interpreter's files are surely
         # readable: an --exec-user may not be able to load it later.
-        from tuninetd.executor import marker_fallback  # noqa: F401
+        from tuninetd.common import marker_fallback  # noqa: F401
     if config.uid is not None:
         switch_user(config)
         worker.die_with_parent(ppid, signal.SIGTERM)  # a uid change cleared it

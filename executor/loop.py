@@ -17,8 +17,8 @@ from collections.abc import Callable
 from functools import partial
 
 from tuninetd.common import wire
+from tuninetd.common.cgroup import RunGroups
 from tuninetd.common.worker import HEARTBEAT_BEATS, Title, next_tick
-from tuninetd.executor.cgroup import RunGroups
 from tuninetd.executor.config import Config
 from tuninetd.executor.output import Output
 from tuninetd.executor.reap import reap_orphans

@@ -6,8 +6,8 @@ import contextlib
 import os
 import signal
 
-from tuninetd.common import wire
-from tuninetd.executor import RUN_ID_VAR, cgroup
+from tuninetd.common import cgroup, wire
+from tuninetd.common.marker_fallback import RUN_ID_VAR
 from tuninetd.executor.output import Output
 from tuninetd.executor.stepwise_kill import StepwiseKill, kill_now
 
@@ -192,7 +192,7 @@ class Run:
         if self.group is not None:
             return self.group
         # psutil only for the fallback, and only when a run has to be killed.
-        from tuninetd.executor import marker_fallback
+        from tuninetd.common import marker_fallback
 
         return marker_fallback.Marked(self.id, self.unreaped_pid)
 

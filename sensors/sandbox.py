@@ -19,8 +19,7 @@ from __future__ import annotations
 import resource
 from collections.abc import Sequence
 
-from tuninetd.common import worker
-from tuninetd.sensors import fprog
+from tuninetd.common import fprog, worker
 
 PR_SET_SECCOMP = 22
 SECCOMP_MODE_FILTER = 2

@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 import socket
 
-from tuninetd.common import wire
+from tuninetd.common import cgroup, wire
 from tuninetd.common.logs import log
-from tuninetd.executor import cgroup
 from tuninetd.supervisor import wording
 from tuninetd.supervisor.children import Worker
 from tuninetd.supervisor.config.settings import Settings
@@ -139,7 +138,7 @@ class ExecutorLink:
         if job is None:
             return None
         # psutil comes with it: loaded only the day an executor dies mid-run.
-        from tuninetd.executor import marker_fallback
+        from tuninetd.common import marker_fallback
 
         self.queue.finish(job.id)
         ended = CommandEnded(job.event, Outcome(lost=True))
@@ -164,6 +163,6 @@ class ExecutorLink:
 
     def kill_running(self) -> None:
         if self.queue.running is not None:
-            from tuninetd.executor import marker_fallback
+            from tuninetd.common import marker_fallback
 
             marker_fallback.kill_run(self.queue.running.id)

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import socket
 
-from tuninetd.common import wire
-from tuninetd.sensors import pcap
+from tuninetd.common import packet_socket, wire
 from tuninetd.supervisor.children import Worker
 
 
@@ -56,11 +55,11 @@ class Handover:
         if index == 0 or self.bound.get(w.role) == (w.pid, index):
             return False  # not back yet, or never gone
         try:
-            socks = pcap.open_sockets(w.config)
+            socks = packet_socket.open_sockets(w.config)
         except OSError:
             return False  # tried again on the next beat
         try:
-            if not all(pcap.bound_to(s) == w.config["name"] for s in socks):
+            if not all(packet_socket.bound_to(s) == w.config["name"] for s in socks):
                 return False
             socket.send_fds(w.sock, [wire.encode("sockets")], [s.fileno() for s in socks])
         except OSError:

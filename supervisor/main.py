@@ -7,8 +7,7 @@ import os
 import sys
 from typing import NoReturn
 
-from tuninetd.common import daemon, logs, procstatus
-from tuninetd.executor import cgroup
+from tuninetd.common import cgroup, daemon, logs, procstatus
 from tuninetd.supervisor import instance, wording
 from tuninetd.supervisor.arbiter import build
 from tuninetd.supervisor.config import configfile, configure

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from tuninetd.common.logs import log
-from tuninetd.executor import RUN_ID_VAR
+from tuninetd.common.marker_fallback import RUN_ID_VAR
 from tuninetd.supervisor.config import bpf
 from tuninetd.supervisor.config.settings import SensorSpec, Settings
 from tuninetd.supervisor.events import HoldView, Outcome

@@ -25,9 +25,8 @@ import pytest
 
 from tests.support.netlab import gone, wait_gone
 from tests.support.timing import BEAT, SILENT_BEATS
-from tuninetd.common import wire
+from tuninetd.common import cgroup, wire
 from tuninetd.common.worker import HEARTBEAT_BEATS
-from tuninetd.executor import cgroup
 
 PATH_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 # Records pids atomically (write then rename) so a test never reads half a pid.

@@ -39,8 +39,8 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.support.fake_sensor import run_with_sensor
-from tuninetd.common import wire, worker
-from tuninetd.sensors import fprog, loop, nflog, pcap, sandbox
+from tuninetd.common import fprog, packet_socket, wire, worker
+from tuninetd.sensors import loop, nflog, pcap, sandbox
 
 SO_DETACH_FILTER = 27
 ACCEPT_ALL = [[0x06, 0, 0, 0xFFFFFFFF]]  # BPF_RET | BPF_K: the whole packet
@@ -108,8 +108,8 @@ def attacks(cap: Any, cfg: wire.Message) -> dict[str, Callable[[], object]]:
     return {
         "detach-filter": lambda: handle.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0),
         "replace-filter": lambda: handle.setsockopt(
-            socket.SOL_SOCKET, pcap.SO_ATTACH_FILTER, accept_all.fprog),
-        "bind-other-interface": lambda: handle.bind(("lo", pcap.ETH_P_ALL)),
+            socket.SOL_SOCKET, packet_socket.SO_ATTACH_FILTER, accept_all.fprog),
+        "bind-other-interface": lambda: handle.bind(("lo", packet_socket.ETH_P_ALL)),
         "send-spoofed-frame": lambda: handle.send(SPOOFED),
         "new-udp-socket": lambda: _udp_out(int(cfg["port"])),
         "connect-abstract-unix": lambda: _abstract_connect(str(cfg["abstract"])),
