@@ -48,6 +48,10 @@ import signal
 
 GROUP_PREFIX = "tuninetd-"
 RUN_PREFIX = "run-"
+# Every process of a run carries this in its environment (the value is the
+# run's id, as in its cgroup's name): where there is no cgroup, it tells the
+# run's processes from the daemons earlier commands left running on purpose.
+RUN_ID_VAR = "TUNINETD_RUN_ID"
 
 
 class Unavailable(Exception):

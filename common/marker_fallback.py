@@ -21,12 +21,13 @@ from typing import NamedTuple
 
 import psutil
 
-from tuninetd.common.cgroup import RunGroup, RunGroups, Unavailable, daemon_group
-
-# Every process of a run carries this in its environment (the value is the
-# run's id): where there is no cgroup, it tells the run's processes from the
-# daemons earlier commands left running on purpose.
-RUN_ID_VAR = "TUNINETD_RUN_ID"
+from tuninetd.common.cgroup import (
+    RUN_ID_VAR,
+    RunGroup,
+    RunGroups,
+    Unavailable,
+    daemon_group,
+)
 
 
 def is_alive(proc: psutil.Process) -> bool:

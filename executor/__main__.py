@@ -11,7 +11,7 @@ import socket
 import sys
 
 from tuninetd.common import cgroup, signals, wire, worker
-from tuninetd.common.marker_fallback import RUN_ID_VAR
+from tuninetd.common.cgroup import RUN_ID_VAR
 from tuninetd.executor.config import Config, parse_config, switch_user
 from tuninetd.executor.loop import Executor
 from tuninetd.executor.runner import close_on_exec

@@ -7,7 +7,7 @@ import os
 import signal
 
 from tuninetd.common import cgroup, wire
-from tuninetd.common.marker_fallback import RUN_ID_VAR
+from tuninetd.common.cgroup import RUN_ID_VAR
 from tuninetd.executor.output import Output
 from tuninetd.executor.stepwise_kill import StepwiseKill, kill_now
 

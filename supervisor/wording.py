@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from tuninetd.common.cgroup import RUN_ID_VAR
 from tuninetd.common.logs import log
-from tuninetd.common.marker_fallback import RUN_ID_VAR
 from tuninetd.supervisor.config import bpf
 from tuninetd.supervisor.config.settings import SensorSpec, Settings
 from tuninetd.supervisor.events import HoldView, Outcome
