@@ -10,7 +10,6 @@ import configparser
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.package.conftest import TUNINETD
 from tests.support.fake_prometheus import MISSING, fake_library
-from tests.support.netlab import Netns, gone, recorder, wait_for
+from tests.support.netlab import Netns, gone, recorder, terminate, wait_for
 from tests.support.syslogd import private_dev_log
 
 pytestmark = pytest.mark.root
@@ -60,13 +59,7 @@ class Running:
         return wait_for(f"log line {pattern!r}", probe, 30)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.proc.wait()
+        terminate(self.proc, 30)
 
 
 @pytest.fixture

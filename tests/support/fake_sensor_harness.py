@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import pwd
-import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.fake_sensor import CONTROL_VAR
-from tests.support.netlab import forget_name, recorder
+from tests.support.netlab import forget_name, recorder, terminate
 from tests.support.repo import REPO
 from tests.support.timing import BEAT
 
@@ -82,13 +81,7 @@ class FakeSensors:
         return pid
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 10)
         self.logf.close()
         self.control.close()
         forget_name(self.name)

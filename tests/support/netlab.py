@@ -69,6 +69,17 @@ def default_sensor_account() -> pwd.struct_passwd:
         return pwd.getpwnam("nobody")
 
 
+def terminate(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``; reaped."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()
+
+
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 10.0,
              every: float = 0.02) -> T:
     """Poll ``probe`` until it returns something truthy; fail with ``what``."""
@@ -266,13 +277,7 @@ class Daemon:
             raise AssertionError(f"{exc}\n--- log ---\n{self.text()}") from None
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 15)
         self.logf.close()
         if self.generated:
             forget_name(str(self.name))
